@@ -1,0 +1,30 @@
+# Set-up and everyday commands. `make run` and `make test` install what they need on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# The main job. Until the multi-agent driver lands this is the quick feed-forward benchmark.
+run: install
+	$(VENV)/bin/dni-agents bench ff --quick --out results/ff_quick.json
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(VENV)/bin/dni-agents bench ff --out results/ff_full.json
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs results .pytest_cache

@@ -1,0 +1,1 @@
+"""Bundled experiment configs, found by name after install."""

@@ -1,0 +1,160 @@
+"""The ``dni-agents`` command: train, bench, eval and list configs.
+
+User mistakes (bad config, missing path, a driver's data error) end as one line on stderr and exit
+status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pathlib
+import sys
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from dni_agents import __version__
+from dni_agents.config import DRIVERS, ConfigError, bundled_configs, find_config, load_config
+
+PROG = "dni-agents"
+
+
+def load_driver(name: str) -> ModuleType:
+    """Import ``dni_agents.drivers.<name>`` only when needed, so listing configs stays fast."""
+    if name not in DRIVERS:
+        raise ConfigError(f"driver: unknown driver {name!r} (allowed: {', '.join(DRIVERS)})")
+    return importlib.import_module(f"dni_agents.drivers.{name}")
+
+
+def bench_names() -> list[str]:
+    """Benches a user may ask for; every driver may define one, so this is the driver registry."""
+    return list(DRIVERS)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """User errors get one line and exit 2; drivers opt in by setting ``user_error = True``."""
+    return isinstance(exc, FileNotFoundError) or getattr(exc, "user_error", False) is True
+
+
+def user_message(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        message = f"{(exc.strerror or 'no such file or directory').lower()}: {exc.filename}"
+    else:
+        message = str(exc) or type(exc).__name__
+    return " ".join(message.split())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train from a config file or bundled config name")
+    train.add_argument("config", metavar="CONFIG", help="a YAML path or a bundled name (see `configs`)")
+    train.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. trainer.lr=1e-3")
+    train.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue this run")
+    train.add_argument("--run-dir", type=pathlib.Path, metavar="DIR", help="default: <log.dir>/<name>")
+    train.set_defaults(handler=_cmd_train)
+
+    bench = sub.add_parser("bench", help="run a benchmark suite and write its results")
+    bench.add_argument("name", metavar="NAME", help=f"one of: {', '.join(bench_names())}")
+    bench.add_argument("--quick", action="store_true", help="a few steps, for smoke tests")
+    bench.add_argument("--out", type=pathlib.Path, metavar="FILE", help="where to write the results")
+    bench.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds")
+    bench.set_defaults(handler=_cmd_bench)
+
+    configs = sub.add_parser("configs", help="list bundled configs")
+    configs.set_defaults(handler=_cmd_configs)
+
+    ev = sub.add_parser("eval", help="evaluate a finished run")
+    ev.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR")
+    ev.set_defaults(handler=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status instead of exiting."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage or --version
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.handler(args)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.resume is not None and not args.resume.is_dir():
+        raise FileNotFoundError(2, "no such run directory", str(args.resume))
+    run_dir = args.run_dir or args.resume or pathlib.Path(cfg.log.dir) / cfg.name
+    metrics = load_driver(cfg.driver).train(cfg, run_dir=run_dir, resume=args.resume)
+    _print_json(metrics)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.name not in bench_names():
+        raise ConfigError(f"bench: unknown bench {args.name!r} (available: {', '.join(bench_names())})")
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    driver = load_driver(args.name)
+    if not hasattr(driver, "bench"):
+        raise ConfigError(f"bench: driver {args.name!r} has no bench yet")
+    result = driver.bench(quick=args.quick, out=args.out, seeds=args.seeds)
+    if result is not None:
+        _print_json(result)
+    return 0
+
+
+def _cmd_configs(args: argparse.Namespace) -> int:
+    for name in bundled_configs():
+        text = find_config(name).read_text(encoding="utf-8")
+        first = text.lstrip().splitlines()[0] if text.strip() else ""
+        description = first.lstrip("#").strip() if first.startswith("#") else ""
+        try:
+            data = yaml.safe_load(text)
+            driver = str(data.get("driver", "?")) if isinstance(data, dict) else "?"
+        except yaml.YAMLError:
+            driver = "?"
+        print(f"{name:<24} {driver:<6} {description}".rstrip())
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    run_dir: pathlib.Path = args.run_dir
+    if not run_dir.is_dir():
+        raise FileNotFoundError(2, "no such run directory", str(run_dir))
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(2, "run has no config.yaml", str(config_file))
+    cfg = load_config(str(config_file))
+    result = load_driver(cfg.driver).evaluate(run_dir)
+    if result is not None:
+        _print_json(result)
+    return 0
+
+
+def _print_json(result: Any) -> None:
+    """One JSON line, so scripts can parse it; numpy/torch scalars become plain numbers."""
+    print(json.dumps(result, default=_jsonable, sort_keys=True))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, pathlib.Path):
+        return str(value)
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

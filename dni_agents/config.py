@@ -1,0 +1,401 @@
+"""Experiment configuration: a typed schema, YAML loading, dotted overrides and one-line errors.
+
+A config is a YAML mapping validated against :class:`Config`. Every error a user can make is
+reported as a :class:`ConfigError` whose message is one line, ``<key.path>: <problem> (<allowed>)``,
+so the CLI can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import pathlib
+import re
+import types
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# Adding a driver is one edit here; the CLI derives its registry from this Literal.
+Driver = Literal["ff"]
+DRIVERS: tuple[str, ...] = get_args(Driver)
+
+Mode = Literal["dni", "cdni", "backprop", "none"]
+Optimizer = Literal["adam", "sgd"]
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_DEVICE_RE = re.compile(r"cpu|auto|cuda(:\d+)?")
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config; the message is one line so the CLI can print it as-is."""
+
+    user_error = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainerConfig(_Strict):
+    steps: PosInt = 1000
+    batch_size: PosInt = 256
+    optimizer: Optimizer = "adam"
+    lr: PosFloat = 3e-4
+    weight_decay: NonNegFloat = 0.0
+    eval_every: NonNegInt = 0  # 0: evaluate only at the end
+    checkpoint_every: NonNegInt = 0  # 0: checkpoint only at the end
+
+
+class LogConfig(_Strict):
+    dir: str = "runs"
+    every: PosInt = 50
+    histogram_every: PosInt = 500
+    embedding_samples: NonNegInt = 512  # messages written to the projector at the end; 0 = none
+
+
+class AgentConfig(_Strict):
+    name: str
+    period: PosInt = 1
+    lr: PosFloat | None = None
+
+
+class UtilityConfig(_Strict):
+    """The model that predicts the gradient a receiver will send back (the synthetic gradient)."""
+
+    kind: Literal["linear", "mlp", "conv"] = "linear"
+    hidden: PosInt = 1024
+    layers: PosInt = 2
+    rank: PosInt | None = None  # low-rank linear utility model
+    optimizer: Optimizer = "adam"
+    lr: PosFloat | None = None  # None: trainer.lr
+
+
+class SyntheticInputConfig(_Strict):
+    """Forward unlocking: the receiver predicts its input instead of waiting for the sender."""
+
+    kind: Literal["linear", "mlp"] = "mlp"
+    hidden: PosInt = 1024
+    layers: PosInt = 2
+    lr: PosFloat | None = None
+
+
+class InterfaceConfig(_Strict):
+    mode: Mode = "dni"
+    scale: NonNegFloat = 1.0  # synthetic gradient is multiplied by this before use
+    lambda_true: UnitFloat = 0.0  # >0: BP(lambda), lambda*true + (1-lambda)*synthetic
+    warmup_steps: NonNegInt = 0  # utility model learns but its gradient is not applied yet
+    utility: UtilityConfig = Field(default_factory=UtilityConfig)
+    synthetic_input: SyntheticInputConfig | None = None
+
+
+class InterfaceOverride(_Strict):
+    """Per-channel overrides; None inherits ``interface_defaults``, dicts deep-merge onto them.
+
+    ``utility`` and ``synthetic_input`` stay partial dicts here and are validated after merging,
+    so a channel can change one utility field without restating the rest.
+    """
+
+    sender: str
+    receiver: str
+    mode: Mode | None = None
+    scale: NonNegFloat | None = None
+    lambda_true: UnitFloat | None = None
+    warmup_steps: NonNegInt | None = None
+    utility: dict[str, Any] | None = None
+    synthetic_input: dict[str, Any] | None = None
+
+
+class FFConfig(_Strict):
+    dataset: Literal["digits", "fashion_mnist", "mnist", "cifar10"] = "digits"
+    data_root: str | None = None
+    model: Literal["mlp", "cnn"] = "mlp"
+    hidden: PosInt = 256
+    layers: Annotated[int, Field(ge=2, le=12)] = 3  # each layer is one agent: layer0..layer{n-1}
+    batch_norm: bool = True
+
+
+class Config(_Strict):
+    name: str = "run"  # run folder is <log.dir>/<name>
+    driver: Driver
+    seed: NonNegInt = 0
+    device: str = "cpu"
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    agents: list[AgentConfig] = Field(default_factory=list)
+    interface_defaults: InterfaceConfig = Field(default_factory=InterfaceConfig)
+    interfaces: list[InterfaceOverride] = Field(default_factory=list)
+    ff: FFConfig = Field(default_factory=FFConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        # The name becomes a folder: no separators, and never "." or "..".
+        if not _NAME_RE.fullmatch(value) or set(value) == {"."}:
+            raise ValueError(f"{value!r} is not a valid run name (allowed: letters, digits, _ . -)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a device (allowed: cpu, cuda, cuda:N, auto)")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# Public helpers
+
+
+def agent_names(cfg: Config) -> list[str]:
+    """The agents a run has: the ff driver derives one per layer, other drivers list them."""
+    if cfg.driver == "ff":
+        return [f"layer{i}" for i in range(cfg.ff.layers)]
+    return [agent.name for agent in cfg.agents]
+
+
+def interface_config(cfg: Config, sender: str, receiver: str) -> InterfaceConfig:
+    """The settings of one channel: ``interface_defaults`` with the matching override merged in."""
+    for override in cfg.interfaces:
+        if (override.sender, override.receiver) == (sender, receiver):
+            return _merge_interface(cfg.interface_defaults, override)
+    return cfg.interface_defaults.model_copy(deep=True)
+
+
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped in ``dni_agents.configs``, usable wherever a path is."""
+    return sorted(
+        entry.name[: -len(".yaml")] for entry in _bundled_dir().iterdir() if entry.name.endswith(".yaml")
+    )
+
+
+def find_config(name_or_path: str) -> pathlib.Path:
+    """Resolve an existing file, else a bundled config name (``.yaml`` optional)."""
+    path = pathlib.Path(name_or_path)
+    if path.is_file():
+        return path
+    stem = name_or_path[: -len(".yaml")] if name_or_path.endswith(".yaml") else name_or_path
+    if stem in bundled_configs():
+        return pathlib.Path(str(_bundled_dir() / f"{stem}.yaml"))
+    bundled = ", ".join(bundled_configs()) or "none"
+    raise ConfigError(f"{name_or_path}: no such config file (bundled configs: {bundled})")
+
+
+def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config, apply dotted overrides, validate; see :func:`parse_config`."""
+    path = find_config(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        raise ConfigError(f"{path}: invalid YAML{where} ({problem})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return parse_config(data, overrides)
+
+
+def parse_config(data: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Validate a config mapping after applying ``key.sub=value`` overrides.
+
+    Overrides go through OmegaConf (``DictConfig.merge_with_dotlist``); values are YAML scalars
+    (``trainer.lr=1e-3`` is a float, ``x=null`` is None) or YAML flow collections
+    (``interfaces=[{sender: layer0, receiver: layer1, mode: none}]``). List items are addressed
+    by index, as ``interfaces.0.mode=none`` or ``interfaces[0].mode=none``; an index must exist.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: top level must be a mapping of keys, got {type(data).__name__}")
+    data = _apply_overrides(data, overrides)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise _to_config_error(exc, Config) from None
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config (every default filled in), as a run records it next to its results."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Internals
+
+
+def _bundled_dir() -> Any:
+    """The bundled configs folder (an importlib Traversable); a function so tests can redirect it."""
+    return importlib.resources.files("dni_agents.configs")
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Merge dotted overrides with OmegaConf, one at a time so an error names its override."""
+    try:
+        conf = OmegaConf.create(data)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: unsupported content ({_first_line(exc)})") from None
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r}: expected key=value (e.g. trainer.lr=1e-3)")
+        try:
+            conf.merge_with_dotlist([override])
+        except (OmegaConfBaseException, ValueError, TypeError) as exc:
+            raise ConfigError(f"{key}: cannot apply override {override!r} ({_first_line(exc)})") from None
+    try:
+        return OmegaConf.to_container(conf, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: cannot resolve interpolation ({_first_line(exc)})") from None
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    """Checks pydantic cannot express per field: names must refer to agents that exist."""
+    seen: set[str] = set()
+    for i, agent in enumerate(cfg.agents):
+        if agent.name in seen:
+            raise ConfigError(f"agents[{i}].name: duplicate agent {agent.name!r} (names must be unique)")
+        seen.add(agent.name)
+    names = agent_names(cfg)
+    known = ", ".join(names) or "none"
+    if cfg.driver == "ff":  # ff derives its agents; entries in `agents` may only tune them
+        for i, agent in enumerate(cfg.agents):
+            if agent.name not in names:
+                raise ConfigError(f"agents[{i}].name: unknown agent {agent.name!r} (agents: {known})")
+    pairs: set[tuple[str, str]] = set()
+    for i, override in enumerate(cfg.interfaces):
+        for role in ("sender", "receiver"):
+            name = getattr(override, role)
+            if name not in names:
+                raise ConfigError(f"interfaces[{i}].{role}: unknown agent {name!r} (agents: {known})")
+        pair = (override.sender, override.receiver)
+        if pair in pairs:
+            raise ConfigError(f"interfaces[{i}]: duplicate channel {pair[0]} -> {pair[1]} (one entry each)")
+        pairs.add(pair)
+        try:
+            _merge_interface(cfg.interface_defaults, override)
+        except ValidationError as exc:
+            raise _to_config_error(exc, InterfaceConfig, ("interfaces", i)) from None
+
+
+def _merge_interface(defaults: InterfaceConfig, override: InterfaceOverride) -> InterfaceConfig:
+    merged = defaults.model_dump()
+    given = {k: v for k, v in override.model_dump(exclude={"sender", "receiver"}).items() if v is not None}
+    return InterfaceConfig.model_validate(_deep_merge(merged, given))
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+_TYPE_WORDS = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+    "dict": "a mapping", "model": "a mapping", "list": "a list",
+}  # fmt: skip
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _to_config_error(exc: ValidationError, root: type[BaseModel], prefix: tuple = ()) -> ConfigError:
+    """Turn pydantic's first error into ``<path>: <problem> (<allowed>)``."""
+    err = exc.errors(include_url=False)[0]
+    loc, kind, given = tuple(err["loc"]), err["type"], err.get("input")
+    ctx = err.get("ctx") or {}
+    path = _path(prefix + loc)
+    if kind == "extra_forbidden":
+        parent = _type_at(root, loc[:-1])
+        fields = list(parent.model_fields) if _is_model(parent) else []
+        close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(fields)
+        return ConfigError(f"{path}: unknown key ({hint})")
+    allowed = _literal_values(_type_at(root, loc))
+    if kind == "missing":
+        return ConfigError(f"{path}: required" + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+    if kind == "literal_error" and allowed:
+        close = difflib.get_close_matches(str(given), allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return ConfigError(f"{path}: {given!r} is not allowed ({hint}allowed: {', '.join(allowed)})")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = next(k for k in _BOUNDS if k in ctx)
+        return ConfigError(f"{path}: must be {_BOUNDS[bound]} {ctx[bound]:g}, got {given!r}")
+    base = kind.split("_")[0]
+    if base in _TYPE_WORDS and kind.endswith(("_type", "_parsing", "_from_float", "_attributes_type")):
+        return ConfigError(f"{path}: expected {_TYPE_WORDS[base]}, got {_short_repr(given)}")
+    if kind == "value_error" and "error" in ctx:
+        return ConfigError(f"{path}: {ctx['error']}")
+    return ConfigError(f"{path}: {err['msg']}")
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for key in loc:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out or "config"
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Annotated and Optional so the model, list or Literal underneath is visible."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _type_at(root: Any, loc: tuple) -> Any:
+    """The schema type at a pydantic error location, or None where the schema has no such key."""
+    tp = root
+    for key in loc:
+        tp = _unwrap(tp)
+        if _is_model(tp) and key in tp.model_fields:
+            tp = tp.model_fields[key].annotation
+        elif get_origin(tp) is list and isinstance(key, int):
+            tp = get_args(tp)[0]
+        else:
+            return None
+    return _unwrap(tp)
+
+
+def _literal_values(tp: Any) -> list[str]:
+    return [str(v) for v in get_args(tp)] if get_origin(tp) is Literal else []
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,23 @@
+"""The DNI core: messages, transports, utility models, interfaces, agents and the system clock.
+
+Pure torch. Nothing here imports a driver, an environment, a data set or the CLI.
+"""
+
+from .interface import MODES, Interface, Mode
+from .message import InProcess, Message, Transport
+from .models import SyntheticInputModel, UtilityModel
+from .system import Agent, System, Tick
+
+__all__ = [
+    "MODES",
+    "Agent",
+    "InProcess",
+    "Interface",
+    "Message",
+    "Mode",
+    "SyntheticInputModel",
+    "System",
+    "Tick",
+    "Transport",
+    "UtilityModel",
+]

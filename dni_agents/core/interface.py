@@ -1,0 +1,249 @@
+"""The decoupled neural interface: one channel from a sender agent to a receiver agent.
+
+Sender half (:meth:`Interface.send`): the message ``h`` goes out detached; the utility model looks at it
+and returns ĝ at once, so the sender can update now (update unlocking). Receiver half
+(:meth:`Interface.receive`, :meth:`Interface.reply`): the receiver gets a fresh leaf ``z`` and, after its
+own backward pass, replies with ``z.grad``: the true gradient, which already contains whatever synthetic
+gradient the receiver itself got from further downstream (bootstrapping, no special code). When that
+target comes back, :meth:`Interface.collect` regresses the prediction made at send time onto it (the
+prediction is reused, never recomputed) and measures how good ĝ was.
+
+Modes: ``dni`` (ĝ now), ``cdni`` (ĝ from U(h, context)), ``backprop`` (the sender waits for the true
+gradient: the coupled, locked baseline), ``none`` (no gradient crosses). With ``lambda_true > 0`` a
+synthetic mode also waits and applies ``λ·true + (1-λ)·ĝ`` (BP(λ)).
+
+Units: gradients of a batch-mean loss are 1/B of per-example gradients, so with ``per_example=True``
+(default) the utility model predicts per-example gradients (targets are multiplied by the batch size B,
+ĝ is divided by it when applied). Its scale then does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .message import InProcess, Message, Transport
+
+Mode = Literal["dni", "cdni", "backprop", "none"]
+MODES: tuple[str, ...] = ("dni", "cdni", "backprop", "none")
+
+
+@dataclass
+class _Sent:
+    """Sender-side record of one message until its target has come back."""
+
+    message: torch.Tensor
+    prediction: torch.Tensor | None  # U(h, context) in per-example units, graph to U's parameters only
+    warm: bool  # still in warm-up: ĝ is learned but not applied
+    target: torch.Tensor | None = None
+    learned: bool = False  # the utility model has regressed onto the target
+    consumed: bool = False  # a locked sender has taken its gradient
+
+
+class Interface:
+    """A channel ``sender -> receiver`` with an optional utility model and synthetic-input model.
+
+    All state lives on the instance (nothing global), so many systems can share a process.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sender: str,
+        receiver: str,
+        mode: Mode = "dni",
+        utility: nn.Module | None = None,
+        utility_optimizer: torch.optim.Optimizer | None = None,
+        scale: float = 1.0,
+        lambda_true: float = 0.0,
+        warmup_steps: int = 0,
+        synthetic_input: nn.Module | None = None,
+        synthetic_input_optimizer: torch.optim.Optimizer | None = None,
+        transport: Transport | None = None,
+        per_example: bool = True,
+        learn: bool = True,
+        max_in_flight: int = 1024,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"interface {name}: mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode in ("dni", "cdni") and utility is None:
+            raise ValueError(f"interface {name}: mode {mode!r} needs a utility model")
+        if not 0.0 <= lambda_true <= 1.0:
+            raise ValueError(f"interface {name}: lambda_true must be in [0, 1], got {lambda_true}")
+        self.name, self.sender, self.receiver, self.mode = name, sender, receiver, mode
+        self.utility, self.utility_optimizer = utility, utility_optimizer
+        self.scale, self.lambda_true, self.warmup_steps = scale, lambda_true, warmup_steps
+        self.synthetic_input, self.synthetic_input_optimizer = synthetic_input, synthetic_input_optimizer
+        self.transport = transport if transport is not None else InProcess()
+        self.per_example, self.learn, self.max_in_flight = per_example, learn, max_in_flight
+        self.messages_sent = 0
+        self._sent: dict[int, _Sent] = {}
+        self._received: dict[int, torch.Tensor] = {}
+        self._predicted_inputs: dict[int, torch.Tensor] = {}
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether this interface produces synthetic gradients."""
+        return self.mode in ("dni", "cdni")
+
+    @property
+    def locked(self) -> bool:
+        """Whether the sender must wait for the receiver's true gradient before it can update."""
+        return self.mode == "backprop" or (self.synthetic and self.lambda_true > 0)
+
+    def _units(self, h: torch.Tensor) -> int:
+        return h.shape[0] if self.per_example else 1
+
+    # ------------------------------------------------------------------ sender half
+    def send(self, h: torch.Tensor, step: int, context: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Send ``h`` at ``step``; return the gradient the sender applies to ``h`` now, or None (it gets
+        nothing now: mode ``none``, warm-up, or a locked mode whose gradient comes with the target)."""
+        message = h.detach()
+        self.transport.put_message(Message(self.name, step, message, context))
+        if self.mode == "none":
+            return None
+        self.messages_sent += 1
+        prediction = None
+        if self.synthetic:
+            if self.mode == "cdni" and context is None:
+                raise ValueError(f"interface {self.name}: cdni needs a context tensor at send()")
+            ctx = context if self.mode == "cdni" else None
+            if self.learn:
+                prediction = self.utility(message, ctx)
+            else:
+                with torch.no_grad():
+                    prediction = self.utility(message, ctx)
+        record = _Sent(message, prediction, warm=self.messages_sent <= self.warmup_steps)
+        self._sent[step] = record
+        while len(self._sent) > self.max_in_flight:  # targets that never came back: forget the oldest
+            del self._sent[next(iter(self._sent))]
+        if self.locked:
+            return None
+        return self._synthetic_gradient(record)
+
+    def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
+        if record.prediction is None or record.warm:
+            return None
+        return record.prediction.detach() * (self.scale / self._units(record.message))
+
+    def target_arrived(self, step: int) -> bool:
+        """Whether the true gradient for the message of ``step`` is here (pulling it from the transport)."""
+        record = self._sent.get(step)
+        if record is None:
+            return False
+        if record.target is None:
+            record.target = self.transport.take_target(self.name, step)
+        return record.target is not None
+
+    def locked_gradient(self, step: int) -> torch.Tensor:
+        """For a locked sender: the gradient to apply once the target is here (true, or BP(λ) mix)."""
+        if not self.target_arrived(step):
+            raise RuntimeError(f"interface {self.name}: no target yet for step {step}")
+        record = self._sent[step]
+        gradient = record.target
+        synthetic = self._synthetic_gradient(record)
+        if self.synthetic and self.lambda_true < 1.0:
+            gradient = self.lambda_true * gradient
+            if synthetic is not None:
+                gradient = gradient + (1.0 - self.lambda_true) * synthetic
+        record.consumed = True
+        if record.learned:
+            del self._sent[step]
+        return gradient
+
+    def collect(self, track: bool = True) -> list[dict[str, float | torch.Tensor]]:
+        """Learn from every target that has arrived: regress the utility model's send-time prediction onto
+        it and (``track``) measure ĝ against it. Returns one stats dict per target, values as 0-d tensors."""
+        stats: list[dict[str, float | torch.Tensor]] = []
+        for step in list(self._sent):
+            record = self._sent[step]
+            if record.learned or not self.target_arrived(step):
+                continue
+            if record.prediction is not None:
+                stats.append(self._learn_utility(step, record, track))
+            record.learned = True
+            if not self.locked or record.consumed:
+                del self._sent[step]
+        self._learn_synthetic_inputs()
+        return stats
+
+    def _learn_utility(self, step: int, record: _Sent, track: bool) -> dict[str, float | torch.Tensor]:
+        prediction = record.prediction
+        target = record.target * self._units(record.message)
+        loss = F.mse_loss(prediction, target)
+        trainable = self.learn and self.utility_optimizer is not None and prediction.requires_grad
+        if trainable:
+            self.utility_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.utility_optimizer.step()
+        out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": loss.detach()}
+        if track:
+            with torch.no_grad():
+                p, t = prediction.detach().flatten(), target.flatten()
+                t_norm = t.norm()
+                out["grad_cosine"] = F.cosine_similarity(p, t, dim=0, eps=1e-20)
+                out["grad_rel_error"] = (p - t).norm() / t_norm.clamp_min(1e-20)
+                out["target_norm"] = t_norm / record.message.shape[0] ** 0.5
+                out["synthetic_norm"] = p.norm() / record.message.shape[0] ** 0.5
+                out["message_norm"] = record.message.flatten(1).norm(dim=1).mean()
+        return out
+
+    # ------------------------------------------------------------------ receiver half
+    def receive(self, step: int, source: torch.Tensor | None = None) -> torch.Tensor:
+        """The receiver's input for ``step``: the message as a fresh leaf (so its gradient can be replied),
+        or, with a synthetic-input model and a ``source``, the predicted message (forward unlocking)."""
+        if self.synthetic_input is not None and source is not None:
+            predicted = self.synthetic_input(source)
+            self._predicted_inputs[step] = predicted
+            z = predicted.detach()
+        else:
+            message = self.transport.take_message(self.name, step)
+            if message is None:
+                raise RuntimeError(
+                    f"interface {self.name}: no message for step {step} (has {self.sender!r} sent it?)"
+                )
+            z = message.tensor.detach()
+        if self.mode == "none":
+            return z
+        z.requires_grad_(True)
+        self._received[step] = z
+        return z
+
+    def reply(self, step: int) -> None:
+        """After the receiver's backward pass: send ``z.grad`` back as the target (zeros if unused)."""
+        z = self._received.pop(step, None)
+        if z is None:
+            return
+        target = z.grad if z.grad is not None else torch.zeros_like(z)
+        self.transport.put_target(self.name, step, target)
+
+    def _learn_synthetic_inputs(self) -> None:
+        """Regress each synthetic input onto the real message once that message has arrived."""
+        for step in list(self._predicted_inputs):
+            message = self.transport.take_message(self.name, step)
+            if message is None:
+                continue
+            predicted = self._predicted_inputs.pop(step)
+            if self.synthetic_input_optimizer is not None:
+                self.synthetic_input_optimizer.zero_grad(set_to_none=True)
+                F.mse_loss(predicted, message.tensor).backward()
+                self.synthetic_input_optimizer.step()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        state: dict = {"messages_sent": self.messages_sent}
+        for key in ("utility", "utility_optimizer", "synthetic_input", "synthetic_input_optimizer"):
+            part = getattr(self, key)
+            if part is not None:
+                state[key] = part.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.messages_sent = int(state["messages_sent"])
+        for key in ("utility", "utility_optimizer", "synthetic_input", "synthetic_input_optimizer"):
+            if key in state:
+                getattr(self, key).load_state_dict(state[key])

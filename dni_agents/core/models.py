@@ -1,0 +1,120 @@
+"""The models an interface learns: the utility model (synthetic gradients) and the synthetic-input model.
+
+A utility model ``U(h, context) -> ĝ`` predicts the gradient of the receiver's loss with respect to
+the message ``h``. Its last layer starts at zero (weights and bias), so ĝ is exactly 0 until it has
+learned something: an untrained interface never pushes the sender in a random direction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+UtilityKind = Literal["linear", "mlp", "conv"]
+
+
+def _zero(layer: nn.Module) -> nn.Module:
+    nn.init.zeros_(layer.weight)
+    if getattr(layer, "bias", None) is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> list[nn.Module]:
+    """``layers`` linear layers (``layers - 1`` hidden ones with ReLU); the last is left for the caller."""
+    mods: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers - 1):
+        mods += [nn.Linear(dim, hidden), nn.ReLU()]
+        dim = hidden
+    mods.append(nn.Linear(dim, out_dim))
+    return mods
+
+
+class UtilityModel(nn.Module):
+    """Synthetic-gradient model: ĝ = U(h, context), same shape as h.
+
+    kinds: ``linear`` (default; optionally low-rank through ``rank``), ``mlp`` (``layers`` linear layers),
+    ``conv`` (for image-shaped messages (C, H, W): 5×5 convolutions, context broadcast as extra channels).
+    ``context_dim > 0`` makes it a cDNI model: the context (e.g. a one-hot label) is concatenated to h.
+    """
+
+    def __init__(
+        self,
+        message_shape: tuple[int, ...],
+        context_dim: int = 0,
+        kind: UtilityKind = "linear",
+        hidden: int = 1024,
+        layers: int = 2,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.message_shape = tuple(message_shape)
+        self.context_dim = context_dim
+        self.kind = kind
+        dim = math.prod(self.message_shape)
+        if kind == "linear":
+            if rank is None:
+                mods: list[nn.Module] = [nn.Linear(dim + context_dim, dim)]
+            else:
+                mods = [nn.Linear(dim + context_dim, rank, bias=False), nn.Linear(rank, dim)]
+        elif kind == "mlp":
+            mods = _mlp(dim + context_dim, dim, hidden, layers)
+        elif kind == "conv":
+            if len(self.message_shape) != 3:
+                raise ValueError(f"a conv utility model needs (C, H, W) messages, got {self.message_shape}")
+            channels = self.message_shape[0]
+            mods, c_in = [], channels + context_dim
+            for _ in range(layers - 1):
+                mods += [nn.Conv2d(c_in, hidden, 5, padding=2), nn.BatchNorm2d(hidden), nn.ReLU()]
+                c_in = hidden
+            mods.append(nn.Conv2d(c_in, channels, 5, padding=2))
+        else:
+            raise ValueError(f"unknown utility model kind {kind!r} (allowed: linear, mlp, conv)")
+        _zero(mods[-1])
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        batch = h.shape[0]
+        if self.kind == "conv":
+            x = h
+            if self.context_dim:
+                c = context.reshape(batch, self.context_dim, 1, 1).to(h.dtype)
+                x = torch.cat([h, c.expand(-1, -1, *h.shape[2:])], dim=1)
+            return self.net(x)
+        x = h.reshape(batch, -1)
+        if self.context_dim:
+            if context is None:
+                raise ValueError("this utility model is conditioned (cDNI) and needs a context tensor")
+            x = torch.cat([x, context.reshape(batch, -1).to(h.dtype)], dim=1)
+        return self.net(x).reshape(h.shape)
+
+
+class SyntheticInputModel(nn.Module):
+    """Forward unlocking: predicts the message a receiver will get from a source the receiver already has
+    (for a feed-forward stage, the network's input), so the receiver can run before the sender."""
+
+    def __init__(
+        self,
+        source_shape: tuple[int, ...],
+        message_shape: tuple[int, ...],
+        kind: Literal["linear", "mlp"] = "mlp",
+        hidden: int = 1024,
+        layers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.message_shape = tuple(message_shape)
+        src, dim = math.prod(source_shape), math.prod(self.message_shape)
+        if kind == "linear":
+            mods: list[nn.Module] = [nn.Linear(src, dim)]
+        elif kind == "mlp":
+            mods = _mlp(src, dim, hidden, layers)
+        else:
+            raise ValueError(f"unknown synthetic-input kind {kind!r} (allowed: linear, mlp)")
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        return self.net(source.reshape(source.shape[0], -1)).reshape(source.shape[0], *self.message_shape)

@@ -1,0 +1,215 @@
+"""Agents, the ticks in which they update, and the system that holds them together.
+
+A driver's training step reads like this::
+
+    for agent in chain:
+        with system.tick(agent, step) as t:
+            x = t.receive(inbound) if inbound else batch
+            h = agent.module(x)
+            t.send(outbound, h, context=labels)   # or t.add_loss(loss) at the top
+    system.settle()
+
+Leaving the ``with`` block updates the agent at once if every outgoing interface gave it a gradient
+now (DNI: update unlocking). If one is locked (``backprop``, BP(λ)), the tick waits in the system until
+its targets are back; :meth:`System.settle` finishes it then, and lets every interface learn from the
+targets that have arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .interface import Interface
+from .message import Transport
+
+
+class Agent:
+    """A network with its own optimizer. It ticks (updates) every ``period`` steps of the global clock,
+    at steps ``period - 1, 2·period - 1, …``."""
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        period: int = 1,
+    ) -> None:
+        if period < 1:
+            raise ValueError(f"agent {name}: period must be >= 1, got {period}")
+        self.name, self.module, self.optimizer, self.period = name, module, optimizer, period
+
+    def ticks_at(self, step: int) -> bool:
+        return (step + 1) % self.period == 0
+
+    def state_dict(self) -> dict:
+        state = {"module": self.module.state_dict()}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+class Tick:
+    """One update of one agent at one clock step. Use through ``with system.tick(agent, step) as t``."""
+
+    def __init__(self, system: System, agent: Agent, step: int) -> None:
+        self.system, self.agent, self.step = system, agent, step
+        self._losses: list[torch.Tensor] = []
+        self._now: list[tuple[torch.Tensor, torch.Tensor]] = []  # (h, ĝ) to apply at once
+        self._locked: list[tuple[Interface, torch.Tensor]] = []  # (interface, h) waiting for a target
+        self._received: list[Interface] = []
+
+    def receive(self, interface: Interface | str, source: torch.Tensor | None = None) -> torch.Tensor:
+        """The message on ``interface`` for this step (see :meth:`Interface.receive`)."""
+        iface = self.system.interfaces[interface] if isinstance(interface, str) else interface
+        self._received.append(iface)
+        return iface.receive(self.step, source)
+
+    def send(self, interface: Interface | str, h: torch.Tensor, context: torch.Tensor | None = None) -> None:
+        """Send ``h``; its synthetic gradient (if any) is applied when the tick ends."""
+        iface = self.system.interfaces[interface] if isinstance(interface, str) else interface
+        gradient = iface.send(h, self.step, context)
+        if iface.locked:
+            self._locked.append((iface, h))
+        elif gradient is not None:
+            self._now.append((h, gradient))
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """A loss of the agent's own (a scalar), minimised in the same backward pass."""
+        self._losses.append(loss)
+
+    @property
+    def ready(self) -> bool:
+        """Whether every locked interface has its target back, so the agent can update."""
+        return all(iface.target_arrived(self.step) for iface, _ in self._locked)
+
+    def update(self) -> None:
+        """One backward pass over losses and message gradients, one optimizer step, then reply targets."""
+        roots: list[torch.Tensor] = list(self._losses)
+        grads: list[torch.Tensor | None] = [None] * len(roots)
+        for h, g in self._now:
+            roots.append(h)
+            grads.append(g)
+        for iface, h in self._locked:
+            roots.append(h)
+            grads.append(iface.locked_gradient(self.step))
+        keep = [i for i, r in enumerate(roots) if r.requires_grad]
+        optimizer = self.agent.optimizer
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        if keep:
+            torch.autograd.backward([roots[i] for i in keep], [grads[i] for i in keep])
+        if optimizer is not None:
+            optimizer.step()
+        for iface in self._received:
+            iface.reply(self.step)
+
+    def __enter__(self) -> Tick:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.system._end(self)
+
+
+class System:
+    """Agents, the interfaces between them, and the clock. All state is on the instance."""
+
+    def __init__(
+        self,
+        agents: Iterable[Agent],
+        interfaces: Iterable[Interface],
+        transport: Transport | None = None,
+    ) -> None:
+        self.agents: dict[str, Agent] = {}
+        for agent in agents:
+            if agent.name in self.agents:
+                raise ValueError(f"two agents are named {agent.name!r}")
+            self.agents[agent.name] = agent
+        self.interfaces: dict[str, Interface] = {}
+        for iface in interfaces:
+            for role, who in (("sender", iface.sender), ("receiver", iface.receiver)):
+                if who not in self.agents:
+                    raise ValueError(
+                        f"interface {iface.name}: unknown {role} {who!r} (agents: {', '.join(self.agents)})"
+                    )
+            if iface.name in self.interfaces:
+                raise ValueError(f"two interfaces are named {iface.name!r}")
+            if transport is not None:
+                iface.transport = transport
+            self.interfaces[iface.name] = iface
+        self.waiting: list[Tick] = []
+        self.track_stats = True
+        self._stats: dict[str, list[dict]] = {name: [] for name in self.interfaces}
+
+    def interface(self, sender: str, receiver: str) -> Interface:
+        for iface in self.interfaces.values():
+            if iface.sender == sender and iface.receiver == receiver:
+                return iface
+        raise KeyError(f"no interface from {sender!r} to {receiver!r}")
+
+    def inbound(self, agent: str) -> list[Interface]:
+        return [i for i in self.interfaces.values() if i.receiver == agent]
+
+    def outbound(self, agent: str) -> list[Interface]:
+        return [i for i in self.interfaces.values() if i.sender == agent]
+
+    def tick(self, agent: Agent | str, step: int) -> Tick:
+        """Begin ``agent``'s update at ``step``."""
+        return Tick(self, self.agents[agent] if isinstance(agent, str) else agent, step)
+
+    def _end(self, tick: Tick) -> None:
+        if tick.ready:
+            tick.update()
+        else:
+            self.waiting.append(tick)
+        self.settle()
+
+    def settle(self) -> None:
+        """Let interfaces learn from arrived targets and finish the waiting ticks that can finish, until
+        nothing changes (a finished tick replies targets, which may free the ticks below it)."""
+        progress = True
+        while progress:
+            progress = False
+            for name, iface in self.interfaces.items():
+                self._stats[name].extend(iface.collect(self.track_stats))
+            for tick in list(self.waiting):
+                if tick.ready:
+                    self.waiting.remove(tick)
+                    tick.update()
+                    progress = True
+
+    def check_settled(self) -> None:
+        """Raise if a tick still waits for a target (a locked interface whose receiver never ticked)."""
+        if self.waiting:
+            tick = self.waiting[0]
+            names = [i.name for i, _ in tick._locked if not i.target_arrived(tick.step)]
+            raise RuntimeError(
+                f"agent {tick.agent.name} (step {tick.step}) still waits for the true gradient on "
+                f"{', '.join(names)}: did the receiver tick at that step?"
+            )
+
+    def drain_stats(self) -> dict[str, list[dict]]:
+        """The fidelity stats gathered since the last call, per interface (values may be 0-d tensors)."""
+        out = {name: stats for name, stats in self._stats.items() if stats}
+        self._stats = {name: [] for name in self.interfaces}
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "agents": {name: a.state_dict() for name, a in self.agents.items()},
+            "interfaces": {name: i.state_dict() for name, i in self.interfaces.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, agent in self.agents.items():
+            agent.load_state_dict(state["agents"][name])
+        for name, iface in self.interfaces.items():
+            iface.load_state_dict(state["interfaces"][name])

@@ -1,0 +1,278 @@
+"""TensorBoard run logging for dni-agents (``torch.utils.tensorboard``; TensorFlow is not needed).
+
+One :class:`RunLogger` owns one run directory and one ``SummaryWriter``; all state lives on the
+instance, so several loggers in one process never share files or tags.
+
+Tag conventions (drivers, ``dni-agents eval`` and the docs rely on these names):
+
+==================================  =======================================================
+``interface/<name>/utility_loss``   synthetic-gradient module loss ``||g_hat - g||^2``
+``interface/<name>/grad_cosine``    cosine(synthetic grad, true grad)
+``interface/<name>/grad_rel_error`` ``||g_hat - g|| / ||g||``
+``interface/<name>/message_norm``   mean L2 norm of the message crossing the interface
+``interface/<name>/message``        histogram of message values
+``agent/<name>/loss``               the agent's task loss (other ``agent/<name>/*`` allowed)
+``eval/<metric>``                   evaluation metrics
+==================================  =======================================================
+
+Text tags: ``config`` (the run's YAML config) and ``hparams`` (markdown table).
+Embeddings go to the projector plugin: ``<run_dir>/projector_config.pbtxt`` plus
+``<run_dir>/<step:05d>/<tag>/{tensors,metadata}.tsv`` (written by ``SummaryWriter.add_embedding``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["RunLogger", "make_run_dir", "read_histogram_tags", "read_projector", "read_scalars", "read_texts"]
+
+_SIZE_GUIDANCE = {"scalars": 0, "histograms": 0, "tensors": 0}  # 0 = keep every event
+
+
+def make_run_dir(log_dir: str | Path, name: str, resume: bool = False) -> Path:
+    """Return ``log_dir/name`` (or ``name-2``, ``name-3``, ...) so an existing run is never overwritten.
+
+    The directory is claimed with an exclusive ``mkdir`` so concurrent launches cannot pick the same one.
+    With ``resume=True`` the run must already exist and is returned as is.
+    """
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise ValueError(f"run name must be a single path component, got {name!r}")
+    root = Path(log_dir)
+    if resume:
+        run = root / name
+        if not run.is_dir():
+            raise FileNotFoundError(f"cannot resume: run directory {run} does not exist")
+        return run
+    root.mkdir(parents=True, exist_ok=True)
+    candidate, i = name, 1
+    while True:
+        try:
+            (root / candidate).mkdir()
+            return root / candidate
+        except FileExistsError:
+            i += 1
+            candidate = f"{name}-{i}"
+
+
+def _clean(cell: Any) -> str:
+    """TSV cells must not contain tabs/newlines or the projector mis-parses the rows."""
+    return str(cell).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def _hparams_markdown(hparams: Mapping[str, Any]) -> str:
+    rows = [f"| {_clean(k)} | {_clean(v).replace('|', '&#124;')} |" for k, v in sorted(hparams.items())]
+    return "\n".join(["| hparam | value |", "|---|---|", *rows])
+
+
+class RunLogger:
+    """Write scalars, histograms, text and projector embeddings for one run.
+
+    With ``enabled=False`` nothing is created on disk and every method is a no-op, so benchmark code
+    can keep its logging calls without paying for them.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config_yaml: str | None = None,
+        hparams: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._closed = False
+        self._embeddings: set[tuple[str, int]] = set()
+        self._writer = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # imported lazily: disabled loggers skip it
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._writer = SummaryWriter(log_dir=str(self.run_dir))
+        if config_yaml is not None:
+            self._write_atomic(self.run_dir / "config.yaml", config_yaml)
+            # Indented = markdown code block, so TensorBoard keeps the YAML layout.
+            self._writer.add_text("config", "\n".join("    " + ln for ln in config_yaml.splitlines()), 0)
+        if hparams:
+            self._writer.add_text("hparams", _hparams_markdown(hparams), 0)
+
+    @staticmethod
+    def _write_atomic(path: Path, text: str) -> None:
+        """tmp + ``os.replace`` so a crash never leaves a half-written config beside the events."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _w(self):
+        """The writer, or None when disabled; logging after close() is a bug, so it raises."""
+        if self._closed:
+            raise RuntimeError(f"RunLogger for {self.run_dir} is closed")
+        return self._writer
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if (w := self._w()) is not None:
+            w.add_scalar(tag, float(value), int(step))
+
+    def scalars(self, prefix: str, values: Mapping[str, float | None], step: int) -> None:
+        """Log ``prefix/key`` for each value; None/NaN are skipped (a metric that was not measurable)."""
+        if self._w() is None:
+            return
+        for key, value in values.items():
+            if value is None or math.isnan(v := float(value)):
+                continue
+            self.scalar(f"{prefix}/{key}", v, step)
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """Histogram of the finite entries (NaN/inf would make numpy's binning raise mid-training)."""
+        if (w := self._w()) is None:
+            return
+        flat = values.detach().to("cpu", torch.float32).reshape(-1)
+        flat = flat[torch.isfinite(flat)]
+        if flat.numel() > 0:
+            w.add_histogram(tag, flat.numpy(), int(step))
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if (w := self._w()) is not None:
+            w.add_text(tag, text, int(step))
+
+    def embedding(
+        self,
+        tag: str,
+        vectors: torch.Tensor,
+        labels: Sequence | torch.Tensor | None,
+        step: int,
+        label_header: Sequence[str] | None = None,
+    ) -> None:
+        """Projector embedding of ``vectors`` (flattened to ``(n, d)``), one metadata row per vector.
+
+        With ``label_header`` each label is a row of ``len(label_header)`` columns. A one-column header
+        is dropped: the projector treats single-column metadata as header-less.
+        """
+        if (w := self._w()) is None:
+            return
+        if (tag, int(step)) in self._embeddings:
+            raise ValueError(f"embedding {tag!r} already logged at step {step}")
+        mat = vectors.detach().to("cpu", torch.float32)
+        mat = mat.reshape(mat.shape[0], -1) if mat.dim() > 0 else mat.reshape(1, 1)
+        meta: list | None = None
+        header = [_clean(h) for h in label_header] if label_header is not None else None
+        if labels is not None:
+            rows = labels.detach().cpu().tolist() if isinstance(labels, torch.Tensor) else list(labels)
+            if len(rows) != mat.shape[0]:
+                raise ValueError(f"{len(rows)} labels for {mat.shape[0]} vectors")
+            if header is not None:
+                rows = [list(r) if isinstance(r, Sequence) and not isinstance(r, str) else [r] for r in rows]
+                if any(len(r) != len(header) for r in rows):
+                    raise ValueError(f"every label row needs {len(header)} columns ({header})")
+                meta = [[_clean(c) for c in r] for r in rows]
+                if len(header) == 1:
+                    meta, header = [r[0] for r in meta], None
+            else:
+                meta = [_clean(r) for r in rows]
+        w.add_embedding(mat, metadata=meta, global_step=int(step), tag=tag, metadata_header=header)
+        self._embeddings.add((tag, int(step)))
+
+    def interface(self, name: str, stats: Mapping[str, float | None], step: int) -> None:
+        self.scalars(f"interface/{name}", stats, step)
+
+    def message_histogram(self, interface_name: str, message: torch.Tensor, step: int) -> None:
+        self.histogram(f"interface/{interface_name}/message", message, step)
+
+    def agent(self, name: str, values: Mapping[str, float | None], step: int) -> None:
+        self.scalars(f"agent/{name}", values, step)
+
+    def flush(self) -> None:
+        if (w := self._w()) is not None:
+            w.flush()
+
+    def close(self) -> None:
+        """Flush and close; idempotent."""
+        if not self._closed and self._writer is not None:
+            self._writer.close()
+        self._closed = True
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _accumulator(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance=_SIZE_GUIDANCE)
+    acc.Reload()
+    return acc
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalar events of a run as ``tag -> [(step, value), ...]`` (values are float32-rounded)."""
+    acc = _accumulator(run_dir)
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def read_histogram_tags(run_dir: Path) -> dict[str, int]:
+    """Histogram tag -> number of logged histogram events."""
+    acc = _accumulator(run_dir)
+    return {tag: len(acc.Histograms(tag)) for tag in acc.Tags()["histograms"]}
+
+
+def read_texts(run_dir: Path) -> dict[str, list[str]]:
+    """Text tag (without torch's ``/text_summary`` suffix) -> logged strings, in step order."""
+    acc = _accumulator(run_dir)
+    out: dict[str, list[str]] = {}
+    for tag in acc.Tags()["tensors"]:
+        if tag.endswith("/text_summary"):
+            texts = [e.tensor_proto.string_val[0].decode("utf-8") for e in acc.Tensors(tag)]
+            out[tag.removesuffix("/text_summary")] = texts
+    return out
+
+
+def _read_tsv(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def read_projector(run_dir: Path) -> list[dict[str, Any]]:
+    """Parse ``projector_config.pbtxt`` and the TSVs it points to.
+
+    Each entry: ``tag``, ``step``, ``tensor_path`` (absolute), ``metadata`` (rows of cells, header row
+    included when multi-column; ``[]`` without labels) and ``shape`` ``(n, d)``.
+    """
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    run_dir = Path(run_dir)
+    pbtxt = run_dir / "projector_config.pbtxt"
+    if not pbtxt.exists():
+        return []
+    config = text_format.Parse(pbtxt.read_text(encoding="utf-8"), ProjectorConfig())
+    out = []
+    for emb in config.embeddings:
+        tag, _, step = emb.tensor_name.rpartition(":")
+        tensor_path = run_dir / emb.tensor_path
+        rows = _read_tsv(tensor_path)
+        out.append(
+            {
+                "tag": tag,
+                "step": int(step),
+                "tensor_path": tensor_path,
+                "metadata": _read_tsv(run_dir / emb.metadata_path) if emb.metadata_path else [],
+                "shape": (len(rows), len(rows[0]) if rows else 0),
+            }
+        )
+    return out

@@ -1,0 +1,1 @@
+"""Our own PettingZoo environments (import name: dni_envs)."""

@@ -1,0 +1,342 @@
+"""The DNI mechanics, proved against plain backprop. Every test here fails if the mechanism breaks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dni_agents.core import Agent, InProcess, Interface, SyntheticInputModel, System, UtilityModel
+
+DIMS = [6, 8, 8, 8, 3]  # 4 agents: 3 hidden stages and a top
+
+
+def make_modules(seed: int = 0, dims: list[int] = DIMS) -> list[nn.Module]:
+    torch.manual_seed(seed)
+    mods: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layer = nn.Linear(dims[i], dims[i + 1])
+        mods.append(nn.Sequential(layer, nn.Tanh()) if i < len(dims) - 2 else layer)
+    return mods
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(out, y)
+
+
+def data(step: int, batch: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(batch, DIMS[0], generator=g), torch.randn(batch, DIMS[-1], generator=g)
+
+
+class Oracle(nn.Module):
+    """A utility model that returns the exact true gradient (per-example units) of the downstream loss,
+    computed with the downstream modules as they are at send time. Context = the regression targets."""
+
+    def __init__(self, downstream: list[nn.Module]) -> None:
+        super().__init__()
+        self.downstream = downstream  # plain list: not registered, so not trained by anyone here
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.enable_grad():
+            z = h.detach().requires_grad_()
+            out = z
+            for m in self.downstream:
+                out = m(out)
+            (g,) = torch.autograd.grad(loss_fn(out, context), z)
+        return g * h.shape[0]
+
+
+def sgd(module: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+
+
+def build_chain(mods: list[nn.Module], mode: str, utility=None, transport=None, **iface_kw) -> System:
+    agents = [Agent(f"a{i}", m, sgd(m)) for i, m in enumerate(mods)]
+    ifaces = []
+    for i in range(len(mods) - 1):
+        u = utility(i) if utility else None
+        opt = torch.optim.Adam(u.parameters(), lr=1e-2) if u is not None and list(u.parameters()) else None
+        ifaces.append(Interface(f"a{i}->a{i + 1}", f"a{i}", f"a{i + 1}", mode, u, opt, **iface_kw))
+    return System(agents, ifaces, transport=transport)
+
+
+def chain_step(system: System, step: int, x: torch.Tensor, y: torch.Tensor, context: bool = True) -> None:
+    names = list(system.agents)
+    for i, name in enumerate(names):
+        with system.tick(name, step) as t:
+            inp = x if i == 0 else t.receive(f"a{i - 1}->a{i}")
+            out = system.agents[name].module(inp)
+            if i == len(names) - 1:
+                t.add_loss(loss_fn(out, y))
+            else:
+                t.send(f"a{i}->a{i + 1}", out, context=y if context else None)
+    system.settle()
+    system.check_settled()
+
+
+def backprop_reference(mods: list[nn.Module], steps: int) -> list[nn.Module]:
+    mods = copy.deepcopy(mods)
+    net = nn.Sequential(*mods)
+    opt = sgd(net)
+    for step in range(steps):
+        x, y = data(step)
+        opt.zero_grad()
+        loss_fn(net(x), y).backward()
+        opt.step()
+    return mods
+
+
+def assert_same_params(a: list[nn.Module], b: list[nn.Module], atol: float = 1e-6) -> None:
+    for ma, mb in zip(a, b, strict=True):
+        for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
+            torch.testing.assert_close(pa, pb, atol=atol, rtol=0)
+
+
+def test_oracle_dni_chain_makes_the_updates_of_end_to_end_backprop():
+    steps = 6
+    mods = make_modules()
+    reference = backprop_reference(mods, steps)
+    system = build_chain(mods, "cdni", utility=lambda i: Oracle(mods[i + 1 :]))
+    for step in range(steps):
+        chain_step(system, step, *data(step))
+        assert not system.waiting  # every agent updated at once: nobody waited for a backward pass
+    assert_same_params(mods, reference)
+    # and the updates are not trivially equal: parameters moved
+    moved = max((p - q).abs().max().item() for p, q in zip(nn.Sequential(*mods).parameters(),
+                                                             nn.Sequential(*make_modules()).parameters()))
+    assert moved > 1e-2
+
+
+def test_backprop_mode_equals_plain_backprop():
+    steps = 4
+    mods = make_modules(seed=1)
+    reference = backprop_reference(mods, steps)
+    system = build_chain(mods, "backprop")
+    for step in range(steps):
+        chain_step(system, step, *data(step))
+    assert_same_params(mods, reference)
+
+
+def test_full_lambda_equals_backprop_and_locks_the_sender():
+    mods = make_modules(seed=2)
+    reference = backprop_reference(mods, 3)
+    system = build_chain(mods, "dni", utility=lambda i: UtilityModel((DIMS[i + 1],)), lambda_true=1.0)
+    for step in range(3):
+        chain_step(system, step, *data(step))
+    assert_same_params(mods, reference)
+
+
+def test_none_mode_sends_no_gradient_upstream():
+    mods = make_modules(seed=3)
+    before = copy.deepcopy(mods)
+    system = build_chain(mods, "none")
+    x, y = data(0)
+    chain_step(system, 0, x, y)
+    for m, b in zip(mods[:-1], before[:-1]):
+        for p, q in zip(m.parameters(), b.parameters()):
+            assert p.grad is None
+            assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(mods[-1].parameters(), before[-1].parameters()))
+
+
+def nonzero_utility(dim: int, seed: int = 7, context_dim: int = 0) -> UtilityModel:
+    torch.manual_seed(seed)
+    u = UtilityModel((dim,), context_dim=context_dim)
+    nn.init.normal_(u.net[-1].weight, std=0.5)
+    return u
+
+
+def test_update_unlocking_sender_updates_before_receiver_runs():
+    mods = make_modules(seed=4)
+    system = build_chain(mods, "dni", utility=lambda i: nonzero_utility(DIMS[i + 1]))
+    x, y = data(0)
+    before = copy.deepcopy(mods[0])
+    with system.tick("a0", 0) as t:
+        t.send("a0->a1", mods[0](x))
+    # a1 has not run at all, yet a0 has already taken its optimizer step
+    assert not system.waiting
+    assert any(not torch.equal(p, q) for p, q in zip(mods[0].parameters(), before.parameters()))
+
+
+def test_backprop_mode_locks_the_sender_until_the_target_arrives():
+    mods = make_modules(seed=4)
+    system = build_chain(mods, "backprop")
+    x, y = data(0)
+    before = copy.deepcopy(mods[0])
+    with system.tick("a0", 0) as t:
+        t.send("a0->a1", mods[0](x))
+    assert [tick.agent.name for tick in system.waiting] == ["a0"]
+    assert all(torch.equal(p, q) for p, q in zip(mods[0].parameters(), before.parameters()))
+    with pytest.raises(RuntimeError, match="still waits for the true gradient on a0->a1"):
+        system.check_settled()
+
+
+@pytest.mark.parametrize("learn", [True, False])
+def test_utility_regression_never_reaches_sender_parameters(learn: bool):
+    """The sender's gradient is exactly Jᵀĝ, with utility learning on or off (the classic leak: regressing
+    U(h) without detaching h pushes the regression loss into the sender)."""
+    grads = {}
+    for learn_flag in (True, False):
+        mods = make_modules(seed=5)
+        system = build_chain(mods, "dni", utility=lambda i: nonzero_utility(DIMS[i + 1]), learn=learn_flag)
+        x, y = data(0)
+        u0 = copy.deepcopy(system.interfaces["a0->a1"].utility)
+        sender = copy.deepcopy(mods[0])
+        chain_step(system, 0, x, y)
+        assert system.interfaces["a0->a1"].messages_sent == 1
+        grads[learn_flag] = [p.grad.clone() for p in mods[0].parameters()]
+        # independent computation of Jᵀĝ with the pre-step sender and utility model
+        h = sender(x)
+        g_hat = u0(h.detach()) / x.shape[0]
+        expected = torch.autograd.grad(h, list(sender.parameters()), grad_outputs=g_hat)
+        for got, want in zip(grads[learn_flag], expected):
+            torch.testing.assert_close(got, want, atol=1e-7, rtol=0)
+        if learn_flag:  # and the utility model did learn
+            assert not torch.equal(u0.net[-1].weight, system.interfaces["a0->a1"].utility.net[-1].weight)
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.equal(a, b)
+
+
+class RecordingTransport(InProcess):
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: dict[tuple[str, int], torch.Tensor] = {}
+
+    def put_target(self, interface, step, target):
+        self.targets[(interface, step)] = target.clone()
+        super().put_target(interface, step, target)
+
+
+def test_bootstrapping_target_contains_the_receivers_synthetic_gradient():
+    mods = make_modules(seed=6, dims=[6, 8, 8, 3])
+    transport = RecordingTransport()
+    system = build_chain(
+        mods, "dni", utility=lambda i: nonzero_utility([8, 8][i], seed=10 + i), transport=transport, scale=0.5
+    )
+    x, y = data(0)
+    a0, a1 = copy.deepcopy(mods[0]), copy.deepcopy(mods[1])
+    u1 = copy.deepcopy(system.interfaces["a1->a2"].utility)
+    chain_step(system, 0, x, y)
+    # a1's input gradient, driven only by the synthetic gradient a1 got from a2 (a1 has no loss of its own)
+    z = a0(x).detach().requires_grad_()
+    h1 = a1(z)
+    g1 = u1(h1.detach()) * (0.5 / x.shape[0])
+    (expected,) = torch.autograd.grad(h1, z, grad_outputs=g1)
+    target = transport.targets[("a0->a1", 0)]
+    assert target.abs().max() > 1e-4
+    torch.testing.assert_close(target, expected, atol=1e-7, rtol=0)
+
+
+def test_linear_utility_model_learns_the_true_gradient_of_a_linear_toy():
+    torch.manual_seed(0)
+    encoder, readout = nn.Linear(4, 12, bias=False), nn.Linear(12, 3)
+    mixing = torch.randn(4, 3)
+    utility = UtilityModel((12,))
+    iface = Interface("enc->head", "enc", "head", "dni", utility, torch.optim.Adam(utility.parameters(), lr=3e-3))
+    system = System([Agent("enc", encoder), Agent("head", readout)], [iface])  # frozen agents
+    for step in range(1500):
+        x = torch.randn(32, 4)
+        with system.tick("enc", step) as t:
+            t.send(iface, encoder(x))
+        with system.tick("head", step) as t:
+            t.add_loss(F.mse_loss(readout(t.receive(iface)), x @ mixing))
+        system.settle()
+        stats = system.drain_stats()["enc->head"]
+    assert float(stats[-1]["grad_cosine"]) > 0.99
+    assert float(stats[-1]["grad_rel_error"]) < 0.15
+
+
+@pytest.mark.parametrize(
+    "kwargs,shape",
+    [
+        ({"kind": "linear"}, (7,)),
+        ({"kind": "linear", "rank": 2}, (7,)),
+        ({"kind": "mlp", "hidden": 16, "layers": 3}, (7,)),
+        ({"kind": "linear", "context_dim": 3}, (7,)),
+        ({"kind": "conv", "hidden": 4, "layers": 2, "context_dim": 3}, (2, 5, 5)),
+    ],
+)
+def test_synthetic_gradient_is_exactly_zero_before_learning(kwargs, shape):
+    torch.manual_seed(0)
+    u = UtilityModel(shape, **kwargs)
+    h = torch.randn(4, *shape)
+    ctx = torch.eye(3)[[0, 1, 2, 0]] if kwargs.get("context_dim") else None
+    assert torch.equal(u(h, ctx), torch.zeros_like(h))
+    # and through an interface: the sender receives a gradient of exactly zero
+    sender = nn.Linear(3, math_prod(shape))
+    iface = Interface("s->r", "s", "r", "cdni" if ctx is not None else "dni", u)
+    system = System([Agent("s", sender, sgd(sender)), Agent("r", nn.Identity())], [iface])
+    with system.tick("s", 0) as t:
+        t.send(iface, sender(torch.randn(4, 3)).reshape(4, *shape), context=ctx)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in sender.parameters())
+
+
+def math_prod(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def test_warmup_learns_but_does_not_apply():
+    mods = make_modules(seed=8)
+    system = build_chain(mods, "dni", utility=lambda i: UtilityModel((DIMS[i + 1],)), warmup_steps=3)
+    first = copy.deepcopy(mods[0])
+    for step in range(3):
+        chain_step(system, step, *data(step))
+        assert all(p.grad is None or not p.grad.any() for p in mods[0].parameters())
+    assert all(torch.equal(p, q) for p, q in zip(mods[0].parameters(), first.parameters()))
+    # the top interface learned meanwhile (the lower ones bootstrap on it, so their targets are still 0)
+    assert system.interfaces["a2->a3"].utility.net[-1].weight.abs().sum() > 0
+    chain_step(system, 3, *data(3))
+    assert any(p.grad.abs().sum() > 0 for p in mods[2].parameters())
+
+
+def test_synthetic_input_lets_the_receiver_run_first_and_learns_the_message():
+    torch.manual_seed(0)
+    sender, receiver = nn.Linear(5, 6), nn.Linear(6, 2)
+    sim = SyntheticInputModel((5,), (6,), kind="linear")
+    utility = UtilityModel((6,))
+    iface = Interface(
+        "s->r", "s", "r", "dni", utility, torch.optim.Adam(utility.parameters(), lr=1e-2),
+        synthetic_input=sim, synthetic_input_optimizer=torch.optim.Adam(sim.parameters(), lr=3e-2),
+    )
+    # a frozen sender, so the message is a fixed function the synthetic-input model can catch up with
+    system = System([Agent("s", sender), Agent("r", receiver, sgd(receiver))], [iface])
+    errors = []
+    for step in range(300):
+        x = torch.randn(16, 5)
+        with system.tick("r", step) as t:  # the receiver runs before the sender has sent anything
+            t.add_loss(F.mse_loss(receiver(t.receive(iface, source=x)), x[:, :2]))
+        with system.tick("s", step) as t:
+            t.send(iface, sender(x))
+        system.settle()
+        with torch.no_grad():
+            errors.append(F.mse_loss(sim(x), sender(x)).item())
+    assert errors[-1] < 0.05 * errors[0]
+
+
+def test_agent_period_and_system_validation():
+    a = Agent("slow", nn.Identity(), period=3)
+    assert [s for s in range(9) if a.ticks_at(s)] == [2, 5, 8]
+    with pytest.raises(ValueError, match="unknown receiver 'ghost'"):
+        System([a], [Interface("x", "slow", "ghost", "none")])
+    with pytest.raises(ValueError, match="needs a utility model"):
+        Interface("x", "a", "b", "dni")
+    with pytest.raises(ValueError, match="not one of"):
+        Interface("x", "a", "b", "dnn")  # type: ignore[arg-type]
+
+
+def test_two_systems_in_one_process_do_not_interfere():
+    mods_a, mods_b = make_modules(seed=9), make_modules(seed=9)
+    sys_a = build_chain(mods_a, "backprop")
+    sys_b = build_chain(mods_b, "backprop")
+    for step in range(2):  # interleaved
+        chain_step(sys_a, step, *data(step))
+        chain_step(sys_b, step, *data(step))
+    assert_same_params(mods_a, mods_b, atol=0)
+    assert_same_params(mods_a, backprop_reference(make_modules(seed=9), 2))

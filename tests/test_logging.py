@@ -1,0 +1,177 @@
+"""RunLogger tests: everything is checked by reading the written files back."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dni_agents.logging import (
+    RunLogger,
+    make_run_dir,
+    read_histogram_tags,
+    read_projector,
+    read_scalars,
+    read_texts,
+)
+
+
+def _event_files(run_dir: Path) -> list[Path]:
+    return list(run_dir.rglob("events.out.tfevents.*"))
+
+
+def test_scalars_exact_counts_and_values(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, "s")
+    with RunLogger(run) as log:
+        for step in range(3):
+            log.scalar("eval/return", step * 0.5, step)
+            log.interface(
+                "a_to_b", {"utility_loss": 0.25 * step, "grad_cosine": None, "grad_rel_error": math.nan}, step
+            )
+            log.agent("speaker", {"loss": 1.0 + step}, step)
+        log.scalars("eval", {"accuracy": 0.75, "skipped": float("nan")}, 10)
+    got = read_scalars(run)
+    assert set(got) == {"eval/return", "interface/a_to_b/utility_loss", "agent/speaker/loss", "eval/accuracy"}
+    assert got["eval/return"] == [(0, 0.0), (1, 0.5), (2, 1.0)]
+    assert got["interface/a_to_b/utility_loss"] == [(0, 0.0), (1, 0.25), (2, 0.5)]
+    assert got["agent/speaker/loss"] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert got["eval/accuracy"] == [(10, 0.75)]
+
+
+def test_scalar_accepts_zero_dim_tensor(tmp_path: Path) -> None:
+    with RunLogger(tmp_path / "r") as log:
+        log.scalar("agent/x/loss", torch.tensor(0.125), 4)
+    assert read_scalars(tmp_path / "r") == {"agent/x/loss": [(4, 0.125)]}
+
+
+def test_histograms_counted_and_nonfinite_tolerated(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, "h")
+    with RunLogger(run) as log:
+        for step in range(4):
+            msg = torch.randn(8, 5, requires_grad=True) * 2  # non-leaf with grad: must be detached
+            log.message_histogram("a_to_b", msg, step)
+        log.histogram("weights", torch.tensor([1.0, math.nan, math.inf, 2.0]), 0)
+        log.histogram("empty", torch.tensor([math.nan]), 0)  # nothing finite: skipped, no crash
+        log.histogram("bf16", torch.ones(3, dtype=torch.bfloat16), 0)
+    assert read_histogram_tags(run) == {"interface/a_to_b/message": 4, "weights": 1, "bf16": 1}
+
+
+def test_config_yaml_and_text(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, "c")
+    cfg = "model:\n  hidden: 64\n  lr: 0.001\nseed: 3\n"
+    with RunLogger(run, config_yaml=cfg, hparams={"lr": 1e-3, "note": "a|b"}) as log:
+        log.text("notes", "hello", 5)
+    assert (run / "config.yaml").read_text() == cfg
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["hidden"] == 64
+    assert not list(run.glob(".config.yaml.*"))  # temp file was renamed, not left behind
+    texts = read_texts(run)
+    assert set(texts) == {"config", "hparams", "notes"}
+    assert texts["config"] == ["    model:\n      hidden: 64\n      lr: 0.001\n    seed: 3"]
+    table = texts["hparams"][0]
+    assert table.splitlines()[:2] == ["| hparam | value |", "|---|---|"]
+    assert "| lr | 0.001 |" in table and "| note | a&#124;b |" in table
+    assert texts["notes"] == ["hello"]
+
+
+def test_projector_single_column(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, "p")
+    vecs = torch.randn(6, 2, 3)  # flattened to (6, 6)
+    with RunLogger(run) as log:
+        log.embedding("interface/a_to_b/message", vecs, torch.tensor([0, 1, 2, 0, 1, 2]), step=7)
+        log.embedding("nolabels", torch.randn(4, 2), None, step=7)
+    (emb, plain) = read_projector(run)
+    assert emb["tag"] == "interface/a_to_b/message" and emb["step"] == 7
+    assert emb["shape"] == (6, 6)
+    assert emb["metadata"] == [["0"], ["1"], ["2"], ["0"], ["1"], ["2"]]
+    assert emb["tensor_path"].is_file() and emb["tensor_path"].parent.parent == run / "00007"
+    first = [float(x) for x in emb["tensor_path"].read_text().splitlines()[0].split("\t")]
+    assert first == pytest.approx(vecs[0].flatten().tolist(), rel=1e-6)
+    assert plain["shape"] == (4, 2) and plain["metadata"] == []
+
+
+def test_projector_multi_column(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, "m")
+    labels = [["red", 0], ["blue", 1], ["tab\there", 2]]
+    with RunLogger(run) as log:
+        log.embedding("msg", torch.randn(3, 4), labels, step=0, label_header=["colour", "target"])
+        log.embedding("one", torch.randn(2, 4), ["x", "y"], step=0, label_header=["only"])
+        with pytest.raises(ValueError):
+            log.embedding("msg", torch.randn(3, 4), labels, step=0, label_header=["colour", "target"])
+        with pytest.raises(ValueError):
+            log.embedding("bad", torch.randn(3, 4), [["a"], ["b"], ["c"]], step=1, label_header=["x", "y"])
+        with pytest.raises(ValueError):
+            log.embedding("short", torch.randn(3, 4), ["a"], step=1)
+    by_tag = {e["tag"]: e for e in read_projector(run)}
+    assert set(by_tag) == {"msg", "one"}
+    assert by_tag["msg"]["metadata"] == [["colour", "target"], ["red", "0"], ["blue", "1"], ["tab here", "2"]]
+    assert by_tag["msg"]["shape"] == (3, 4)
+    assert by_tag["one"]["metadata"] == [["x"], ["y"]]  # single column: projector expects no header
+
+
+def test_make_run_dir_never_overwrites(tmp_path: Path) -> None:
+    first = make_run_dir(tmp_path / "runs", "exp")
+    (first / "marker").write_text("keep")
+    second = make_run_dir(tmp_path / "runs", "exp")
+    third = make_run_dir(tmp_path / "runs", "exp")
+    assert [first.name, second.name, third.name] == ["exp", "exp-2", "exp-3"]
+    assert (first / "marker").read_text() == "keep"
+    assert make_run_dir(tmp_path / "runs", "exp-2", resume=True) == second
+    with pytest.raises(FileNotFoundError):
+        make_run_dir(tmp_path / "runs", "missing", resume=True)
+    for bad in ("", "..", "a/b"):
+        with pytest.raises(ValueError):
+            make_run_dir(tmp_path / "runs", bad)
+
+
+def test_two_loggers_no_cross_talk(tmp_path: Path) -> None:
+    a_dir, b_dir = make_run_dir(tmp_path, "run"), make_run_dir(tmp_path, "run")
+    a, b = RunLogger(a_dir, config_yaml="who: a\n"), RunLogger(b_dir, config_yaml="who: b\n")
+    for step in range(3):
+        a.scalar("agent/a/loss", 1.0, step)
+        b.scalar("agent/b/loss", 2.0, step)
+        b.scalar("agent/b/loss2", 3.0, step)
+    a.embedding("emb", torch.randn(2, 3), ["p", "q"], 0)
+    b.embedding("emb", torch.randn(5, 3), None, 0)  # same tag/step in another logger is fine
+    a.close()
+    b.close()
+    assert read_scalars(a_dir) == {"agent/a/loss": [(0, 1.0), (1, 1.0), (2, 1.0)]}
+    assert set(read_scalars(b_dir)) == {"agent/b/loss", "agent/b/loss2"}
+    assert [e["shape"] for e in read_projector(a_dir)] == [(2, 3)]
+    assert [e["shape"] for e in read_projector(b_dir)] == [(5, 3)]
+    assert (a_dir / "config.yaml").read_text() == "who: a\n"
+    assert (b_dir / "config.yaml").read_text() == "who: b\n"
+    assert len(_event_files(a_dir)) == 1 and len(_event_files(b_dir)) == 1
+
+
+def test_disabled_logger_writes_nothing(tmp_path: Path) -> None:
+    run = tmp_path / "off"
+    with RunLogger(run, config_yaml="a: 1\n", hparams={"a": 1}, enabled=False) as log:
+        log.scalar("x", 1.0, 0)
+        log.scalars("p", {"y": 2.0}, 0)
+        log.histogram("h", torch.randn(4), 0)
+        log.message_histogram("i", torch.randn(4), 0)
+        log.interface("i", {"grad_cosine": 0.5}, 0)
+        log.agent("a", {"loss": 0.5}, 0)
+        log.text("t", "hello")
+        log.embedding("e", torch.randn(2, 2), ["a", "b"], 0)
+        log.flush()
+    assert not run.exists()
+    assert not _event_files(tmp_path)
+
+
+def test_logging_after_close_raises(tmp_path: Path) -> None:
+    log = RunLogger(tmp_path / "r")
+    log.close()
+    log.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        log.scalar("x", 1.0, 0)
+    assert len(_event_files(tmp_path / "r")) == 1  # no second event file was opened
+
+
+def test_read_projector_without_embeddings(tmp_path: Path) -> None:
+    with RunLogger(tmp_path / "r") as log:
+        log.scalar("x", 1.0, 0)
+    assert read_projector(tmp_path / "r") == []
