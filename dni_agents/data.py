@@ -208,9 +208,12 @@ def load_dataset(name: str, root: str | Path | None = None) -> ImageDataset:
 
 
 def batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, start: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled mini-batches, reshuffled each epoch from ``generator`` so runs are reproducible.
+
+    ``start`` skips that many batches (replaying the epoch permutations), so a resumed run sees exactly
+    the batches an uninterrupted run would have seen from that step on.
 
     The last partial batch of an epoch is dropped (keeps batch shapes fixed) unless N < batch_size, in
     which case every batch is the whole (shuffled) set. Arguments are checked eagerly, not on first next().
@@ -219,16 +222,23 @@ def batches(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must be non-empty and equally long, got {len(x)} and {len(y)}")
-    return _batch_stream(x, y, batch_size, generator)
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    return _batch_stream(x, y, batch_size, generator, start)
 
 
 def _batch_stream(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, start: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(x)
     step = min(batch_size, n)
+    per_epoch = n // step
+    for _ in range(start // per_epoch):
+        torch.randperm(n, generator=generator, device=generator.device)
+    skip = (start % per_epoch) * step
     while True:
         perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
-        for i in range(0, n - step + 1, step):
+        for i in range(skip, n - step + 1, step):
             idx = perm[i : i + step]
             yield x[idx], y[idx.to(y.device)]
+        skip = 0

@@ -34,8 +34,8 @@ def fake_driver(calls: list[tuple[str, Any]], **extra: Any) -> types.ModuleType:
         calls.append(("evaluate", run_dir))
         return {"accuracy": 0.75}
 
-    def bench(quick: bool, out: pathlib.Path | None, seeds: int | None) -> None:
-        calls.append(("bench", (quick, out, seeds)))
+    def bench(quick: bool, out: pathlib.Path | None, seeds: int | None, overrides: list[str]) -> None:
+        calls.append(("bench", (quick, out, seeds, overrides)))
 
     module.train, module.evaluate, module.bench = train, evaluate, bench  # type: ignore[attr-defined]
     for name, value in extra.items():
@@ -108,8 +108,8 @@ def test_eval_reads_driver_from_run_config(calls, tmp_path, capsys) -> None:
 
 def test_bench_dispatches(calls, tmp_path) -> None:
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "ff", "--quick", "--out", str(out), "--seeds", "2"]) == 0
-    assert calls == [("bench", (True, out, 2))]
+    assert cli.main(["bench", "ff", "device=cpu", "--quick", "--out", str(out), "--seeds", "2"]) == 0
+    assert calls == [("bench", (True, out, 2, ["device=cpu"]))]
 
 
 def test_configs_lists_names_drivers_descriptions(monkeypatch, tmp_path, capsys) -> None:

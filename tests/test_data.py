@@ -287,3 +287,13 @@ def test_real_fashion_mnist() -> None:
     assert torch.equal(torch.bincount(ds.y_train), torch.full((10,), 6000))
     assert torch.equal(torch.bincount(ds.y_test), torch.full((10,), 1000))
     _check_standardized(ds)
+
+
+def test_batches_start_resumes_the_same_stream():
+    x, y = torch.arange(23).float().unsqueeze(1), torch.arange(23)
+    full = batches(x, y, 5, torch.Generator().manual_seed(3))
+    reference = [next(full)[1] for _ in range(14)]
+    for start in (0, 3, 4, 5, 9, 13):
+        resumed = batches(x, y, 5, torch.Generator().manual_seed(3), start=start)
+        for want in reference[start:]:
+            assert torch.equal(next(resumed)[1], want)

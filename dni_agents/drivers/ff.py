@@ -1,0 +1,347 @@
+"""Feed-forward driver: every layer is an agent, with a decoupled interface to the next layer.
+
+The paper's fully connected nets (256 units, batch-norm, ReLU; 3 to 6 layers) and a small CNN, trained
+with one of five methods, which are nothing but interface settings:
+
+=========  ==================================================================================
+backprop   every interface in ``backprop`` mode: the coupled, locked baseline
+dni        synthetic gradients from U(h) at every interface
+cdni       synthetic gradients from U(h, one-hot label)
+unlock     cDNI plus synthetic inputs Î(x): every layer trains without waiting for any other
+top-only   ``none``: only the top layer learns (the paper's "no bprop" floor)
+=========  ==================================================================================
+
+Test accuracy is always measured on the real forward chain x → layer0 → … → top (for ``unlock``
+too: the synthetic inputs are a training device, never used at evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import Config, agent_names, config_to_yaml, load_config, parse_config
+from ..core import Agent, System
+from ..data import ImageDataset, batches, load_dataset
+from ..logging import RunLogger, make_run_dir
+from .common import (
+    build_interface,
+    flat_hparams,
+    load_checkpoint,
+    log_interfaces,
+    make_optimizer,
+    resolve_device,
+    save_checkpoint,
+)
+
+METHODS: dict[str, list[str]] = {
+    "backprop": ["interface_defaults.mode=backprop"],
+    "dni": ["interface_defaults.mode=dni"],
+    "cdni": ["interface_defaults.mode=cdni"],
+    "unlock": ["interface_defaults.mode=cdni", "interface_defaults.synthetic_input={kind: mlp}"],
+    "top-only": ["interface_defaults.mode=none"],
+}
+CHECKPOINT = "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------------------------- model
+def build_layers(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> list[nn.Module]:
+    """One module per agent. MLP: [Linear, BN, ReLU] × (layers-1), then Linear. CNN: [Conv5×5, BN, ReLU,
+    MaxPool] × (layers-1) (pooling in the first two blocks), then Linear."""
+    f = cfg.ff
+    layers: list[nn.Module] = []
+    if f.model == "mlp":
+        width = int(torch.tensor(input_shape).prod())
+        for i in range(f.layers - 1):
+            block: list[nn.Module] = [nn.Flatten()] if i == 0 else []
+            block.append(nn.Linear(width, f.hidden))
+            if f.batch_norm:
+                block.append(nn.BatchNorm1d(f.hidden))
+            layers.append(nn.Sequential(*block, nn.ReLU()))
+            width = f.hidden
+        layers.append(nn.Linear(width, num_classes))
+        return layers
+    channels, height, width = input_shape
+    for i in range(f.layers - 1):
+        block = [nn.Conv2d(channels, f.hidden, 5, padding=2)]
+        if f.batch_norm:
+            block.append(nn.BatchNorm2d(f.hidden))
+        block.append(nn.ReLU())
+        if i < 2:
+            block.append(nn.MaxPool2d(3, stride=2, padding=1))
+            height, width = (height + 1) // 2, (width + 1) // 2
+        layers.append(nn.Sequential(*block))
+        channels = f.hidden
+    layers.append(nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, num_classes)))
+    return layers
+
+
+def message_shapes(layers: list[nn.Module], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Shape (without batch) of what each layer sends; found by one dry forward pass in eval mode."""
+    shapes, h = [], torch.zeros(2, *input_shape)
+    with torch.no_grad():
+        for layer in layers:
+            was = layer.training
+            h = layer.eval()(h)
+            layer.train(was)
+            shapes.append(tuple(h.shape[1:]))
+    return shapes
+
+
+def build_system(cfg: Config, data: ImageDataset, device: torch.device) -> System:
+    """Agents layer0..layerN-1, each with its own optimizer, and an interface between neighbours."""
+    torch.manual_seed(cfg.seed)
+    names = agent_names(cfg)
+    layers = build_layers(cfg, data.input_shape, data.num_classes)
+    shapes = message_shapes(layers, data.input_shape)
+    overrides = {a.name: a for a in cfg.agents}
+    agents, interfaces = [], []
+    for i, (name, layer) in enumerate(zip(names, layers, strict=True)):
+        layer.to(device)
+        lr = (overrides[name].lr if name in overrides else None) or cfg.trainer.lr
+        period = overrides[name].period if name in overrides else 1
+        opt = make_optimizer(cfg.trainer.optimizer, layer.parameters(), lr, cfg.trainer.weight_decay)
+        agents.append(Agent(name, layer, opt, period=period))
+        if i + 1 < len(names):
+            interfaces.append(
+                build_interface(
+                    cfg, name, names[i + 1], shapes[i], device,
+                    context_dim=data.num_classes, source_shape=data.input_shape,
+                )
+            )
+    return System(agents, interfaces)
+
+
+# ------------------------------------------------------------------------------------------- training
+def train_step(system: System, step: int, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    """One clock step: each layer ticks in turn; with DNI each one has updated before the next runs."""
+    agents = list(system.agents.values())
+    onehot = F.one_hot(y, num_classes).float()
+    sent: dict[str, torch.Tensor] = {}
+    for i, agent in enumerate(agents):
+        with system.tick(agent, step) as t:
+            if i == 0:
+                inp = x
+            else:
+                inbound = system.inbound(agent.name)[0]
+                inp = t.receive(inbound, source=x if inbound.synthetic_input is not None else None)
+            out = agent.module(inp)
+            if i == len(agents) - 1:
+                loss = F.cross_entropy(out, y)
+                t.add_loss(loss)
+            else:
+                outbound = system.outbound(agent.name)[0]
+                t.send(outbound, out, context=onehot)
+                sent[outbound.name] = out.detach()
+    system.settle()
+    system.check_settled()
+    accuracy = (out.detach().argmax(1) == y).float().mean()
+    return {"loss": loss.detach(), "accuracy": accuracy, "messages": sent}
+
+
+@torch.no_grad()
+def evaluate_chain(system: System, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict:
+    """Accuracy and loss of the real forward chain (eval mode: batch-norm running statistics)."""
+    modules = [a.module for a in system.agents.values()]
+    for m in modules:
+        m.eval()
+    correct, total_loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        h = x[i : i + batch_size]
+        for m in modules:
+            h = m(h)
+        correct += int((h.argmax(1) == y[i : i + batch_size]).sum())
+        total_loss += float(F.cross_entropy(h, y[i : i + batch_size], reduction="sum"))
+    for m in modules:
+        m.train()
+    return {"test_accuracy": correct / len(x), "test_loss": total_loss / len(x)}
+
+
+@torch.no_grad()
+def top_messages(system: System, x: torch.Tensor) -> torch.Tensor:
+    """What the last hidden layer sends to the top for inputs x (eval mode): the projector's vectors."""
+    modules = [a.module for a in system.agents.values()][:-1]
+    h = x
+    for m in modules:
+        m.eval()
+        h = m(h)
+        m.train()
+    return h
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    resume: Path | None = None,
+    data: ImageDataset | None = None,
+    log: bool = True,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> dict:
+    """Train ``cfg`` and return the final metrics. ``stop_at`` ends early (as a crash would), for tests."""
+    device = resolve_device(cfg.device)
+    data = data or load_dataset(cfg.ff.dataset, cfg.ff.data_root)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    system = build_system(cfg, data, device)
+    start = 0
+    if resume is not None:
+        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
+        state = load_checkpoint(run_dir / CHECKPOINT, device)
+        system.load_state_dict(state["system"])
+        start = int(state["step"])
+    elif log:
+        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
+    config_yaml = config_to_yaml(cfg)
+    logger = RunLogger(run_dir, config_yaml, flat_hparams(cfg.model_dump()), enabled=log)
+    if log:
+        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
+
+    tc = cfg.trainer
+    stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
+    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    bar = tqdm(range(start, end), desc=cfg.name, disable=not progress, leave=False, unit="step")
+    t0, metrics = time.perf_counter(), {}
+    for step in bar:
+        x, y = next(stream)
+        log_now = step % cfg.log.every == 0 or step == tc.steps - 1
+        system.track_stats = log and log_now
+        out = train_step(system, step, x, y, data.num_classes)
+        if log and log_now:
+            top = list(system.agents)[-1]
+            logger.agent(top, {"loss": float(out["loss"]), "accuracy": float(out["accuracy"])}, step)
+            log_interfaces(logger, system, step)
+            bar.set_postfix(loss=f"{float(out['loss']):.3f}")
+        elif not log:
+            system.drain_stats()
+        if log and step % cfg.log.histogram_every == 0:
+            for name, message in out["messages"].items():
+                logger.message_histogram(name, message, step)
+        if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
+            logger.scalars("eval", evaluate_chain(system, x_test, y_test), step)
+        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and log:
+            save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": step + 1, "system": system.state_dict()})
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if end < tc.steps:  # stopped early on purpose: leave it as a crash would
+        logger.close()
+        return {}
+    metrics = evaluate_chain(system, x_test, y_test)
+    metrics.update(steps=tc.steps, steps_per_s=(end - start) / max(seconds, 1e-9))
+    if log:
+        logger.scalars("eval", {k: metrics[k] for k in ("test_accuracy", "test_loss")}, tc.steps)
+        n = min(cfg.log.embedding_samples, len(x_test))
+        if n:
+            logger.embedding("messages/top_input", top_messages(system, x_test[:n]), y_test[:n].tolist(), tc.steps)
+        save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": tc.steps, "system": system.state_dict()})
+        metrics["run_dir"] = str(run_dir)
+    logger.close()
+    return metrics
+
+
+def evaluate(run_dir: Path) -> dict:
+    """``dni-agents eval RUN_DIR``: test accuracy of the checkpointed chain."""
+    run_dir = Path(run_dir)
+    cfg = load_config(str(run_dir / "config.yaml"))
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.ff.dataset, cfg.ff.data_root)
+    system = build_system(cfg, data, device)
+    state = load_checkpoint(run_dir / CHECKPOINT, device)
+    system.load_state_dict(state["system"])
+    metrics = evaluate_chain(system, data.x_test.to(device), data.y_test.to(device))
+    return {"run_dir": str(run_dir), "step": int(state["step"]), **metrics}
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+def method_config(base: str, method: str, overrides: list[str] = ()) -> Config:
+    return load_config(base, [*METHODS[method], *overrides])
+
+
+def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Seconds per training step of the paper's 3-layer FCN shape (784-256-256-10, batch 256, random
+    inputs), methods interleaved ``repeats`` times so machine noise hits them alike; best of the repeats."""
+    gen = torch.Generator().manual_seed(seed)
+    data = ImageDataset(
+        "timing", torch.randn(2048, 1, 28, 28, generator=gen), torch.randint(0, 10, (2048,), generator=gen),
+        torch.randn(10, 1, 28, 28), torch.zeros(10, dtype=torch.long), 10,
+    )
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for method in methods:
+            cfg = parse_config(
+                {"driver": "ff", "name": f"timing-{method}", "seed": seed,
+                 "trainer": {"steps": steps, "batch_size": 256, "lr": 1e-4}, "ff": {"layers": 3}},
+                METHODS[method],
+            )
+            system = build_system(cfg, data, torch.device("cpu"))
+            system.track_stats = False
+            stream = batches(data.x_train, data.y_train, 256, torch.Generator().manual_seed(seed))
+            for step in range(5):  # warm-up
+                train_step(system, step, *next(stream), 10)
+            t0 = time.perf_counter()
+            for step in range(5, 5 + steps):
+                train_step(system, step, *next(stream), 10)
+            per_step = (time.perf_counter() - t0) / steps
+            best[method] = min(best.get(method, float("inf")), per_step)
+    return [
+        {"method": m, "dataset": "timing", "model": "mlp3-784-256-10", "test_accuracy": None,
+         "steps_per_s": 1.0 / best[m], "steps": steps, "seed": seed, "batch_size": 256,
+         "cost_vs_backprop": best[m] / best["backprop"] if "backprop" in best else None}
+        for m in methods
+    ]
+
+
+QUICK = {"base": "ff_digits", "methods": list(METHODS), "overrides": []}
+FULL_MODELS = [("mlp", 3), ("mlp", 4), ("mlp", 5), ("mlp", 6), ("cnn", 3)]
+
+
+def bench(
+    quick: bool = False, out: Path | None = None, seeds: int | None = None, overrides: list[str] = ()
+) -> dict:
+    """``dni-agents bench ff``: every method on digits (quick, 3 seeds) or Fashion-MNIST MLPs of 3–6
+    layers and a CNN (full, 1 seed), plus the cost of a DNI step against a backprop step (on the CPU).
+    ``overrides`` apply to every run (``device=cuda``). Writes JSON to ``out``."""
+    seeds = seeds or (3 if quick else 1)
+    runs: list[tuple[str, list[str]]] = []
+    if quick:
+        runs = [("ff_digits", [])]
+    else:
+        runs = [(f"ff_fashion_{m}", [f"ff.layers={n}"]) for m, n in FULL_MODELS]
+    results: list[dict] = []
+    report = {"benchmark": "ff", "quick": quick, "overrides": list(overrides), "results": results}
+
+    def write() -> None:  # after every run, so a long benchmark that is cut short keeps what it measured
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(out).with_name(Path(out).name + ".tmp")
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.replace(out)
+
+    jobs = [(base, extra, method, seed) for base, extra in runs for method in METHODS for seed in range(seeds)]
+    for base, extra, method, seed in tqdm(jobs, desc="bench ff", unit="run"):
+        cfg = method_config(base, method, [*extra, *overrides, f"seed={seed}"])
+        metrics = train(cfg, Path("runs") / cfg.name, log=False, progress=False)
+        results.append(
+            {"method": method, "dataset": cfg.ff.dataset, "model": f"{cfg.ff.model}{cfg.ff.layers}",
+             "test_accuracy": metrics["test_accuracy"], "steps_per_s": metrics["steps_per_s"],
+             "steps": metrics["steps"], "seed": seed, "device": cfg.device}
+        )
+        tqdm.write(f"{results[-1]['model']:>6} {method:>9} seed {seed}: "
+                   f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['steps_per_s']:.0f} steps/s")
+        write()
+    results += time_methods(["backprop", "dni"], steps=30 if quick else 100)
+    timing = {r["method"]: r for r in results if r["dataset"] == "timing"}
+    report["dni_cost_vs_backprop"] = timing["dni"]["cost_vs_backprop"]
+    write()
+    summary = {}
+    for r in results:
+        if r["dataset"] != "timing":
+            summary.setdefault(f"{r['model']}/{r['method']}", []).append(r["test_accuracy"])
+    return {"test_accuracy": {k: sum(v) / len(v) for k, v in summary.items()},
+            "dni_cost_vs_backprop": report["dni_cost_vs_backprop"], "out": str(out) if out else None}

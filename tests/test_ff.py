@@ -1,0 +1,177 @@
+"""The feed-forward driver end to end: it learns, it logs what we promise, it resumes exactly."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dni_agents.cli import main
+from dni_agents.config import load_config
+from dni_agents.data import load_dataset
+from dni_agents.drivers import ff
+from dni_agents.logging import read_histogram_tags, read_projector, read_scalars, read_texts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def cfg_for(method: str, tmp_path: Path, *extra: str):
+    return ff.method_config(
+        "ff_digits", method,
+        [f"log.dir={tmp_path}", "trainer.steps=60", "trainer.eval_every=0", "log.every=10",
+         "log.histogram_every=20", "log.embedding_samples=50", *extra],
+    )
+
+
+def test_dni_run_learns_and_logs_everything_tensorboard_promises(tmp_path, digits):
+    cfg = cfg_for("cdni", tmp_path, "trainer.steps=200")
+    metrics = ff.train(cfg, tmp_path / cfg.name, data=digits, progress=False)
+    run = Path(metrics["run_dir"])
+    assert metrics["test_accuracy"] > 0.85
+    scalars = read_scalars(run)
+    for iface in ("layer0->layer1", "layer1->layer2"):
+        for key in ("utility_loss", "grad_cosine", "grad_rel_error", "message_norm"):
+            points = scalars[f"interface/{iface}/{key}"]
+            assert [s for s, _ in points] == list(range(0, 200, 10)) + [199]
+    loss = [v for _, v in scalars["agent/layer2/loss"]]
+    assert sum(loss[-5:]) / 5 < 0.5 * sum(loss[:2]) / 2  # the learning curve goes down
+    cos = [v for _, v in scalars["interface/layer1->layer2/grad_cosine"]]
+    assert cos[0] == 0.0  # ĝ is exactly zero before learning
+    assert sum(cos[-5:]) / 5 > 0.3  # then it points where the true gradient does
+    hist = read_histogram_tags(run)
+    assert hist["interface/layer0->layer1/message"] == 10
+    assert "config" in read_texts(run) and "hparams" in read_texts(run)
+    (proj,) = read_projector(run)
+    assert proj["shape"] == (50, 256)
+    assert proj["metadata"] == [[str(int(c))] for c in digits.y_test[:50]]
+    assert scalars["eval/test_accuracy"][-1] == (200, pytest.approx(metrics["test_accuracy"]))
+    assert load_config(str(run / "config.yaml")) == cfg
+
+
+@pytest.mark.parametrize("method", ["backprop", "unlock", "top-only"])
+def test_every_method_trains(tmp_path, digits, method):
+    metrics = ff.train(cfg_for(method, tmp_path, "trainer.steps=150"), tmp_path / "r", data=digits,
+                       log=False, progress=False)
+    assert metrics["test_accuracy"] > 0.6
+
+
+def test_top_only_never_moves_the_lower_layers(tmp_path, digits):
+    cfg = cfg_for("top-only", tmp_path)
+    before = ff.build_system(cfg, digits, torch.device("cpu"))
+    w0 = before.agents["layer0"].module[1].weight.clone()
+    metrics = ff.train(cfg, tmp_path / cfg.name, data=digits, progress=False)
+    state = torch.load(Path(metrics["run_dir"]) / ff.CHECKPOINT, weights_only=True)
+    assert torch.equal(state["system"]["agents"]["layer0"]["module"]["1.weight"], w0)
+    assert not torch.equal(state["system"]["agents"]["layer2"]["module"]["weight"],
+                           before.agents["layer2"].module.weight)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, digits):
+    extra = ("trainer.steps=40", "trainer.checkpoint_every=20")
+    whole = ff.train(cfg_for("dni", tmp_path, *extra, "name=whole"), tmp_path / "whole", data=digits,
+                     progress=False)
+    cfg = cfg_for("dni", tmp_path, *extra, "name=cut")
+    ff.train(cfg, tmp_path / "cut", data=digits, progress=False, stop_at=30)  # "crash" after step 30
+    assert torch.load(tmp_path / "cut" / ff.CHECKPOINT, weights_only=True)["step"] == 20
+    resumed = ff.train(cfg, tmp_path / "cut", resume=tmp_path / "cut", data=digits, progress=False)
+    a = torch.load(Path(whole["run_dir"]) / ff.CHECKPOINT, weights_only=True)["system"]
+    b = torch.load(Path(resumed["run_dir"]) / ff.CHECKPOINT, weights_only=True)["system"]
+    flat_a, flat_b = _flatten(a), _flatten(b)
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        assert torch.equal(flat_a[key], flat_b[key]), key
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+def _flatten(state, prefix=""):
+    out = {}
+    if isinstance(state, dict):
+        for k, v in state.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(state, list | tuple):
+        for i, v in enumerate(state):
+            out.update(_flatten(v, f"{prefix}{i}."))
+    elif state is not None:
+        out[prefix] = state if isinstance(state, torch.Tensor) else torch.tensor(state)
+    return out
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    code = main(["train", "ff_digits", f"log.dir={tmp_path}", "trainer.steps=30", "log.every=10",
+                 "log.embedding_samples=0", "interface_defaults.mode=cdni"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("TensorBoard run: ")
+    metrics = json.loads(out[-1])
+    assert main(["eval", metrics["run_dir"]]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert evaluated["step"] == 30
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys):
+    code = main(["train", "ff_digits", "ff.dataset=mnist", f"ff.data_root={tmp_path / 'nope'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / "nope") in err and "Traceback" not in err
+
+
+def test_timing_rows_have_the_schema():
+    rows = ff.time_methods(["backprop", "dni"], steps=2, repeats=1)
+    assert [r["method"] for r in rows] == ["backprop", "dni"]
+    for r in rows:
+        assert r["dataset"] == "timing" and r["steps_per_s"] > 0
+    assert rows[0]["cost_vs_backprop"] == 1.0
+
+
+def test_core_imports_no_driver_env_data_or_cli():
+    forbidden = ("dni_agents.drivers", "dni_agents.data", "dni_agents.cli", "dni_agents.config",
+                 "dni_agents.logging", "dni_envs", "gymnasium", "pettingzoo", "sklearn")
+    for path in (ROOT / "dni_agents" / "core").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = ["." * node.level + (node.module or "")]
+                assert node.level <= 1, f"{path.name} imports from above the core: {names}"
+            for name in names:
+                assert not name.startswith(forbidden), f"{path.name} imports {name}"
+
+
+def test_bundled_configs_found_by_name_after_a_non_editable_install(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(target), str(ROOT)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run(
+        [sys.executable, "-c", "import dni_agents.config as c; print(c.__file__); print(c.find_config('ff_digits'))"],
+        check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
+    ).stdout.split()
+    assert out[0].startswith(str(target)) and out[1].startswith(str(target))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (checked on the lent GPU machine)")
+def test_cuda_run_matches_the_cpu_protocol(tmp_path, digits):
+    """Every tensor of the system follows device=cuda: a DNI and an unlock run train there."""
+    for method in ("cdni", "unlock", "backprop"):
+        cfg = cfg_for(method, tmp_path, "device=cuda", "trainer.steps=100", f"name=gpu-{method}")
+        metrics = ff.train(cfg, tmp_path / cfg.name, data=digits, progress=False)
+        assert metrics["test_accuracy"] > 0.6
+        state = torch.load(Path(metrics["run_dir"]) / ff.CHECKPOINT, weights_only=True)
+        assert state["system"]["agents"]["layer0"]["module"]["1.weight"].is_cuda
