@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a few steps, for smoke tests")
     bench.add_argument("--out", type=pathlib.Path, metavar="FILE", help="where to write the results")
     bench.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds")
+    bench.add_argument("--only", type=lambda v: [x for x in v.split(",") if x], default=None, metavar="A,B",
+                       help="run only these rows of the suite (models or methods, e.g. mlp6,cnn3)")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run (device=cuda)")
     bench.set_defaults(handler=_cmd_bench)
 
@@ -110,7 +112,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     driver = load_driver(args.name)
     if not hasattr(driver, "bench"):
         raise ConfigError(f"bench: driver {args.name!r} has no bench yet")
-    result = driver.bench(quick=args.quick, out=args.out, seeds=args.seeds, overrides=args.overrides)
+    result = driver.bench(quick=args.quick, out=args.out, seeds=args.seeds, overrides=args.overrides,
+                          only=args.only)
     if result is not None:
         _print_json(result)
     return 0

@@ -34,8 +34,9 @@ def fake_driver(calls: list[tuple[str, Any]], **extra: Any) -> types.ModuleType:
         calls.append(("evaluate", run_dir))
         return {"accuracy": 0.75}
 
-    def bench(quick: bool, out: pathlib.Path | None, seeds: int | None, overrides: list[str]) -> None:
-        calls.append(("bench", (quick, out, seeds, overrides)))
+    def bench(quick: bool, out: pathlib.Path | None, seeds: int | None, overrides: list[str],
+              only: list[str] | None) -> None:
+        calls.append(("bench", (quick, out, seeds, overrides, only)))
 
     module.train, module.evaluate, module.bench = train, evaluate, bench  # type: ignore[attr-defined]
     for name, value in extra.items():
@@ -108,8 +109,9 @@ def test_eval_reads_driver_from_run_config(calls, tmp_path, capsys) -> None:
 
 def test_bench_dispatches(calls, tmp_path) -> None:
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "ff", "device=cpu", "--quick", "--out", str(out), "--seeds", "2"]) == 0
-    assert calls == [("bench", (True, out, 2, ["device=cpu"]))]
+    assert cli.main(["bench", "ff", "device=cpu", "--quick", "--out", str(out), "--seeds", "2",
+                     "--only", "mlp3,dni"]) == 0
+    assert calls == [("bench", (True, out, 2, ["device=cpu"], ["mlp3", "dni"]))]
 
 
 def test_configs_lists_names_drivers_descriptions(monkeypatch, tmp_path, capsys) -> None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config, agent_names, config_to_yaml, load_config, parse_config
+from ..config import Config, ConfigError, agent_names, config_to_yaml, load_config, parse_config
 from ..core import Agent, System
 from ..data import ImageDataset, batches, load_dataset
 from ..logging import RunLogger, make_run_dir
@@ -297,16 +297,24 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
     ]
 
 
-QUICK = {"base": "ff_digits", "methods": list(METHODS), "overrides": []}
+def _model_name(cfg: Config) -> str:
+    return f"{cfg.ff.model}{cfg.ff.layers}"
+
+
 FULL_MODELS = [("mlp", 3), ("mlp", 4), ("mlp", 5), ("mlp", 6), ("cnn", 3)]
 
 
 def bench(
-    quick: bool = False, out: Path | None = None, seeds: int | None = None, overrides: list[str] = ()
+    quick: bool = False,
+    out: Path | None = None,
+    seeds: int | None = None,
+    overrides: list[str] = (),
+    only: list[str] | None = None,
 ) -> dict:
     """``dni-agents bench ff``: every method on digits (quick, 3 seeds) or Fashion-MNIST MLPs of 3–6
     layers and a CNN (full, 1 seed), plus the cost of a DNI step against a backprop step (on the CPU).
-    ``overrides`` apply to every run (``device=cuda``). Writes JSON to ``out``."""
+    ``overrides`` apply to every run (``device=cuda``); ``only`` keeps the rows whose model (``mlp4``) or
+    method (``cdni``) it names. Writes JSON to ``out``."""
     seeds = seeds or (3 if quick else 1)
     runs: list[tuple[str, list[str]]] = []
     if quick:
@@ -324,11 +332,19 @@ def bench(
             tmp.replace(out)
 
     jobs = [(base, extra, method, seed) for base, extra in runs for method in METHODS for seed in range(seeds)]
+    if only:
+        row = {base + str(extra): _model_name(load_config(base, extra)) for base, extra in runs}
+        jobs = [j for j in jobs if j[2] in only or row[j[0] + str(j[1])] in only]
+        if not jobs:
+            raise ConfigError(
+                f"--only: {','.join(only)} matches no row (models: {', '.join(row.values())}; "
+                f"methods: {', '.join(METHODS)})"
+            )
     for base, extra, method, seed in tqdm(jobs, desc="bench ff", unit="run"):
         cfg = method_config(base, method, [*extra, *overrides, f"seed={seed}"])
         metrics = train(cfg, Path("runs") / cfg.name, log=False, progress=False)
         results.append(
-            {"method": method, "dataset": cfg.ff.dataset, "model": f"{cfg.ff.model}{cfg.ff.layers}",
+            {"method": method, "dataset": cfg.ff.dataset, "model": _model_name(cfg),
              "test_accuracy": metrics["test_accuracy"], "steps_per_s": metrics["steps_per_s"],
              "steps": metrics["steps"], "seed": seed, "device": cfg.device}
         )
