@@ -18,6 +18,7 @@ run: install
 	$(VENV)/bin/dni-agents bench ff --quick --out results/ff_quick.json
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: install

@@ -82,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status instead of exiting."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # KEY=VALUE overrides may also follow the options (``bench ff --quick device=cuda``)
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        if stray or (extra and not hasattr(args, "overrides")):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        if extra:
+            args.overrides = [*(args.overrides or []), *extra]
     except SystemExit as exc:  # argparse already printed usage or --version
         return exc.code if isinstance(exc.code, int) else 2
     try:

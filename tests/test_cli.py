@@ -222,3 +222,14 @@ def test_subprocess_bad_config_has_no_traceback(tmp_path) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == "dni-agents: error: trainer.lrr: unknown key (did you mean 'lr'?)\n"
+
+
+def test_overrides_may_follow_options(calls, tmp_path) -> None:
+    out = tmp_path / "b.json"
+    assert cli.main(["bench", "ff", "--quick", "device=cpu", "--out", str(out), "trainer.steps=3"]) == 0
+    assert calls == [("bench", (True, out, None, ["device=cpu", "trainer.steps=3"], None))]
+
+
+def test_stray_argument_is_a_usage_error(capsys) -> None:
+    assert cli.main(["configs", "oops"]) == 2
+    assert "unrecognized arguments: oops" in capsys.readouterr().err

@@ -236,7 +236,8 @@ def test_linear_utility_model_learns_the_true_gradient_of_a_linear_toy():
     encoder, readout = nn.Linear(4, 12, bias=False), nn.Linear(12, 3)
     mixing = torch.randn(4, 3)
     utility = UtilityModel((12,))
-    iface = Interface("enc->head", "enc", "head", "dni", utility, torch.optim.Adam(utility.parameters(), lr=3e-3))
+    opt = torch.optim.Adam(utility.parameters(), lr=3e-3)
+    iface = Interface("enc->head", "enc", "head", "dni", utility, opt)
     system = System([Agent("enc", encoder), Agent("head", readout)], [iface])  # frozen agents
     for step in range(1500):
         x = torch.randn(32, 4)
@@ -340,3 +341,30 @@ def test_two_systems_in_one_process_do_not_interfere():
         chain_step(sys_b, step, *data(step))
     assert_same_params(mods_a, mods_b, atol=0)
     assert_same_params(mods_a, backprop_reference(make_modules(seed=9), 2))
+
+
+def test_bp_lambda_mixes_true_and_synthetic_gradients():
+    """With an exact utility model, λ·true + (1-λ)·ĝ is the true gradient for any λ; with ĝ scaled by 0
+    it is λ·true, i.e. plain backprop with the lower layers' gradients shrunk by λ per interface."""
+    mods = make_modules(seed=11)
+    reference = backprop_reference(mods, 3)
+    system = build_chain(mods, "cdni", utility=lambda i: Oracle(mods[i + 1 :]), lambda_true=0.5)
+    for step in range(3):
+        chain_step(system, step, *data(step))
+    assert_same_params(mods, reference)
+
+    mods = make_modules(seed=12)
+    system = build_chain(
+        mods, "dni", utility=lambda i: nonzero_utility(DIMS[i + 1]), lambda_true=0.25, scale=0.0
+    )
+    x, y = data(0)
+    net = copy.deepcopy(mods)
+    chain_step(system, 0, x, y)
+    h = x
+    for m in net[:-1]:  # λ-scaled gradient at every boundary: hook the backward pass of the reference
+        h = m(h)
+        h.register_hook(lambda g: 0.25 * g)
+    loss_fn(net[-1](h), y).backward()
+    for m, ref in zip(mods, net):
+        for p, q in zip(m.parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-7, rtol=0)

@@ -160,13 +160,14 @@ def test_bundled_configs_found_by_name_after_a_non_editable_install(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
-        [sys.executable, "-c", "import dni_agents.config as c; print(c.__file__); print(c.find_config('ff_digits'))"],
+        [sys.executable, "-c",
+         "import dni_agents.config as c; print(c.__file__); print(c.find_config('ff_digits'))"],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
     ).stdout.split()
     assert out[0].startswith(str(target)) and out[1].startswith(str(target))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (checked on the lent GPU machine)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
 def test_cuda_run_matches_the_cpu_protocol(tmp_path, digits):
     """Every tensor of the system follows device=cuda: a DNI and an unlock run train there."""
     for method in ("cdni", "unlock", "backprop"):

@@ -62,7 +62,8 @@ def build_interface(
     synthetic_input = synthetic_input_optimizer = None
     if icfg.synthetic_input is not None and source_shape is not None:
         s = icfg.synthetic_input
-        synthetic_input = SyntheticInputModel(source_shape, message_shape, s.kind, s.hidden, s.layers).to(device)
+        synthetic_input = SyntheticInputModel(source_shape, message_shape, s.kind, s.hidden, s.layers)
+        synthetic_input = synthetic_input.to(device)
         synthetic_input_optimizer = make_optimizer(
             cfg.trainer.optimizer, synthetic_input.parameters(), s.lr or cfg.trainer.lr
         )

@@ -238,7 +238,8 @@ def train(
         logger.scalars("eval", {k: metrics[k] for k in ("test_accuracy", "test_loss")}, tc.steps)
         n = min(cfg.log.embedding_samples, len(x_test))
         if n:
-            logger.embedding("messages/top_input", top_messages(system, x_test[:n]), y_test[:n].tolist(), tc.steps)
+            vectors = top_messages(system, x_test[:n])
+            logger.embedding("messages/top_input", vectors, y_test[:n].tolist(), tc.steps)
         save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": tc.steps, "system": system.state_dict()})
         metrics["run_dir"] = str(run_dir)
     logger.close()
@@ -331,7 +332,7 @@ def bench(
             tmp.write_text(json.dumps(report, indent=2) + "\n")
             tmp.replace(out)
 
-    jobs = [(base, extra, method, seed) for base, extra in runs for method in METHODS for seed in range(seeds)]
+    jobs = [(b, extra, method, seed) for b, extra in runs for method in METHODS for seed in range(seeds)]
     if only:
         row = {base + str(extra): _model_name(load_config(base, extra)) for base, extra in runs}
         jobs = [j for j in jobs if j[2] in only or row[j[0] + str(j[1])] in only]
