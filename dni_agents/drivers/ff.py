@@ -352,7 +352,7 @@ def bench(
         tqdm.write(f"{results[-1]['model']:>6} {method:>9} seed {seed}: "
                    f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['steps_per_s']:.0f} steps/s")
         write()
-    results += time_methods(["backprop", "dni"], steps=30 if quick else 100)
+    results += time_methods(["backprop", "dni"], steps=100)
     timing = {r["method"]: r for r in results if r["dataset"] == "timing"}
     report["dni_cost_vs_backprop"] = timing["dni"]["cost_vs_backprop"]
     write()
