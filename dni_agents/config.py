@@ -255,6 +255,7 @@ def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
         key, sep, _ = override.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {override!r}: expected key=value (e.g. trainer.lr=1e-3)")
+        _check_list_index(conf, key.strip())
         try:
             conf.merge_with_dotlist([override])
         except (OmegaConfBaseException, ValueError, TypeError) as exc:
@@ -263,6 +264,23 @@ def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
         return OmegaConf.to_container(conf, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config: cannot resolve interpolation ({_first_line(exc)})") from None
+
+
+def _check_list_index(conf: Any, key: str) -> None:
+    """``interfaces.0.mode=x`` needs an item 0 already: say so, and how to add items, instead of letting
+    OmegaConf turn the list into a mapping with key '0'."""
+    parts = key.replace("[", ".").replace("]", "").split(".")
+    for i, part in enumerate(parts[1:], start=1):
+        if not part.isdigit():
+            continue
+        prefix = ".".join(parts[:i])
+        items = OmegaConf.select(conf, prefix, default=None)
+        count = len(items) if OmegaConf.is_list(items) else 0
+        if int(part) >= count:
+            raise ConfigError(
+                f"{prefix}[{part}]: no such item ({prefix} has {count}); to set the whole list write "
+                f"{prefix}=[{{...}}, ...]"
+            )
 
 
 def _check_cross_fields(cfg: Config) -> None:

@@ -116,7 +116,11 @@ def test_override_of_unknown_key() -> None:
 
 def test_override_of_missing_list_index() -> None:
     message = error_of({**BASE, "interfaces": []}, ("interfaces.0.mode=none",))
-    assert message.startswith("interfaces.0.mode: cannot apply override 'interfaces.0.mode=none'")
+    assert message == (
+        "interfaces[0]: no such item (interfaces has 0); to set the whole list write interfaces=[{...}, ...]"
+    )
+    # also when the list is absent altogether (OmegaConf would silently make a mapping {'0': ...})
+    assert error_of(BASE, ("interfaces.1.sender=layer9",)).startswith("interfaces[1]: no such item")
 
 
 def test_bad_name_and_device() -> None:

@@ -368,3 +368,12 @@ def test_bp_lambda_mixes_true_and_synthetic_gradients():
     for m, ref in zip(mods, net):
         for p, q in zip(m.parameters(), ref.parameters()):
             torch.testing.assert_close(p.grad, q.grad, atol=1e-7, rtol=0)
+
+
+def test_targets_that_never_come_back_do_not_grow_memory():
+    u = UtilityModel((4,))
+    iface = Interface("s->r", "s", "r", "dni", u, max_in_flight=3)
+    for step in range(10):  # the receiver never replies
+        iface.send(torch.randn(2, 4), step)
+        iface.receive(step)
+    assert list(iface._sent) == [7, 8, 9] and list(iface._received) == [7, 8, 9]

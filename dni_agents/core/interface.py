@@ -95,6 +95,11 @@ class Interface:
         """Whether the sender must wait for the receiver's true gradient before it can update."""
         return self.mode == "backprop" or (self.synthetic and self.lambda_true > 0)
 
+    def _bound(self, pending: dict) -> None:
+        """Keep at most ``max_in_flight`` entries: the oldest are dropped, so memory stays bounded."""
+        while len(pending) > self.max_in_flight:
+            del pending[next(iter(pending))]
+
     def _units(self, h: torch.Tensor) -> int:
         return h.shape[0] if self.per_example else 1
 
@@ -119,8 +124,7 @@ class Interface:
                     prediction = self.utility(message, ctx)
         record = _Sent(message, prediction, warm=self.messages_sent <= self.warmup_steps)
         self._sent[step] = record
-        while len(self._sent) > self.max_in_flight:  # targets that never came back: forget the oldest
-            del self._sent[next(iter(self._sent))]
+        self._bound(self._sent)  # targets that never came back: forget the oldest
         if self.locked:
             return None
         return self._synthetic_gradient(record)
@@ -199,6 +203,7 @@ class Interface:
         if self.synthetic_input is not None and source is not None:
             predicted = self.synthetic_input(source)
             self._predicted_inputs[step] = predicted
+            self._bound(self._predicted_inputs)
             z = predicted.detach()
         else:
             message = self.transport.take_message(self.name, step)
@@ -211,6 +216,7 @@ class Interface:
             return z
         z.requires_grad_(True)
         self._received[step] = z
+        self._bound(self._received)
         return z
 
     def reply(self, step: int) -> None:
