@@ -207,7 +207,7 @@ def train(
     stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(range(start, end), desc=cfg.name, disable=not progress, leave=False, unit="step")
-    t0, metrics = time.perf_counter(), {}
+    t0 = time.perf_counter()
     for step in bar:
         x, y = next(stream)
         log_now = step % cfg.log.every == 0 or step == tc.steps - 1
@@ -223,7 +223,7 @@ def train(
         if log and step % cfg.log.histogram_every == 0:
             for name, message in out["messages"].items():
                 logger.message_histogram(name, message, step)
-        if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
+        if log and tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
             logger.scalars("eval", evaluate_chain(system, x_test, y_test), step)
         if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and log:
             save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": step + 1, "system": system.state_dict()})
