@@ -1,1 +1,6 @@
 """Our own PettingZoo environments (import name: dni_envs)."""
+
+from dni_envs.referential import ReferentialGame
+from dni_envs.switch_riddle import SwitchRiddle
+
+__all__ = ["ReferentialGame", "SwitchRiddle"]
