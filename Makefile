@@ -21,8 +21,10 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# The full feed-forward table's CPU rows (~25 min on 2 cores; needs apt-get install dataset-fashion-mnist).
+# The CNN rows want a GPU: dni-agents bench ff device=cuda --only cnn3 --out results/ff_full_cnn.json
 bench: install
-	$(VENV)/bin/dni-agents bench ff --out results/ff_full.json
+	$(VENV)/bin/dni-agents bench ff --only mlp3,mlp4,mlp5,mlp6 --out results/ff_full_mlp.json
 
 lint: install
 	$(VENV)/bin/ruff check .
