@@ -377,3 +377,45 @@ def test_targets_that_never_come_back_do_not_grow_memory():
         iface.send(torch.randn(2, 4), step)
         iface.receive(step)
     assert list(iface._sent) == [7, 8, 9] and list(iface._received) == [7, 8, 9]
+
+
+def test_an_agent_talks_to_its_future_self_across_truncation_windows():
+    """Truncated BPTT with a synthetic gradient at the boundary: window k receives the state window k-1
+    sent, sends its last state for window k+1, and its reply for the state it received is the bootstrapped
+    target (it contains the synthetic gradient window k got for its own last state)."""
+    torch.manual_seed(0)
+    cell, readout = nn.Linear(2 + 4, 4), nn.Linear(4, 1)
+    core = nn.ModuleList([cell, readout])
+    utility = nonzero_utility(4, seed=3)
+    transport = RecordingTransport()
+    iface = Interface("rnn->rnn", "rnn", "rnn", "dni", utility, torch.optim.Adam(utility.parameters(), 1e-3),
+                      scale=0.1, transport=transport)
+    system = System([Agent("rnn", core, torch.optim.SGD(core.parameters(), lr=0.05))], [iface])
+    window, batch = 3, 5
+    for k in range(4):
+        before = copy.deepcopy(core)
+        u_before = copy.deepcopy(utility)
+        xs = torch.randn(window, batch, 2, generator=torch.Generator().manual_seed(k))
+        with system.tick("rnn", k) as t:
+            h = t.receive(iface, step=k - 1) if k else torch.zeros(batch, 4)
+            h0 = h
+            loss = 0.0
+            for x in xs:
+                h = torch.tanh(cell(torch.cat([x, h], 1)))
+                loss = loss + readout(h).pow(2).mean()
+            t.add_loss(loss)
+            t.send(iface, h)
+        system.settle()
+        if k:
+            # recompute window k with the pre-update weights: d(loss + <h_T, ĝ_k>)/d h_0
+            z = h0.detach().requires_grad_()
+            hh, ref_loss = z, 0.0
+            for x in xs:
+                hh = torch.tanh(before[0](torch.cat([x, hh], 1)))
+                ref_loss = ref_loss + before[1](hh).pow(2).mean()
+            g_k = u_before(hh.detach()) * (0.1 / batch)
+            (expected,) = torch.autograd.grad([ref_loss, hh], z, grad_outputs=[None, g_k])
+            torch.testing.assert_close(transport.targets[("rnn->rnn", k - 1)], expected, atol=1e-6, rtol=0)
+    stats = system.drain_stats()["rnn->rnn"]
+    assert [s["step"] for s in stats] == [0, 1, 2]  # every boundary's prediction met its target
+    assert len(iface._sent) == 1  # only the last window's state is still waiting for its future

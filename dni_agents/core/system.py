@@ -64,13 +64,17 @@ class Tick:
         self._losses: list[torch.Tensor] = []
         self._now: list[tuple[torch.Tensor, torch.Tensor]] = []  # (h, ĝ) to apply at once
         self._locked: list[tuple[Interface, torch.Tensor]] = []  # (interface, h) waiting for a target
-        self._received: list[Interface] = []
+        self._received: list[tuple[Interface, int]] = []
 
-    def receive(self, interface: Interface | str, source: torch.Tensor | None = None) -> torch.Tensor:
-        """The message on ``interface`` for this step (see :meth:`Interface.receive`)."""
+    def receive(
+        self, interface: Interface | str, source: torch.Tensor | None = None, step: int | None = None
+    ) -> torch.Tensor:
+        """The message on ``interface`` sent at ``step`` (default: this tick's step; an RNN reads the state
+        its previous window sent, a slow agent the messages of the steps since its last tick)."""
         iface = self.system.interfaces[interface] if isinstance(interface, str) else interface
-        self._received.append(iface)
-        return iface.receive(self.step, source)
+        step = self.step if step is None else step
+        self._received.append((iface, step))
+        return iface.receive(step, source)
 
     def send(self, interface: Interface | str, h: torch.Tensor, context: torch.Tensor | None = None) -> None:
         """Send ``h``; its synthetic gradient (if any) is applied when the tick ends."""
@@ -108,8 +112,8 @@ class Tick:
             torch.autograd.backward([roots[i] for i in keep], [grads[i] for i in keep])
         if optimizer is not None:
             optimizer.step()
-        for iface in self._received:
-            iface.reply(self.step)
+        for iface, step in self._received:
+            iface.reply(step)
 
     def __enter__(self) -> Tick:
         return self
