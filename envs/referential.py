@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from gymnasium.utils import seeding
-from pettingzoo import ParallelEnv
+
+from ._base import SeededParallelEnv
 
 SENDER = "sender"
 RECEIVER = "receiver"
 
 
-class ReferentialGame(ParallelEnv):
+class ReferentialGame(SeededParallelEnv):
     """Two-step referential game; +1 to both agents when the receiver picks the target.
 
     Candidates are i.i.d. uniform vectors in [0, 1]^n_features (distinct almost surely), and the target is
@@ -79,19 +79,6 @@ class ReferentialGame(ParallelEnv):
         self._message = np.zeros(message_size, dtype=np.float32)
         self._last_pick: int | None = None
 
-    @property
-    def np_random(self) -> np.random.Generator:
-        """Per-instance generator; lazily seeded from OS entropy if reset() never got a seed."""
-        if self._np_random is None:
-            self._np_random, _ = seeding.np_random()
-        return self._np_random
-
-    def observation_space(self, agent: str) -> spaces.Space:
-        return self._observation_spaces[agent]
-
-    def action_space(self, agent: str) -> spaces.Space:
-        return self._action_spaces[agent]
-
     def _observe(self) -> dict[str, np.ndarray]:
         phase = np.float32(self._step)
         if self._step == 0:
@@ -110,8 +97,7 @@ class ReferentialGame(ParallelEnv):
     def reset(
         self, seed: int | None = None, options: dict | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
-        if seed is not None:
-            self._np_random, _ = seeding.np_random(seed)
+        self._seed(seed)
         rng = self.np_random
         self.agents = list(self.possible_agents)
         self._step = 0

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from gymnasium.utils import seeding
-from pettingzoo import ParallelEnv
+
+from ._base import SeededParallelEnv
 
 
-class SwitchRiddle(ParallelEnv):
+class SwitchRiddle(SeededParallelEnv):
     """Parallel switch riddle with a shared reward.
 
     Observation per agent (float32 Box of shape (3,)): ``[in_room, switch_bit, day / max_steps]``.
@@ -65,19 +65,6 @@ class SwitchRiddle(ParallelEnv):
         self._visited = np.zeros(n_agents, dtype=bool)
         self._last_tell: bool | None = None
 
-    @property
-    def np_random(self) -> np.random.Generator:
-        """Per-instance generator; lazily seeded from OS entropy if reset() never got a seed."""
-        if self._np_random is None:
-            self._np_random, _ = seeding.np_random()
-        return self._np_random
-
-    def observation_space(self, agent: str) -> spaces.Space:
-        return self._observation_spaces[agent]
-
-    def action_space(self, agent: str) -> spaces.Space:
-        return self._action_spaces[agent]
-
     def _enter(self) -> None:
         self._in_room = int(self.np_random.integers(self.n_agents))
         self._visited[self._in_room] = True
@@ -99,8 +86,7 @@ class SwitchRiddle(ParallelEnv):
     def reset(
         self, seed: int | None = None, options: dict | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
-        if seed is not None:
-            self._np_random, _ = seeding.np_random(seed)
+        self._seed(seed)
         self.agents = list(self.possible_agents)
         self._day = 0
         self._switch = 0
