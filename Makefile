@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# The main job. Until the multi-agent driver lands this is the quick feed-forward benchmark.
+# The main job: speaker-listener (mpe2) with a DNI channel, offline; prints where its TensorBoard run is.
 run: install
-	$(VENV)/bin/dni-agents bench ff --quick --out results/ff_quick.json
+	$(VENV)/bin/dni-agents train speaker_listener
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -21,10 +21,11 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Adding a driver is one edit here; the CLI derives its registry from this Literal.
-Driver = Literal["ff"]
+Driver = Literal["ff", "marl"]
 DRIVERS: tuple[str, ...] = get_args(Driver)
 
 Mode = Literal["dni", "cdni", "backprop", "none"]
+ChannelMode = Literal["dni", "cdni", "backprop", "none", "rial"]  # rial: the environment carries it (marl)
 Optimizer = Literal["adam", "sgd"]
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -69,9 +70,15 @@ class LogConfig(_Strict):
 
 
 class AgentConfig(_Strict):
+    """One network with its own optimizer. In ``marl`` it controls the environment agents in ``members``
+    (names or glob patterns; default: its own name), which share its parameters."""
+
     name: str
     period: PosInt = 1
     lr: PosFloat | None = None
+    members: list[str] | None = None  # marl only
+    policy: bool = True  # marl only: false = no RL policy; its environment action is its message
+    candidates: list[PosInt] | None = None  # marl only: [n, features], action i picks input candidate i
 
 
 class UtilityConfig(_Strict):
@@ -95,7 +102,7 @@ class SyntheticInputConfig(_Strict):
 
 
 class InterfaceConfig(_Strict):
-    mode: Mode = "dni"
+    mode: ChannelMode = "dni"
     scale: NonNegFloat = 1.0  # synthetic gradient is multiplied by this before use
     lambda_true: UnitFloat = 0.0  # >0: BP(lambda), lambda*true + (1-lambda)*synthetic
     warmup_steps: NonNegInt = 0  # utility model learns but its gradient is not applied yet
@@ -112,7 +119,9 @@ class InterfaceOverride(_Strict):
 
     sender: str
     receiver: str
-    mode: Mode | None = None
+    mode: ChannelMode | None = None
+    size: PosInt | None = None  # marl: message size (default marl.message_size)
+    obs_slice: list[NonNegInt] | None = None  # marl: [start, stop) of the receiver's observation it fills
     scale: NonNegFloat | None = None
     lambda_true: UnitFloat | None = None
     warmup_steps: NonNegInt | None = None
@@ -129,6 +138,41 @@ class FFConfig(_Strict):
     batch_norm: bool = True
 
 
+class PrivateInfoConfig(_Strict):
+    """What the sender knows that the receiver needs (for mutual information and projector labels):
+    ``info`` names a key of the sender's env info dict, or ``obs_argmax`` = [start, stop) of its obs."""
+
+    agent: str
+    info: str | None = None
+    obs_argmax: list[NonNegInt] | None = None
+
+
+class MarlConfig(_Strict):
+    """Multi-agent RL on a PettingZoo ParallelEnv with PPO; ``trainer.steps`` counts updates, each one
+    episode of every environment copy."""
+
+    env: str = "mpe2.simple_speaker_listener_v4"  # a module with parallel_env(), or "module:callable"
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_envs: PosInt = 64
+    max_steps: PosInt = 25  # longest episode; the rollout length
+    message_size: PosInt = 4
+    hidden: PosInt = 64
+    recurrent: bool = False  # GRU policies
+    time_feature: bool = True  # append t / max_steps to every input (time-aware value estimates)
+    gamma: UnitFloat = 0.99
+    gae_lambda: UnitFloat = 0.95
+    clip: PosFloat = 0.2
+    epochs: PosInt = 10  # PPO epochs over each batch of episodes
+    minibatches: PosInt = 1
+    ent_coef: NonNegFloat = 0.01
+    vf_coef: NonNegFloat = 0.5
+    max_grad_norm: PosFloat = 0.5
+    success_reward: float | None = None  # an episode succeeds when its last reward reaches this
+    private_info: PrivateInfoConfig | None = None
+    mi_resolution: PosFloat = 0.2  # messages closer than this count as one symbol for entropy / MI
+    eval_episodes: PosInt = 500
+
+
 class Config(_Strict):
     name: str = "run"  # run folder is <log.dir>/<name>
     driver: Driver
@@ -140,6 +184,7 @@ class Config(_Strict):
     interface_defaults: InterfaceConfig = Field(default_factory=InterfaceConfig)
     interfaces: list[InterfaceOverride] = Field(default_factory=list)
     ff: FFConfig = Field(default_factory=FFConfig)
+    marl: MarlConfig = Field(default_factory=MarlConfig)
 
     @field_validator("name")
     @classmethod
@@ -296,6 +341,32 @@ def _check_cross_fields(cfg: Config) -> None:
         for i, agent in enumerate(cfg.agents):
             if agent.name not in names:
                 raise ConfigError(f"agents[{i}].name: unknown agent {agent.name!r} (agents: {known})")
+            if agent.members is not None or not agent.policy or agent.candidates is not None:
+                raise ConfigError(
+                    f"agents[{i}]: members, policy and candidates are marl settings (driver is {cfg.driver})"
+                )
+    if cfg.driver == "marl":
+        if not cfg.agents:
+            raise ConfigError(
+                "agents: marl needs its agents listed (e.g. [{name: speaker_0}, {name: listener_0}])"
+            )
+        private = cfg.marl.private_info
+        if private is not None:
+            if private.agent not in names:
+                raise ConfigError(
+                    f"marl.private_info.agent: unknown agent {private.agent!r} (agents: {known})"
+                )
+            if (private.info is None) == (private.obs_argmax is None):
+                raise ConfigError(
+                    "marl.private_info: give exactly one of info (an env info key) or obs_argmax"
+                )
+            if private.obs_argmax is not None and (
+                len(private.obs_argmax) != 2 or private.obs_argmax[0] >= private.obs_argmax[1]
+            ):
+                raise ConfigError(f"marl.private_info.obs_argmax: {private.obs_argmax} is not [start, stop)")
+    else:
+        if cfg.interface_defaults.mode == "rial":
+            raise ConfigError(f"interface_defaults.mode: 'rial' needs driver marl (driver is {cfg.driver})")
     pairs: set[tuple[str, str]] = set()
     for i, override in enumerate(cfg.interfaces):
         for role in ("sender", "receiver"):
@@ -306,6 +377,16 @@ def _check_cross_fields(cfg: Config) -> None:
         if pair in pairs:
             raise ConfigError(f"interfaces[{i}]: duplicate channel {pair[0]} -> {pair[1]} (one entry each)")
         pairs.add(pair)
+        if cfg.driver != "marl":
+            for key in ("size", "obs_slice"):
+                if getattr(override, key) is not None:
+                    raise ConfigError(f"interfaces[{i}].{key}: a marl setting (driver is {cfg.driver})")
+            if override.mode == "rial":
+                raise ConfigError(f"interfaces[{i}].mode: 'rial' needs driver marl (driver is {cfg.driver})")
+        if override.obs_slice is not None and (
+            len(override.obs_slice) != 2 or override.obs_slice[0] >= override.obs_slice[1]
+        ):
+            raise ConfigError(f"interfaces[{i}].obs_slice: {override.obs_slice} is not [start, stop)")
         try:
             _merge_interface(cfg.interface_defaults, override)
         except ValidationError as exc:
@@ -314,7 +395,8 @@ def _check_cross_fields(cfg: Config) -> None:
 
 def _merge_interface(defaults: InterfaceConfig, override: InterfaceOverride) -> InterfaceConfig:
     merged = defaults.model_dump()
-    given = {k: v for k, v in override.model_dump(exclude={"sender", "receiver"}).items() if v is not None}
+    skip = {"sender", "receiver", "size", "obs_slice"}
+    given = {k: v for k, v in override.model_dump(exclude=skip).items() if v is not None}
     return InterfaceConfig.model_validate(_deep_merge(merged, given))
 
 

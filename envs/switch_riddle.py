@@ -64,6 +64,7 @@ class SwitchRiddle(SeededParallelEnv):
         self._switch = 0
         self._visited = np.zeros(n_agents, dtype=bool)
         self._last_tell: bool | None = None
+        self._setter: int | None = None  # who set the bulb the prisoner in the room sees now
 
     def _enter(self) -> None:
         self._in_room = int(self.np_random.integers(self.n_agents))
@@ -92,6 +93,7 @@ class SwitchRiddle(SeededParallelEnv):
         self._switch = 0
         self._visited = np.zeros(self.n_agents, dtype=bool)
         self._last_tell = None
+        self._setter = None
         self._enter()
         return self._observe(), self._infos()
 
@@ -112,6 +114,7 @@ class SwitchRiddle(SeededParallelEnv):
             if self._day >= self.max_steps:
                 truncated = True
             else:
+                self._setter = self._in_room
                 self._enter()
         obs = self._observe()
         infos = self._infos()
@@ -121,6 +124,15 @@ class SwitchRiddle(SeededParallelEnv):
         if terminated or truncated:
             self.agents = []
         return obs, rewards, terminations, truncations, infos
+
+    def message_sources(self) -> dict[str, str | None]:
+        """Who each prisoner hears through the bulb now: the prisoner in the room hears the one who was in
+        the room yesterday (``None`` on day 0); nobody else hears anything. Lets a learning framework
+        route a differentiable message instead of the numpy bit."""
+        heard = {a: None for a in self.agents}
+        if self._setter is not None and self.agents:
+            heard[self.possible_agents[self._in_room]] = self.possible_agents[self._setter]
+        return heard
 
     def optimal_return(self) -> float:
         """Upper bound on expected return: P(all prisoners visited within ``max_steps`` days).

@@ -102,7 +102,7 @@ def test_missing_file(tmp_path: pathlib.Path) -> None:
 
 
 def test_missing_required_key() -> None:
-    assert error_of({}) == "driver: required (allowed: ff)"
+    assert error_of({}) == "driver: required (allowed: ff, marl)"
 
 
 def test_malformed_override() -> None:
@@ -214,7 +214,8 @@ def test_interface_override_deep_merges() -> None:
 
 def test_override_model_mirrors_interface_config() -> None:
     # Guards against adding a field to InterfaceConfig and forgetting the per-channel override.
-    assert set(InterfaceOverride.model_fields) == set(InterfaceConfig.model_fields) | {"sender", "receiver"}
+    channel_only = {"sender", "receiver", "size", "obs_slice"}  # what a channel is, not how it learns
+    assert set(InterfaceOverride.model_fields) == set(InterfaceConfig.model_fields) | channel_only
 
 
 def test_config_to_yaml_round_trips() -> None:

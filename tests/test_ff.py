@@ -161,10 +161,12 @@ def test_bundled_configs_found_by_name_after_a_non_editable_install(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
         [sys.executable, "-c",
-         "import dni_agents.config as c; print(c.__file__); print(c.find_config('ff_digits'))"],
+         "import dni_agents.config as c, dni_envs; print(c.__file__); print(c.find_config('ff_digits')); "
+         "print(c.load_config('speaker_listener').marl.env); print(dni_envs.__file__)"],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
     ).stdout.split()
     assert out[0].startswith(str(target)) and out[1].startswith(str(target))
+    assert out[2] == "mpe2.simple_speaker_listener_v4" and out[3].startswith(str(target))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")

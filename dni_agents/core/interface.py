@@ -160,41 +160,49 @@ class Interface:
         return gradient
 
     def collect(self, track: bool = True) -> list[dict[str, float | torch.Tensor]]:
-        """Learn from every target that has arrived: regress the utility model's send-time prediction onto
-        it and (``track``) measure ĝ against it. Returns one stats dict per target, values as 0-d tensors."""
-        stats: list[dict[str, float | torch.Tensor]] = []
+        """Learn from every target that has arrived: regress the utility model's send-time predictions onto
+        them (one optimizer step for all that arrived together) and (``track``) measure ĝ against each.
+        Returns one stats dict per target, values as 0-d tensors."""
+        ready: list[tuple[int, _Sent]] = []
         for step in list(self._sent):
             record = self._sent[step]
             if record.learned or not self.target_arrived(step):
                 continue
             if record.prediction is not None:
-                stats.append(self._learn_utility(step, record, track))
+                ready.append((step, record))
             record.learned = True
             if not self.locked or record.consumed:
                 del self._sent[step]
+        stats = self._learn_utility(ready, track) if ready else []
         self._learn_synthetic_inputs()
         return stats
 
-    def _learn_utility(self, step: int, record: _Sent, track: bool) -> dict[str, float | torch.Tensor]:
-        prediction = record.prediction
-        target = record.target * self._units(record.message)
-        loss = F.mse_loss(prediction, target)
-        trainable = self.learn and self.utility_optimizer is not None and prediction.requires_grad
-        if trainable:
+    def _learn_utility(
+        self, ready: list[tuple[int, _Sent]], track: bool
+    ) -> list[dict[str, float | torch.Tensor]]:
+        losses, stats = [], []
+        for step, record in ready:
+            prediction = record.prediction
+            target = record.target * self._units(record.message)
+            loss = F.mse_loss(prediction, target)
+            losses.append(loss)
+            out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": loss.detach()}
+            if track:
+                with torch.no_grad():
+                    p, t = prediction.detach().flatten(), target.flatten()
+                    t_norm = t.norm()
+                    out["grad_cosine"] = F.cosine_similarity(p, t, dim=0, eps=1e-20)
+                    out["grad_rel_error"] = (p - t).norm() / t_norm.clamp_min(1e-20)
+                    out["target_norm"] = t_norm / record.message.shape[0] ** 0.5
+                    out["synthetic_norm"] = p.norm() / record.message.shape[0] ** 0.5
+                    out["message_norm"] = record.message.flatten(1).norm(dim=1).mean()
+            stats.append(out)
+        trainable = [loss for loss in losses if loss.requires_grad]
+        if self.learn and self.utility_optimizer is not None and trainable:
             self.utility_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (sum(trainable) / len(trainable)).backward()
             self.utility_optimizer.step()
-        out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": loss.detach()}
-        if track:
-            with torch.no_grad():
-                p, t = prediction.detach().flatten(), target.flatten()
-                t_norm = t.norm()
-                out["grad_cosine"] = F.cosine_similarity(p, t, dim=0, eps=1e-20)
-                out["grad_rel_error"] = (p - t).norm() / t_norm.clamp_min(1e-20)
-                out["target_norm"] = t_norm / record.message.shape[0] ** 0.5
-                out["synthetic_norm"] = p.norm() / record.message.shape[0] ** 0.5
-                out["message_norm"] = record.message.flatten(1).norm(dim=1).mean()
-        return out
+        return stats
 
     # ------------------------------------------------------------------ receiver half
     def receive(self, step: int, source: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,6 +13,11 @@ Leaving the ``with`` block updates the agent at once if every outgoing interface
 now (DNI: update unlocking). If one is locked (``backprop``, BP(λ)), the tick waits in the system until
 its targets are back; :meth:`System.settle` finishes it then, and lets every interface learn from the
 targets that have arrived.
+
+A tick may also update several agents together (``system.tick([a, b], step)``): one backward pass, each
+agent's optimizer steps. A ``backprop`` channel between agents of one tick is then simply an edge of the
+graph (the receiver gets the live tensor), which is how a coupled cycle (two agents talking both ways, or
+a shared network talking to itself over time) trains with true gradients without deadlocking.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from .message import Transport
 
 class Agent:
     """A network with its own optimizer. It ticks (updates) every ``period`` steps of the global clock,
-    at steps ``period - 1, 2·period - 1, …``."""
+    at steps ``period - 1, 2·period - 1, …``. ``max_grad_norm`` clips its gradient before each step."""
 
     def __init__(
         self,
@@ -36,10 +41,17 @@ class Agent:
         module: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         period: int = 1,
+        max_grad_norm: float | None = None,
     ) -> None:
         if period < 1:
             raise ValueError(f"agent {name}: period must be >= 1, got {period}")
         self.name, self.module, self.optimizer, self.period = name, module, optimizer, period
+        self.max_grad_norm = max_grad_norm
+
+    def before_step(self) -> None:
+        """Between backward and the optimizer step: clip the gradient norm if asked (RL needs it)."""
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
 
     def ticks_at(self, step: int) -> bool:
         return (step + 1) % self.period == 0
@@ -57,14 +69,18 @@ class Agent:
 
 
 class Tick:
-    """One update of one agent at one clock step. Use through ``with system.tick(agent, step) as t``."""
+    """One update of one agent (or of several together) at one clock step. Use through
+    ``with system.tick(agent, step) as t``."""
 
-    def __init__(self, system: System, agent: Agent, step: int) -> None:
-        self.system, self.agent, self.step = system, agent, step
+    def __init__(self, system: System, agents: list[Agent], step: int) -> None:
+        self.system, self.agents, self.step = system, agents, step
+        self.agent = agents[0]
+        self._names = {a.name for a in agents}
         self._losses: list[torch.Tensor] = []
         self._now: list[tuple[torch.Tensor, torch.Tensor]] = []  # (h, ĝ) to apply at once
-        self._locked: list[tuple[Interface, torch.Tensor]] = []  # (interface, h) waiting for a target
+        self._locked: list[tuple[Interface, torch.Tensor, int]] = []  # (interface, h, step) awaiting target
         self._received: list[tuple[Interface, int]] = []
+        self._live: dict[tuple[str, int], torch.Tensor] = {}  # backprop edges inside this tick
 
     def receive(
         self, interface: Interface | str, source: torch.Tensor | None = None, step: int | None = None
@@ -73,15 +89,29 @@ class Tick:
         its previous window sent, a slow agent the messages of the steps since its last tick)."""
         iface = self.system.interfaces[interface] if isinstance(interface, str) else interface
         step = self.step if step is None else step
+        live = self._live.pop((iface.name, step), None)
+        if live is not None:
+            return live
         self._received.append((iface, step))
         return iface.receive(step, source)
 
-    def send(self, interface: Interface | str, h: torch.Tensor, context: torch.Tensor | None = None) -> None:
-        """Send ``h``; its synthetic gradient (if any) is applied when the tick ends."""
+    def send(
+        self,
+        interface: Interface | str,
+        h: torch.Tensor,
+        context: torch.Tensor | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Send ``h`` (as the message of ``step``, default this tick's step); its synthetic gradient (if
+        any) is applied when the tick ends."""
         iface = self.system.interfaces[interface] if isinstance(interface, str) else interface
-        gradient = iface.send(h, self.step, context)
+        step = self.step if step is None else step
+        if iface.mode == "backprop" and iface.receiver in self._names:
+            self._live[(iface.name, step)] = h  # receiver updates in this same backward pass
+            return
+        gradient = iface.send(h, step, context)
         if iface.locked:
-            self._locked.append((iface, h))
+            self._locked.append((iface, h, step))
         elif gradient is not None:
             self._now.append((h, gradient))
 
@@ -92,25 +122,28 @@ class Tick:
     @property
     def ready(self) -> bool:
         """Whether every locked interface has its target back, so the agent can update."""
-        return all(iface.target_arrived(self.step) for iface, _ in self._locked)
+        return all(iface.target_arrived(step) for iface, _, step in self._locked)
 
     def update(self) -> None:
-        """One backward pass over losses and message gradients, one optimizer step, then reply targets."""
+        """One backward pass over losses and message gradients, one step of each agent's optimizer, then
+        reply targets."""
         roots: list[torch.Tensor] = list(self._losses)
         grads: list[torch.Tensor | None] = [None] * len(roots)
         for h, g in self._now:
             roots.append(h)
             grads.append(g)
-        for iface, h in self._locked:
+        for iface, h, step in self._locked:
             roots.append(h)
-            grads.append(iface.locked_gradient(self.step))
+            grads.append(iface.locked_gradient(step))
         keep = [i for i, r in enumerate(roots) if r.requires_grad]
-        optimizer = self.agent.optimizer
-        if optimizer is not None:
+        optimizers = [a.optimizer for a in self.agents if a.optimizer is not None]
+        for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         if keep:
             torch.autograd.backward([roots[i] for i in keep], [grads[i] for i in keep])
-        if optimizer is not None:
+        for agent in self.agents:
+            agent.before_step()
+        for optimizer in optimizers:
             optimizer.step()
         for iface, step in self._received:
             iface.reply(step)
@@ -165,9 +198,10 @@ class System:
     def outbound(self, agent: str) -> list[Interface]:
         return [i for i in self.interfaces.values() if i.sender == agent]
 
-    def tick(self, agent: Agent | str, step: int) -> Tick:
-        """Begin ``agent``'s update at ``step``."""
-        return Tick(self, self.agents[agent] if isinstance(agent, str) else agent, step)
+    def tick(self, agent: Agent | str | list[Agent | str], step: int) -> Tick:
+        """Begin ``agent``'s update at ``step`` (a list: several agents updated in one backward pass)."""
+        agents = agent if isinstance(agent, list) else [agent]
+        return Tick(self, [self.agents[a] if isinstance(a, str) else a for a in agents], step)
 
     def _end(self, tick: Tick) -> None:
         if tick.ready:
@@ -194,7 +228,7 @@ class System:
         """Raise if a tick still waits for a target (a locked interface whose receiver never ticked)."""
         if self.waiting:
             tick = self.waiting[0]
-            names = [i.name for i, _ in tick._locked if not i.target_arrived(tick.step)]
+            names = [i.name for i, _, step in tick._locked if not i.target_arrived(step)]
             raise RuntimeError(
                 f"agent {tick.agent.name} (step {tick.step}) still waits for the true gradient on "
                 f"{', '.join(names)}: did the receiver tick at that step?"

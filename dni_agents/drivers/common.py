@@ -3,6 +3,7 @@ config, stats logging and atomic checkpoints. Drivers wire agents; the DNI mecha
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -127,3 +128,14 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(2, "no checkpoint to resume from", str(path))
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def write_report(out: Path | None, report: dict) -> None:
+    """Write a benchmark's JSON atomically; called after every run, so a long benchmark that is cut short
+    keeps what it measured."""
+    if out is None:
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out)

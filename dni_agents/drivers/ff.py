@@ -17,7 +17,6 @@ too: the synthetic inputs are a training device, never used at evaluation).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from .common import (
     make_optimizer,
     resolve_device,
     save_checkpoint,
+    write_report,
 )
 
 METHODS: dict[str, list[str]] = {
@@ -325,13 +325,6 @@ def bench(
     results: list[dict] = []
     report = {"benchmark": "ff", "quick": quick, "overrides": list(overrides), "results": results}
 
-    def write() -> None:  # after every run, so a long benchmark that is cut short keeps what it measured
-        if out is not None:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(out).with_name(Path(out).name + ".tmp")
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
-            tmp.replace(out)
-
     jobs = [(b, extra, method, seed) for b, extra in runs for method in METHODS for seed in range(seeds)]
     if only:
         row = {base + str(extra): _model_name(load_config(base, extra)) for base, extra in runs}
@@ -351,11 +344,11 @@ def bench(
         )
         tqdm.write(f"{results[-1]['model']:>6} {method:>9} seed {seed}: "
                    f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['steps_per_s']:.0f} steps/s")
-        write()
+        write_report(out, report)
     results += time_methods(["backprop", "dni"], steps=100)
     timing = {r["method"]: r for r in results if r["dataset"] == "timing"}
     report["dni_cost_vs_backprop"] = timing["dni"]["cost_vs_backprop"]
-    write()
+    write_report(out, report)
     summary = {}
     for r in results:
         if r["dataset"] != "timing":

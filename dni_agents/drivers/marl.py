@@ -1,0 +1,950 @@
+"""Multi-agent communication on PettingZoo: agents and channels from config, PPO, DNI between agents.
+
+How a message travels (top to bottom, as the code below does it):
+
+* Every network (a core ``Agent``; it may control several environment agents, which then share its
+  parameters) reads its observation and writes one message per outbound channel.
+* The environment is numpy and cannot carry gradients, so the framework carries the message tensor
+  itself: at the next step it replaces the receiver's communication slice of the observation
+  (``obs_slice``) or is appended to it. Environments whose routing changes (the switch riddle: the bulb
+  goes to whoever enters the room next) say who hears whom through ``message_sources()``.
+* Each update plays one episode in every environment copy (all copies start together, so ``period``,
+  recurrence and exact resume are simple), then runs PPO with GAE. The learner replays the episode
+  step by step; each channel is a core :class:`~dni_agents.core.Interface`: the sender gets ĝ from the
+  receiver's utility model at once (``dni``/``cdni``), the true gradient as a graph edge (``backprop``,
+  DIAL-style: the two agents update in one tick), or nothing (``none``). ``rial`` channels are not
+  interfaces at all: the message is the sender's discrete environment action, learned by RL alone.
+
+Nothing here knows what DNI is beyond ``tick.send`` / ``tick.receive``: the mechanics are the core's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import math
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Config, ConfigError, config_to_yaml, interface_config, load_config
+from ..core import Agent, Interface, System
+from ..logging import RunLogger, make_run_dir
+from .common import (
+    build_interface,
+    flat_hparams,
+    load_checkpoint,
+    log_interfaces,
+    make_optimizer,
+    resolve_device,
+    save_checkpoint,
+    write_report,
+)
+
+CHECKPOINT = "checkpoint.pt"
+EVAL_SEED = 1_000_003  # evaluation episodes never reuse training seeds
+
+
+# ------------------------------------------------------------------------------------------ environment
+def make_env(cfg: Config) -> Any:
+    """``marl.env`` is a module with ``parallel_env()`` (``mpe2.simple_speaker_listener_v4``,
+    ``dni_envs.referential``) or ``module:callable``."""
+    spec = cfg.marl.env
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"marl.env: cannot import {module_name!r} ({exc})") from None
+    factory = getattr(module, attr or "parallel_env", None)
+    if not callable(factory):
+        raise ConfigError(f"marl.env: {spec!r} has no callable {attr or 'parallel_env'!r}")
+    try:
+        return factory(**cfg.marl.env_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"marl.env_kwargs: {spec} rejects {cfg.marl.env_kwargs} ({exc})") from None
+
+
+@dataclass
+class Group:
+    """One network (core agent) and the environment agents it controls."""
+
+    name: str
+    members: list[str]
+    agent: Agent
+    net: PolicyNet
+    policy: bool
+    period: int
+    action_space: spaces.Space
+    obs_dim: int
+    inbound: list[Channel] = field(default_factory=list)
+    outbound: list[Channel] = field(default_factory=list)
+
+
+@dataclass
+class Channel:
+    name: str
+    sender: str
+    receiver: str
+    mode: str
+    size: int
+    obs_slice: tuple[int, int] | None  # None: appended to the receiver's observation
+    interface: Interface | None  # None for rial (the environment carries the message)
+
+
+class PolicyNet(nn.Module):
+    """Actor and critic networks (MLP, or MLP + GRU), one message head per outbound channel.
+
+    * Message heads start at zero, so a channel starts silent: whatever it carries later was learned
+      through the channel's gradient (with ``none`` it stays silent: the no-communication baseline).
+    * The critic reads the messages detached: a message learns from what the receiver *does* with it (the
+      policy loss), not from the receiver's value regression, whose offset would drag every message the
+      same way. Value targets are normalised by running statistics (buffers, so they are checkpointed).
+    * ``candidates = (n, f)``: the first ``n·f`` inputs are ``n`` candidates and action ``i`` picks candidate
+      ``i``; the actor scores each candidate (with the rest of the input) by one shared network, so it is
+      permutation-equivariant instead of having to learn the same comparison ``n`` times.
+    """
+
+    def __init__(
+        self, in_dim: int, hidden: int, recurrent: bool, action_space: spaces.Space | None,
+        message_sizes: dict[str, int], candidates: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.hidden, self.recurrent, self.candidates = hidden, recurrent, candidates
+        self.actor_width = hidden * (candidates[0] if candidates else 1)
+        scored_dim = in_dim - candidates[0] * candidates[1] + candidates[1] if candidates else in_dim
+        self.actor_body = _body(scored_dim, hidden)
+        self.actor_rnn = nn.GRUCell(hidden, hidden) if recurrent else None
+        self.discrete = isinstance(action_space, spaces.Discrete)
+        self.acts = action_space is not None
+        if self.acts:
+            n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+            self.actor = _ortho(nn.Linear(hidden, 1 if candidates else n_out), 0.01)
+            if not self.discrete:
+                self.log_std = nn.Parameter(torch.full((n_out,), -0.5))
+            self.critic_body = _body(in_dim, hidden)
+            self.critic_rnn = nn.GRUCell(hidden, hidden) if recurrent else None
+            self.critic = _ortho(nn.Linear(hidden, 1), 1.0)
+            self.register_buffer("return_mean", torch.zeros(()))
+            self.register_buffer("return_var", torch.ones(()))
+            self.register_buffer("return_count", torch.zeros(()))
+        self.messages = nn.ModuleDict({_key(k): nn.Linear(hidden, n) for k, n in message_sizes.items()})
+        for head in self.messages.values():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features ``[actor | critic]`` (the critic part only if the network acts) and the new GRU state."""
+        ha = hc = None
+        if h is not None:
+            ha, hc = h[:, : self.hidden], h[:, self.hidden:]
+        if self.candidates:
+            n, f = self.candidates
+            cands = x[:, : n * f].reshape(-1, n, f)
+            rest = x[:, n * f:].unsqueeze(1).expand(-1, n, -1)
+            fa = self.actor_body(torch.cat([cands, rest], -1)).flatten(1)
+        else:
+            fa = self.actor_body(x)
+        if self.actor_rnn is not None:
+            fa = ha = self.actor_rnn(fa, ha)
+        if not self.acts:
+            return fa, ha
+        fc = self.critic_body(x.detach())
+        if self.critic_rnn is not None:
+            fc = hc = self.critic_rnn(fc, hc)
+        return torch.cat([fa, fc], -1), (torch.cat([ha, hc], -1) if self.recurrent else None)
+
+    def message(self, channel: str, features: torch.Tensor) -> torch.Tensor:
+        fa = features[:, : self.actor_width]
+        if self.candidates:
+            fa = fa.reshape(len(fa), -1, self.hidden).mean(1)
+        return torch.tanh(self.messages[_key(channel)](fa))
+
+    def dist(self, features: torch.Tensor) -> torch.distributions.Distribution:
+        fa = features[..., : self.actor_width]
+        if self.candidates:
+            out = self.actor(fa.reshape(*fa.shape[:-1], -1, self.hidden)).squeeze(-1)
+        else:
+            out = self.actor(fa)
+        if self.discrete:
+            return torch.distributions.Categorical(logits=out)
+        return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
+
+    def value(self, features: torch.Tensor) -> torch.Tensor:
+        """The critic's estimate in return units."""
+        return self.normalized_value(features) * self.return_var.sqrt() + self.return_mean
+
+    def normalized_value(self, features: torch.Tensor) -> torch.Tensor:
+        return self.critic(features[..., self.actor_width:]).squeeze(-1)
+
+    @torch.no_grad()
+    def observe_returns(self, returns: torch.Tensor) -> None:
+        _merge_moments(self.return_mean, self.return_var, self.return_count, returns.reshape(-1))
+        self.return_var.clamp_(min=1e-4)
+
+
+def _merge_moments(mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor, batch: torch.Tensor) -> None:
+    """Merge a batch (rows) into running mean / variance / count in place (parallel Welford)."""
+    n = batch.shape[0]
+    b_mean, b_var = batch.mean(0), batch.var(0, unbiased=False)
+    total = count + n
+    delta = b_mean - mean
+    m2 = var * count + b_var * n + delta**2 * count * n / total
+    mean += delta * n / total
+    var.copy_(m2 / total)
+    count.copy_(total)
+
+
+def _body(in_dim: int, hidden: int) -> nn.Sequential:
+    gain = math.sqrt(2)
+    return nn.Sequential(
+        _ortho(nn.Linear(in_dim, hidden), gain), nn.Tanh(), _ortho(nn.Linear(hidden, hidden), gain), nn.Tanh()
+    )
+
+
+def _ortho(layer: nn.Linear, gain: float) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _key(channel: str) -> str:
+    return channel.replace("->", "__to__")
+
+
+# ------------------------------------------------------------------------------------------ building
+def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Group], list[Channel]]:
+    """Networks, channels and the core system, as the config describes them."""
+    torch.manual_seed(cfg.seed)
+    env_agents = list(env.possible_agents)
+    owner: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for i, a in enumerate(cfg.agents):
+        patterns = a.members or [a.name]
+        found = [e for e in env_agents if any(fnmatch.fnmatchcase(e, p) for p in patterns)]
+        if not found:
+            raise ConfigError(
+                f"agents[{i}].members: {patterns} match no environment agent "
+                f"(env agents: {', '.join(env_agents)})"
+            )
+        for e in found:
+            if e in owner:
+                raise ConfigError(f"agents[{i}].members: {e!r} already belongs to agent {owner[e]!r}")
+            owner[e] = a.name
+        members[a.name] = found
+    missing = [e for e in env_agents if e not in owner]
+    if missing:
+        raise ConfigError(
+            f"agents: environment agents {', '.join(missing)} have no network (add them to agents)"
+        )
+
+    obs_dims: dict[str, int] = {}
+    act_spaces: dict[str, spaces.Space] = {}
+    for name, group in members.items():
+        obs = {env.observation_space(e).shape for e in group}
+        act = {repr(env.action_space(e)) for e in group}
+        if len(obs) != 1 or len(act) != 1:
+            raise ConfigError(f"agents: {name} shares parameters across {group} whose spaces differ")
+        obs_dims[name] = int(np.prod(next(iter(obs))))
+        act_spaces[name] = env.action_space(group[0])
+
+    env_slices = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "comm_slice", None) or {}
+    specs: list[tuple[str, str, str, int, tuple[int, int] | None]] = []
+    for i, ov in enumerate(cfg.interfaces):
+        mode = interface_config(cfg, ov.sender, ov.receiver).mode
+        size = ov.size or cfg.marl.message_size
+        if ov.obs_slice is not None:
+            obs_slice = (ov.obs_slice[0], ov.obs_slice[1])
+        elif members[ov.receiver][0] in env_slices:
+            s = env_slices[members[ov.receiver][0]]
+            obs_slice = (s.start, s.stop)
+        else:
+            obs_slice = None
+        if obs_slice is not None:
+            if obs_slice[1] > obs_dims[ov.receiver]:
+                raise ConfigError(
+                    f"interfaces[{i}].obs_slice: {list(obs_slice)} is outside {ov.receiver}'s observation "
+                    f"of size {obs_dims[ov.receiver]}"
+                )
+            if ov.size is not None and ov.size != obs_slice[1] - obs_slice[0]:
+                raise ConfigError(f"interfaces[{i}].size: {ov.size} does not fit obs_slice {list(obs_slice)}")
+            size = obs_slice[1] - obs_slice[0]
+        if mode == "rial":
+            if not isinstance(act_spaces[ov.sender], spaces.Discrete | spaces.MultiDiscrete):
+                raise ConfigError(f"interfaces[{i}].mode: rial needs a discrete action space for {ov.sender}")
+            if obs_slice is None:
+                raise ConfigError(f"interfaces[{i}]: rial needs the environment's comm slot (set obs_slice)")
+        specs.append((ov.sender, ov.receiver, mode, size, obs_slice))
+
+    agents_cfg = {a.name: a for a in cfg.agents}
+    groups: dict[str, Group] = {}
+    for name, group_members in members.items():
+        a = agents_cfg[name]
+        out_sizes = {f"{s}->{r}": n for s, r, m, n, _ in specs if s == name and m != "rial"}
+        in_extra = sum(n for s, r, m, n, sl in specs if r == name and sl is None) + int(cfg.marl.time_feature)
+        if not a.policy and any(s == name and m == "rial" for s, _, m, _, _ in specs):
+            raise ConfigError(f"agents: {name} sends a rial message, which is its policy: set policy: true")
+        candidates = tuple(a.candidates) if a.candidates else None
+        if candidates is not None and (
+            len(candidates) != 2 or candidates != (getattr(act_spaces[name], "n", None), candidates[1])
+            or cfg.marl.recurrent or candidates[0] * candidates[1] > obs_dims[name]
+        ):
+            raise ConfigError(
+                f"agents: {name}.candidates {list(candidates)} must be [n, features] with a Discrete(n) "
+                f"action, n*features <= its observation size ({obs_dims[name]}) and marl.recurrent false"
+            )
+        net = PolicyNet(
+            obs_dims[name] + in_extra, cfg.marl.hidden, cfg.marl.recurrent,
+            act_spaces[name] if a.policy else None, out_sizes, candidates,
+        ).to(device)
+        optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr)
+        agent = Agent(name, net, optimizer, period=a.period, max_grad_norm=cfg.marl.max_grad_norm)
+        groups[name] = Group(name, group_members, agent, net, a.policy, a.period, act_spaces[name],
+                             obs_dims[name])
+
+    channels: list[Channel] = []
+    for sender, receiver, mode, size, obs_slice in specs:
+        name = f"{sender}->{receiver}"
+        iface = None
+        if mode != "rial":
+            context_dim = len(groups[receiver].members) * _context_size(groups[receiver])
+            iface = build_interface(cfg, sender, receiver, (size,), device, context_dim=context_dim)
+        ch = Channel(name, sender, receiver, mode, size, obs_slice, iface)
+        groups[sender].outbound.append(ch)
+        groups[receiver].inbound.append(ch)
+        channels.append(ch)
+    system = System([g.agent for g in groups.values()], [c.interface for c in channels if c.interface])
+    return system, list(groups.values()), channels
+
+
+def _context_size(group: Group) -> int:
+    """cDNI context per receiving member: its observation, its action (one-hot) and its advantage."""
+    space = group.action_space
+    n_act = int(space.n) if isinstance(space, spaces.Discrete) else int(np.prod(space.shape))
+    return group.obs_dim + (n_act + 1 if group.policy else 0)
+
+
+def tick_groups(groups: list[Group], channels: list[Channel]) -> list[list[Group]]:
+    """Networks joined by ``backprop`` channels update in one tick (the true gradient is a graph edge)."""
+    parent = {g.name: g.name for g in groups}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for ch in channels:
+        if ch.mode == "backprop":
+            parent[root(ch.sender)] = root(ch.receiver)
+    out: dict[str, list[Group]] = {}
+    for g in groups:
+        out.setdefault(root(g.name), []).append(g)
+    return list(out.values())
+
+
+# ------------------------------------------------------------------------------------------ playing
+@dataclass
+class Episode:
+    """One synchronous episode of every environment copy (time-major, ``T`` steps at most)."""
+
+    obs: dict[str, torch.Tensor]  # group -> (T, E, n, obs_dim)
+    actions: dict[str, torch.Tensor]  # group -> (T, E, n) or (T, E, n, A)
+    logp: dict[str, torch.Tensor]
+    values: dict[str, torch.Tensor]
+    rewards: dict[str, torch.Tensor]  # group -> (T, E, n)
+    alive: torch.Tensor  # (T, E): the copy was still running at step t
+    sources: dict[str, torch.Tensor]  # channel -> (T, E, n_receivers): sender member heard at t (-1: none)
+    messages: dict[str, torch.Tensor]  # channel -> (T, E, n_senders, size), as sent
+    private: torch.Tensor | None  # (T, E, n_senders) private info of the private_info agent
+    steps: int  # environment steps played (alive copies only)
+
+    @property
+    def length(self) -> int:
+        return self.alive.shape[0]
+
+
+class Player:
+    """Plays synchronous episodes in ``E`` environment copies with the current networks."""
+
+    def __init__(self, cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
+                 num_envs: int) -> None:
+        self.cfg, self.groups, self.channels, self.device = cfg, groups, channels, device
+        self.envs = [make_env(cfg) for _ in range(num_envs)]
+        self.routing = callable(getattr(self.envs[0], "message_sources", None))
+        self.by_name = {g.name: g for g in groups}
+        self._member_index = {g.name: {m: i for i, m in enumerate(g.members)} for g in groups}
+
+    def _sources(self, env: Any, ch: Channel, first: bool) -> list[int]:
+        receivers = self.by_name[ch.receiver].members
+        if first:
+            return [-1] * len(receivers)
+        senders = self.by_name[ch.sender].members
+        if self.routing:
+            heard = env.message_sources()
+            index = self._member_index[ch.sender]
+            return [index.get(heard.get(r), -1) if heard.get(r) is not None else -1 for r in receivers]
+        if len(senders) == 1:
+            return [0] * len(receivers)
+        if len(senders) == len(receivers):
+            return list(range(len(receivers)))
+        raise ConfigError(
+            f"interfaces: {ch.name} connects {len(senders)} senders to {len(receivers)} receivers; the "
+            "environment must say who hears whom (message_sources())"
+        )
+
+    def _private(self, obs: dict[str, np.ndarray], infos: dict[str, dict]) -> list[int]:
+        spec = self.cfg.marl.private_info
+        out = []
+        for m in self.by_name[spec.agent].members:
+            if spec.obs_argmax is not None:
+                a, b = spec.obs_argmax
+                out.append(int(np.argmax(obs[m][a:b])) if m in obs else -1)
+            else:
+                value = infos.get(m, {}).get(spec.info, -1)
+                out.append(int(value))
+        return out
+
+    @torch.no_grad()
+    def play(self, seed: int, generator: torch.Generator | None, greedy: bool = False) -> Episode:
+        cfg, T, E = self.cfg, self.cfg.marl.max_steps, len(self.envs)
+        groups, channels = self.groups, self.channels
+        raw = [env.reset(seed=seed + i) for i, env in enumerate(self.envs)]
+        obs_np = [o for o, _ in raw]
+        infos = [inf for _, inf in raw]
+        store: dict[str, dict[str, list]] = {k: {g.name: [] for g in groups}
+                                             for k in ("obs", "actions", "logp", "values", "rewards")}
+        sources = {c.name: [] for c in channels}
+        messages = {c.name: [] for c in channels if c.interface is not None}
+        private, alive_rows = [], []
+        alive = np.ones(E, dtype=bool)
+        hidden: dict[str, torch.Tensor | None] = {g.name: None for g in groups}
+        held: dict[str, dict[str, torch.Tensor]] = {g.name: {} for g in groups}
+        sent: dict[str, torch.Tensor] = {}
+        steps = 0
+        for t in range(T):
+            if not alive.any():
+                break
+            alive_rows.append(torch.as_tensor(alive.copy()))
+            obs_t = {g.name: self._stack_obs(obs_np, g, alive) for g in groups}
+            src_t = {c.name: torch.as_tensor([self._sources(self.envs[e], c, t == 0) if alive[e] else
+                                              [-1] * len(self.by_name[c.receiver].members) for e in range(E)])
+                     for c in channels}
+            for c in channels:
+                sources[c.name].append(src_t[c.name])
+            if cfg.marl.private_info is not None:
+                silent = [-1] * len(self.by_name[cfg.marl.private_info.agent].members)
+                private.append(torch.as_tensor([self._private(obs_np[e], infos[e]) if alive[e] else silent
+                                                for e in range(E)]))
+            out = {}
+            heard = {c.name: route(sent.get(c.name), src_t[c.name], c.size, E)  # sent at t-1
+                     for c in channels if c.interface is not None}
+            for g in groups:
+                x = self.inputs(g, obs_t[g.name], heard, t)
+                if t % g.period == 0:
+                    features, hidden[g.name] = g.net(x.flatten(0, 1), hidden[g.name])
+                    h = {c.name: g.net.message(c.name, features).view(E, len(g.members), c.size)
+                         for c in g.outbound if c.interface is not None}
+                    if g.policy:
+                        dist = g.net.dist(features)
+                        if greedy:
+                            action = dist.probs.argmax(-1) if g.net.discrete else dist.mean
+                        elif g.net.discrete:
+                            action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
+                        else:
+                            noise = torch.randn(dist.mean.shape, generator=generator)
+                            action = dist.mean + dist.stddev * noise
+                        logp = dist.log_prob(action)
+                        logp = logp if g.net.discrete else logp.sum(-1)
+                        value = g.net.value(features)
+                        h.update(action=action.view(E, len(g.members), *action.shape[1:]),
+                                 logp=logp.view(E, -1), value=value.view(E, -1))
+                    held[g.name] = h
+                out[g.name] = held[g.name]
+                for c in g.outbound:
+                    if c.interface is not None:
+                        sent[c.name] = held[g.name][c.name]
+                        messages[c.name].append(held[g.name][c.name])
+            actions = self._env_actions(out, alive)
+            rewards = {g.name: torch.zeros(E, len(g.members)) for g in groups}
+            for e in range(E):
+                if not alive[e]:
+                    continue
+                o, r, term, trunc, inf = self.envs[e].step(actions[e])
+                steps += 1
+                for g in groups:
+                    rewards[g.name][e] = torch.as_tensor([float(r.get(m, 0.0)) for m in g.members])
+                done = [term[a] or trunc.get(a, True) for a in self.envs[e].possible_agents if a in term]
+                if any(done) != all(done):
+                    raise RuntimeError(
+                        f"{cfg.marl.env}: agents of one episode finished at different steps; the marl "
+                        "driver needs episodes that end for all agents together"
+                    )
+                if all(done) or t == T - 1:
+                    alive[e] = False
+                obs_np[e], infos[e] = o, inf
+            for g in groups:
+                store["obs"][g.name].append(obs_t[g.name])
+                store["rewards"][g.name].append(rewards[g.name])
+                if g.policy:
+                    for k in ("actions", "logp", "values"):
+                        key = {"actions": "action", "logp": "logp", "values": "value"}[k]
+                        store[k][g.name].append(out[g.name][key])
+        stack = {k: {g: torch.stack(v) for g, v in d.items() if v} for k, d in store.items()}
+        return Episode(
+            stack["obs"], stack["actions"], stack["logp"], stack["values"], stack["rewards"],
+            torch.stack(alive_rows), {c: torch.stack(v) for c, v in sources.items()},
+            {c: torch.stack(v) for c, v in messages.items()},
+            torch.stack(private) if private else None, steps,
+        )
+
+    def _stack_obs(self, obs_np: list[dict], g: Group, alive: np.ndarray) -> torch.Tensor:
+        rows = [[np.asarray(o[m], dtype=np.float32).reshape(-1) if m in o else np.zeros(g.obs_dim, np.float32)
+                 for m in g.members] for o in obs_np]
+        return torch.as_tensor(np.asarray(rows), device=self.device)
+
+    def inputs(self, g: Group, obs: torch.Tensor, inbound: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        """The network's input: the observation with each channel's message in its comm slot (or appended),
+        and (``marl.time_feature``) the fraction of the episode gone, so the critic knows how much is left."""
+        x = obs.clone()
+        extra = []
+        if self.cfg.marl.time_feature:
+            extra.append(obs.new_full((*obs.shape[:-1], 1), t / self.cfg.marl.max_steps))
+        for c in g.inbound:
+            if c.interface is None:
+                continue  # rial: the environment put the message in the observation already
+            z = inbound[c.name]
+            if c.obs_slice is not None:
+                x[..., c.obs_slice[0]: c.obs_slice[1]] = z
+            else:
+                extra.append(z)
+        return torch.cat([x, *extra], -1) if extra else x
+
+    def _env_actions(
+        self, out: dict[str, dict[str, torch.Tensor]], alive: np.ndarray
+    ) -> list[dict[str, Any]]:
+        """Per copy, what each environment agent does: its sampled action, or (no policy) its message in the
+        form the environment expects (argmax for a discrete action, the vector for a box)."""
+        actions: list[dict[str, Any]] = [{} for _ in alive]
+        for g in self.groups:
+            space = g.action_space
+            if g.policy:
+                chosen = out[g.name]["action"].cpu().numpy()
+                if not isinstance(space, spaces.Discrete):
+                    chosen = np.clip(chosen, space.low, space.high)
+            else:
+                msg = next((out[g.name][c.name] for c in g.outbound if c.interface is not None), None)
+                if isinstance(space, spaces.Discrete) and msg is not None and msg.shape[-1] == space.n:
+                    chosen = msg.argmax(-1).cpu().numpy()
+                elif isinstance(space, spaces.Box) and msg is not None and msg.shape[-1] == space.shape[-1]:
+                    chosen = msg.cpu().numpy().reshape(*msg.shape[:2], *space.shape)
+                    chosen = np.clip(chosen, space.low, space.high)
+                else:
+                    chosen = np.zeros((len(alive), len(g.members), *space.shape), dtype=space.dtype)
+            for e in np.flatnonzero(alive):
+                for i, m in enumerate(g.members):
+                    a = chosen[e, i]
+                    actions[e][m] = int(a) if isinstance(space, spaces.Discrete) else a
+        return actions
+
+
+def route(messages: torch.Tensor | None, sources: torch.Tensor, size: int, batch: int) -> torch.Tensor:
+    """What each receiving member hears: the message of the sender member ``sources`` names (-1: silence).
+    A gather, so gradients flow back to exactly the message that was heard."""
+    if messages is None:
+        return torch.zeros(batch, sources.shape[1], size)
+    padded = torch.cat([messages, messages.new_zeros(messages.shape[0], 1, size)], 1)
+    index = torch.where(sources < 0, messages.shape[1], sources).to(messages.device)
+    return padded.gather(1, index.unsqueeze(-1).expand(-1, -1, size))
+
+
+# ------------------------------------------------------------------------------------------ learning
+def advantages(ep: Episode, g: Group, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over the network's decision steps (every ``period`` env steps; rewards in between are summed)."""
+    k = g.period
+    decisions = list(range(0, ep.length, k))
+    rewards = ep.rewards[g.name] * ep.alive[..., None]
+    values = ep.values[g.name][decisions]
+    alive = ep.alive[decisions].float()[..., None]
+    block = torch.stack([rewards[d: d + k].sum(0) for d in decisions])
+    adv = torch.zeros_like(block)
+    last = torch.zeros_like(block[0])
+    for i in reversed(range(len(decisions))):
+        next_alive = alive[i + 1] if i + 1 < len(decisions) else torch.zeros_like(alive[0])
+        next_value = values[i + 1] if i + 1 < len(decisions) else torch.zeros_like(values[0])
+        delta = block[i] + gamma**k * next_value * next_alive - values[i]
+        last = delta + gamma**k * lam * next_alive * last
+        adv[i] = last
+    return adv * alive, (adv + values) * alive
+
+
+def ppo_update(
+    cfg: Config, system: System, groups: list[Group], channels: list[Channel], player: Player,
+    ep: Episode, generator: torch.Generator, clock: int,
+) -> tuple[dict[str, dict[str, float]], int]:
+    """PPO epochs over minibatches of environment copies; each minibatch is one tick of every network,
+    replaying the episode so that messages cross the channels' interfaces with gradients."""
+    mc = cfg.marl
+    gae = {g.name: advantages(ep, g, mc.gamma, mc.gae_lambda) for g in groups if g.policy}
+    for g in groups:
+        if g.policy:
+            decisions = list(range(0, ep.length, g.period))
+            g.net.observe_returns(gae[g.name][1][ep.alive[decisions]])
+    E, T = ep.alive.shape[1], ep.length
+    stats: dict[str, dict[str, list[float]]] = {g.name: {} for g in groups if g.policy}
+    ticking = tick_groups(groups, channels)
+    for _ in range(mc.epochs):
+        order = torch.randperm(E, generator=generator)
+        for mb in order.chunk(min(mc.minibatches, E)):
+            clock += 1
+            base = clock * (T + 1)
+            with ExitStack() as stack:
+                ticks = {}
+                for members in ticking:
+                    t_ = stack.enter_context(system.tick([g.agent for g in members], clock))
+                    ticks.update({g.name: t_ for g in members})
+                out = replay(groups, player, ep, mb, ticks, base, gae)
+                for g in groups:
+                    if g.policy:
+                        loss, parts = ppo_loss(mc, g, ep, mb, out[g.name], gae[g.name])
+                        ticks[g.name].add_loss(loss)
+                        for k, v in parts.items():
+                            stats[g.name].setdefault(k, []).append(v)
+            system.check_settled()
+    return {g: {k: sum(v) / len(v) for k, v in s.items()} for g, s in stats.items()}, clock
+
+
+def replay(
+    groups: list[Group], player: Player, ep: Episode, mb: torch.Tensor, ticks: dict, base: int,
+    gae: dict[str, tuple[torch.Tensor, torch.Tensor]],
+) -> dict[str, list[torch.Tensor]]:
+    """The episode again, with gradients: message of step t goes out through the interface as the message
+    of clock step ``base + t`` and is heard at t+1. Returns each acting network's features per decision."""
+    T, B = ep.length, len(mb)
+    hidden: dict[str, torch.Tensor | None] = {g.name: None for g in groups}
+    held: dict[str, dict[str, torch.Tensor]] = {g.name: {} for g in groups}
+    features_out: dict[str, list[torch.Tensor]] = {g.name: [] for g in groups}
+    for t in range(T):
+        for g in groups:
+            tick = ticks[g.name]
+            inbound = {}
+            for c in g.inbound:
+                if c.interface is None:
+                    continue
+                if t == 0:
+                    heard = None
+                else:
+                    z = tick.receive(c.interface, step=base + t - 1)
+                    heard = z.view(B, -1, c.size)
+                inbound[c.name] = route(heard, ep.sources[c.name][t, mb], c.size, B)
+            if t % g.period == 0:
+                x = player.inputs(g, ep.obs[g.name][t, mb], inbound, t)
+                features, hidden[g.name] = g.net(x.flatten(0, 1), hidden[g.name])
+                features_out[g.name].append(features)
+                held[g.name] = {c.name: g.net.message(c.name, features)
+                                for c in g.outbound if c.interface is not None}
+            if t < T - 1:
+                for c in g.outbound:
+                    if c.interface is None:
+                        continue
+                    context = None
+                    if c.mode == "cdni":
+                        context = receiver_context(player.by_name[c.receiver], ep, t + 1, mb, gae)
+                        context = context.repeat_interleave(len(g.members), 0)
+                    tick.send(c.interface, held[g.name][c.name], context, step=base + t)
+    return features_out
+
+
+def receiver_context(r: Group, ep: Episode, t: int, mb: torch.Tensor,
+                     gae: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """What the receiving network knows when it hears the message: its observation, and if it acts, its
+    action and advantage (cDNI's context). One row per environment copy."""
+    parts = [ep.obs[r.name][t, mb]]
+    if r.policy:
+        action = ep.actions[r.name][t, mb]
+        if isinstance(r.action_space, spaces.Discrete):
+            action = F.one_hot(action, int(r.action_space.n)).float()
+        parts.append(action)
+        parts.append(gae[r.name][0][t // r.period, mb].unsqueeze(-1))
+    return torch.cat(parts, -1).flatten(1)
+
+
+def ppo_loss(mc: Any, g: Group, ep: Episode, mb: torch.Tensor, features: list[torch.Tensor],
+             gae: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped PPO objective + value loss − entropy bonus over the decisions of live copies."""
+    adv, returns = gae
+    decisions = list(range(0, ep.length, g.period))
+    feats = torch.stack(features)  # (D, B*n, H)
+    D, B, n = len(decisions), len(mb), len(g.members)
+    mask = ep.alive[decisions][:, mb].float().unsqueeze(-1).expand(D, B, n).reshape(D, B * n)
+    dist = g.net.dist(feats)
+    action = ep.actions[g.name][decisions][:, mb].reshape(D, B * n, *ep.actions[g.name].shape[4:])
+    logp = dist.log_prob(action)
+    entropy = dist.entropy()
+    if not g.net.discrete:
+        logp, entropy = logp.sum(-1), entropy.sum(-1)
+    old = ep.logp[g.name][decisions][:, mb].reshape(D, B * n)
+    a = adv[:, mb].reshape(D, B * n)
+    count = mask.sum().clamp_min(1)
+    mean = (a * mask).sum() / count
+    std = (((a - mean) ** 2 * mask).sum() / count).sqrt()
+    a = (a - mean) / (std + 1e-8)
+    ratio = (logp - old).exp()
+    pg = torch.max(-a * ratio, -a * ratio.clamp(1 - mc.clip, 1 + mc.clip))
+    value = g.net.normalized_value(feats)
+    target = (returns[:, mb].reshape(D, B * n) - g.net.return_mean) / g.net.return_var.sqrt()
+    v_loss = 0.5 * (value - target) ** 2
+    pg_loss, v_loss, ent = ((x * mask).sum() / count for x in (pg, v_loss, entropy))
+    loss = pg_loss + mc.vf_coef * v_loss - mc.ent_coef * ent
+    with torch.no_grad():
+        kl = (((ratio - 1) - (logp - old)) * mask).sum() / count
+    return loss, {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": ent.item(),
+                  "approx_kl": float(kl)}
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def message_symbols(x: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Discretise continuous messages: each dimension rounded to a grid of width ``resolution``, each
+    distinct cell one symbol. Entropy and mutual information are then those of a receiver that cannot tell
+    apart messages closer than ``resolution`` (otherwise any deterministic message of a 3-valued goal would
+    score the full log2 3 bits, however tiny its differences)."""
+    cells = torch.floor(x.float().flatten(1) / resolution).long()
+    return torch.unique(cells, dim=0, return_inverse=True)[1]
+
+
+def entropy_bits(labels: torch.Tensor) -> float:
+    p = torch.bincount(labels).float()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def mutual_information_bits(symbols: torch.Tensor, labels: torch.Tensor) -> float:
+    """Plug-in I(symbol; label) = H(symbol) + H(label) − H(symbol, label), in bits."""
+    joint = symbols * (int(labels.max()) + 1) + labels
+    return entropy_bits(symbols) + entropy_bits(labels) - entropy_bits(joint)
+
+
+def comm_metrics(ep: Episode, channels: list[Channel], private_agent: str | None,
+                 resolution: float) -> dict[str, dict[str, float]]:
+    """Per channel: message entropy (bits, after discretisation) and, if the sender holds the private
+    information, the mutual information between message and that information."""
+    out: dict[str, dict[str, float]] = {}
+    alive = ep.alive[..., None]
+    for c in channels:
+        if c.interface is None or c.name not in ep.messages:
+            continue
+        msgs = ep.messages[c.name]  # (T, E, n, size)
+        keep = alive.expand(msgs.shape[:3])
+        symbols = message_symbols(msgs[keep], resolution)
+        metrics = {"message_entropy_bits": entropy_bits(symbols)}
+        if private_agent == c.sender and ep.private is not None:
+            labels = ep.private[keep]
+            valid = labels >= 0
+            metrics["mi_bits"] = mutual_information_bits(symbols[valid], labels[valid])
+        out[c.name] = metrics
+    if private_agent is not None and ep.private is not None:
+        for c in channels:  # rial: the message is the sender's discrete action
+            if c.interface is None and c.sender == private_agent:
+                acts = ep.actions[c.sender]
+                keep = alive.expand(acts.shape[:3])
+                symbols, labels = acts[keep].long(), ep.private[keep]
+                valid = labels >= 0
+                out[c.name] = {"message_entropy_bits": entropy_bits(symbols),
+                               "mi_bits": mutual_information_bits(symbols[valid], labels[valid])}
+    return out
+
+
+def episode_metrics(cfg: Config, ep: Episode, groups: list[Group]) -> dict[str, float]:
+    """Mean episode return per environment agent, and the success rate (last reward >= success_reward)."""
+    out: dict[str, float] = {}
+    last_rewards = []
+    last = (ep.alive.sum(0) - 1).clamp_min(0)  # index of each copy's last step
+    for g in groups:
+        r = ep.rewards[g.name] * ep.alive[..., None]
+        for i, m in enumerate(g.members):
+            out[f"return/{m}"] = float(r[..., i].sum(0).mean())
+        last_rewards.append(ep.rewards[g.name][last, torch.arange(len(last))])
+    out["return/mean"] = sum(v for k, v in out.items()) / max(len(out), 1)
+    if cfg.marl.success_reward is not None:
+        final = torch.cat(last_rewards, 1).mean(1)
+        out["success_rate"] = float((final >= cfg.marl.success_reward).float().mean())
+    return out
+
+
+# ------------------------------------------------------------------------------------------ train / eval
+def train(
+    cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
+    stop_at: int | None = None,
+) -> dict:
+    """Train ``cfg``; return the final evaluation. ``stop_at`` ends early (as a crash would), for tests."""
+    device = resolve_device(cfg.device)
+    mc, tc = cfg.marl, cfg.trainer
+    env = make_env(cfg)
+    system, groups, channels = build(cfg, env, device)
+    player = Player(cfg, groups, channels, device, mc.num_envs)
+    start, clock = 0, 0
+    if resume is not None:
+        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
+        state = load_checkpoint(run_dir / CHECKPOINT, device)
+        system.load_state_dict(state["system"])
+        start, clock = int(state["update"]), int(state["clock"])
+    elif log:
+        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
+    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
+    if log:
+        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
+    private_agent = mc.private_info.agent if mc.private_info else None
+    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    bar = tqdm(range(start, end), desc=cfg.name, disable=not progress, leave=False, unit="update")
+    env_steps, seconds, recent = 0, 0.0, []
+    for update in bar:
+        t0 = time.perf_counter()
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + update)
+        ep = player.play(seed=(cfg.seed * 100_000 + update) * mc.num_envs, generator=generator)
+        log_now = log and (update % cfg.log.every == 0 or update == tc.steps - 1)
+        system.track_stats = log_now
+        losses, clock = ppo_update(cfg, system, groups, channels, player, ep, generator, clock)
+        seconds += time.perf_counter() - t0
+        env_steps += ep.steps
+        metrics = episode_metrics(cfg, ep, groups)
+        recent = (recent + [metrics["return/mean"]])[-20:]
+        if log_now:
+            logger.scalars("episode", metrics, update)
+            for name, parts in losses.items():
+                logger.agent(name, parts, update)
+            log_interfaces(logger, system, update)
+            for name, m in comm_metrics(ep, channels, private_agent, mc.mi_resolution).items():
+                logger.scalars(f"comm/{name}", m, update)
+            logger.scalar("perf/env_steps_per_s", env_steps / max(seconds, 1e-9), update)
+            logger.scalar("perf/env_steps", (update + 1) * mc.num_envs * mc.max_steps, update)
+            bar.set_postfix(ret=f"{sum(recent) / len(recent):.2f}")
+        elif not log_now:
+            system.drain_stats()
+        if log and update % cfg.log.histogram_every == 0:
+            for name, msgs in ep.messages.items():
+                logger.message_histogram(name, msgs[ep.alive], update)
+        if log and tc.checkpoint_every and (update + 1) % tc.checkpoint_every == 0:
+            save_checkpoint(Path(run_dir) / CHECKPOINT,
+                            {"update": update + 1, "clock": clock, "system": system.state_dict()})
+    bar.close()
+    if end < tc.steps:
+        logger.close()
+        return {}
+    result = evaluate_system(cfg, groups, channels, device, episodes=mc.eval_episodes)
+    result.update(updates=tc.steps, env_steps_per_s=env_steps / max(seconds, 1e-9), train_seconds=seconds)
+    if log:
+        logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
+        if cfg.log.embedding_samples and "_episode" in result:
+            _log_projector(cfg, logger, result["_episode"], channels, tc.steps)
+        save_checkpoint(Path(run_dir) / CHECKPOINT,
+                        {"update": tc.steps, "clock": clock, "system": system.state_dict()})
+        result["run_dir"] = str(run_dir)
+    result.pop("_episode", None)
+    logger.close()
+    return result
+
+
+def _log_projector(cfg: Config, logger: RunLogger, ep: Episode, channels: list[Channel], step: int) -> None:
+    """Messages of the greedy evaluation, labelled with the sender's private information."""
+    n = cfg.log.embedding_samples
+    for c in channels:
+        if c.interface is None:
+            continue
+        msgs = ep.messages[c.name]
+        keep = ep.alive[..., None].expand(msgs.shape[:3])
+        vectors = msgs[keep][:n]
+        if ep.private is not None and cfg.marl.private_info.agent == c.sender:
+            labels = [str(int(v)) for v in ep.private[keep][:n]]
+        else:
+            labels = ["?"] * len(vectors)
+        logger.embedding(f"messages/{c.name}", vectors, labels, step)
+
+
+def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
+                    episodes: int) -> dict[str, Any]:
+    """Greedy play (most likely action, deterministic messages) for ``episodes`` episodes."""
+    player = Player(cfg, groups, channels, device, min(episodes, 250))
+    eps = []
+    while sum(e.alive.shape[1] for e in eps) < episodes:
+        eps.append(player.play(seed=EVAL_SEED + 1000 * len(eps), generator=None, greedy=True))
+    metrics: dict[str, list[float]] = {}
+    comm: dict[str, dict[str, list[float]]] = {}
+    private_agent = cfg.marl.private_info.agent if cfg.marl.private_info else None
+    for e in eps:
+        for k, v in episode_metrics(cfg, e, groups).items():
+            metrics.setdefault(k, []).append(v)
+        for ch, m in comm_metrics(e, channels, private_agent, cfg.marl.mi_resolution).items():
+            for k, v in m.items():
+                comm.setdefault(ch, {}).setdefault(k, []).append(v)
+    out: dict[str, Any] = {k: sum(v) / len(v) for k, v in metrics.items()}
+    out["mean_return"] = out.pop("return/mean")
+    for ch, m in comm.items():
+        for k, v in m.items():
+            out[f"{ch}/{k}"] = sum(v) / len(v)
+    out["_episode"] = eps[0]
+    return out
+
+
+def evaluate(run_dir: Path) -> dict:
+    """``dni-agents eval RUN_DIR``: replay the trained agents greedily; return, success, communication."""
+    run_dir = Path(run_dir)
+    cfg = load_config(str(run_dir / "config.yaml"))
+    device = resolve_device(cfg.device)
+    system, groups, channels = build(cfg, make_env(cfg), device)
+    state = load_checkpoint(run_dir / CHECKPOINT, device)
+    system.load_state_dict(state["system"])
+    result = evaluate_system(cfg, groups, channels, device, episodes=cfg.marl.eval_episodes)
+    result.pop("_episode", None)
+    return {"run_dir": str(run_dir), "update": int(state["update"]), **result}
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+METHODS: dict[str, list[str]] = {
+    m: [f"interface_defaults.mode={m}"] for m in ("none", "rial", "backprop", "dni", "cdni")
+}
+# In rial the speaker's message is its environment action, so it needs a policy.
+METHODS["rial"].append("agents.0.policy=true")
+
+
+def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None, overrides: list[str] = (),
+          only: list[str] | None = None) -> dict:
+    """``dni-agents bench marl``: speaker–listener with every channel mode, several seeds; JSON to ``out``."""
+    seeds = seeds or (2 if quick else 3)
+    methods = [m for m in METHODS if not only or m in only]
+    if not methods:
+        raise ConfigError(f"--only: {','.join(only)} matches no method (methods: {', '.join(METHODS)})")
+    extra = ["trainer.steps=150", "marl.eval_episodes=250"] if quick else []
+    results: list[dict] = []
+    report = {"benchmark": "marl", "quick": quick, "overrides": list(overrides), "results": results}
+
+    for method in methods:
+        for seed in range(seeds):
+            cfg = load_config("speaker_listener", [*METHODS[method], *extra, *overrides, f"seed={seed}"])
+            t0 = time.perf_counter()
+            m = train(cfg, Path("runs") / cfg.name, log=False, progress=False)
+            mi = next((v for k, v in m.items() if k.endswith("/mi_bits")), None)
+            results.append({
+                "method": method, "env": cfg.marl.env, "seed": seed, "mean_return": m["mean_return"],
+                "success_rate": m.get("success_rate"), "mi_bits": mi, "env_steps_per_s": m["env_steps_per_s"],
+                "wall_s": time.perf_counter() - t0, "updates": cfg.trainer.steps,
+                "env_steps": cfg.trainer.steps * cfg.marl.num_envs * cfg.marl.max_steps,
+            })
+            tqdm.write(f"{method:>9} seed {seed}: return {m['mean_return']:.2f}, "
+                       f"success {m.get('success_rate')}, MI {mi}, {m['env_steps_per_s']:.0f} env steps/s")
+            write_report(out, report)
+    summary: dict[str, dict[str, float]] = {}
+    for method in methods:
+        rows = [r for r in results if r["method"] == method]
+        summary[method] = {k: sum(r[k] for r in rows) / len(rows) for k in ("mean_return", "env_steps_per_s")}
+        mis = [r["mi_bits"] for r in rows if r["mi_bits"] is not None]
+        summary[method]["mi_bits"] = sum(mis) / len(mis) if mis else None
+    report["summary"] = summary
+    write_report(out, report)
+    return {"summary": summary, "out": str(out) if out else None}
