@@ -156,6 +156,8 @@ class MarlConfig(_Strict):
     num_envs: PosInt = 64
     max_steps: PosInt = 25  # longest episode; the rollout length
     message_size: PosInt = 4
+    # tanh keeps messages in [-1, 1]; linear lets them grow (a drifting tanh message can saturate and go dead)
+    message_activation: Literal["tanh", "linear"] = "tanh"
     hidden: PosInt = 64
     recurrent: bool = False  # GRU policies
     time_feature: bool = True  # append t / max_steps to every input (time-aware value estimates)

@@ -115,10 +115,10 @@ class PolicyNet(nn.Module):
 
     def __init__(
         self, in_dim: int, hidden: int, recurrent: bool, action_space: spaces.Space | None,
-        message_sizes: dict[str, int], candidates: tuple[int, int] | None = None,
+        message_sizes: dict[str, int], candidates: tuple[int, int] | None = None, squash: bool = True,
     ) -> None:
         super().__init__()
-        self.hidden, self.recurrent, self.candidates = hidden, recurrent, candidates
+        self.hidden, self.recurrent, self.candidates, self.squash = hidden, recurrent, candidates, squash
         self.actor_width = hidden * (candidates[0] if candidates else 1)
         scored_dim = in_dim - candidates[0] * candidates[1] + candidates[1] if candidates else in_dim
         self.actor_body = _body(scored_dim, hidden)
@@ -166,7 +166,8 @@ class PolicyNet(nn.Module):
         fa = features[:, : self.actor_width]
         if self.candidates:
             fa = fa.reshape(len(fa), -1, self.hidden).mean(1)
-        return torch.tanh(self.messages[_key(channel)](fa))
+        message = self.messages[_key(channel)](fa)
+        return torch.tanh(message) if self.squash else message
 
     def dist(self, features: torch.Tensor) -> torch.distributions.Distribution:
         fa = features[..., : self.actor_width]
@@ -304,6 +305,7 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
         net = PolicyNet(
             obs_dims[name] + in_extra, cfg.marl.hidden, cfg.marl.recurrent,
             act_spaces[name] if a.policy else None, out_sizes, candidates,
+            squash=cfg.marl.message_activation == "tanh",
         ).to(device)
         optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr)
         agent = Agent(name, net, optimizer, period=a.period, max_grad_norm=cfg.marl.max_grad_norm)
