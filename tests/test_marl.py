@@ -97,7 +97,7 @@ def test_backprop_channel_gives_the_sender_the_true_gradient_of_the_receivers_lo
     gae = {"receiver": marl.advantages(ep, receiver, 0.99, 0.95)}
     mb = torch.arange(16)
     # reference: plain autograd, no interfaces
-    x_s = ep.obs["sender"][0, mb]
+    x_s = player.inputs(sender, ep.obs["sender"][0, mb], {}, 0)
     f_s, _ = sender.net(x_s.flatten(0, 1), None)
     m = sender.net.message("sender->receiver", f_s).view(16, 1, -1)
     feats = []
