@@ -173,6 +173,7 @@ class MarlConfig(_Strict):
     private_info: PrivateInfoConfig | None = None
     mi_resolution: PosFloat = 0.2  # messages closer than this count as one symbol for entropy / MI
     eval_episodes: PosInt = 500
+    threads: NonNegInt = 1  # torch intra-op threads while training (0: leave torch's default)
 
 
 class Config(_Strict):

@@ -123,6 +123,7 @@ class PolicyNet(nn.Module):
         scored_dim = in_dim - candidates[0] * candidates[1] + candidates[1] if candidates else in_dim
         self.actor_body = _body(scored_dim, hidden)
         self.actor_rnn = nn.GRUCell(hidden, hidden) if recurrent else None
+        self.rnn_free = not recurrent
         self.discrete = isinstance(action_space, spaces.Discrete)
         self.acts = action_space is not None
         if self.acts:
@@ -633,6 +634,15 @@ def replay(
     hidden: dict[str, torch.Tensor | None] = {g.name: None for g in groups}
     held: dict[str, dict[str, torch.Tensor]] = {g.name: {} for g in groups}
     features_out: dict[str, list[torch.Tensor]] = {g.name: [] for g in groups}
+    # A network that hears no channel and has no memory does not depend on the step order: one batched
+    # forward over all its decisions, sliced per step below (the same computation in fewer calls).
+    batched: dict[str, list[torch.Tensor]] = {}
+    for g in groups:
+        if g.net.rnn_free and not any(c.interface is not None for c in g.inbound):
+            steps = range(0, T, g.period)
+            x = torch.stack([player.inputs(g, ep.obs[g.name][t, mb], {}, t) for t in steps])
+            features = g.net(x.flatten(0, 2), None)[0]
+            batched[g.name] = list(features.view(len(steps), -1, features.shape[-1]).unbind(0))
     for t in range(T):
         for g in groups:
             tick = ticks[g.name]
@@ -647,8 +657,11 @@ def replay(
                     heard = z.view(B, -1, c.size)
                 inbound[c.name] = route(heard, ep.sources[c.name][t, mb], c.size, B)
             if t % g.period == 0:
-                x = player.inputs(g, ep.obs[g.name][t, mb], inbound, t)
-                features, hidden[g.name] = g.net(x.flatten(0, 1), hidden[g.name])
+                if g.name in batched:
+                    features = batched[g.name][t // g.period]
+                else:
+                    x = player.inputs(g, ep.obs[g.name][t, mb], inbound, t)
+                    features, hidden[g.name] = g.net(x.flatten(0, 1), hidden[g.name])
                 features_out[g.name].append(features)
                 held[g.name] = {c.name: g.net.message(c.name, features)
                                 for c in g.outbound if c.interface is not None}
@@ -786,6 +799,18 @@ def train(
     stop_at: int | None = None,
 ) -> dict:
     """Train ``cfg``; return the final evaluation. ``stop_at`` ends early (as a crash would), for tests."""
+    threads = torch.get_num_threads()
+    if cfg.marl.threads:  # small policy networks: more intra-op threads cost more than they give
+        torch.set_num_threads(cfg.marl.threads)
+    try:
+        return _train(cfg, run_dir, resume, log, progress, stop_at)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    cfg: Config, run_dir: Path, resume: Path | None, log: bool, progress: bool, stop_at: int | None
+) -> dict:
     device = resolve_device(cfg.device)
     mc, tc = cfg.marl, cfg.trainer
     env = make_env(cfg)
