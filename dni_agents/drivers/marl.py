@@ -447,7 +447,7 @@ class Player:
                 private.append(torch.as_tensor([self._private(obs_np[e], infos[e]) if alive[e] else silent
                                                 for e in range(E)]))
             out = {}
-            heard = {c.name: route(sent.get(c.name), src_t[c.name], c.size, E)  # sent at t-1
+            heard = {c.name: route(sent.get(c.name), src_t[c.name], c.size, E, self.device)  # sent at t-1
                      for c in channels if c.interface is not None}
             for g in groups:
                 x = self.inputs(g, obs_t[g.name], heard, t)
@@ -558,11 +558,14 @@ class Player:
         return actions
 
 
-def route(messages: torch.Tensor | None, sources: torch.Tensor, size: int, batch: int) -> torch.Tensor:
+def route(
+    messages: torch.Tensor | None, sources: torch.Tensor, size: int, batch: int,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """What each receiving member hears: the message of the sender member ``sources`` names (-1: silence).
     A gather, so gradients flow back to exactly the message that was heard."""
     if messages is None:
-        return torch.zeros(batch, sources.shape[1], size)
+        return torch.zeros(batch, sources.shape[1], size, device=device)
     padded = torch.cat([messages, messages.new_zeros(messages.shape[0], 1, size)], 1)
     index = torch.where(sources < 0, messages.shape[1], sources).to(messages.device)
     return padded.gather(1, index.unsqueeze(-1).expand(-1, -1, size))
@@ -655,7 +658,7 @@ def replay(
                 else:
                     z = tick.receive(c.interface, step=base + t - 1)
                     heard = z.view(B, -1, c.size)
-                inbound[c.name] = route(heard, ep.sources[c.name][t, mb], c.size, B)
+                inbound[c.name] = route(heard, ep.sources[c.name][t, mb], c.size, B, player.device)
             if t % g.period == 0:
                 if g.name in batched:
                     features = batched[g.name][t // g.period]
