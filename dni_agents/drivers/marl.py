@@ -225,6 +225,8 @@ def _key(channel: str) -> str:
 # ------------------------------------------------------------------------------------------ building
 def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Group], list[Channel]]:
     """Networks, channels and the core system, as the config describes them."""
+    if device.type != "cpu":  # rollouts are numpy-bound and the learner's masks live on the CPU for now
+        raise ConfigError(f"device: marl runs on the CPU for now (got {cfg.device!r}; allowed: cpu)")
     torch.manual_seed(cfg.seed)
     env_agents = list(env.possible_agents)
     owner: dict[str, str] = {}
