@@ -436,6 +436,7 @@ def _two_way(mode: str):
 
 def test_backprop_cycle_in_one_joint_tick_equals_end_to_end_backprop():
     system, fa, fb = _two_way("backprop")
+    assert system.coupled() == [["a", "b"]]  # the cycle must tick together
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     ref_a, ref_b = copy.deepcopy(fa), copy.deepcopy(fb)
     # reference: one graph, no interfaces
@@ -457,6 +458,7 @@ def test_backprop_cycle_in_one_joint_tick_equals_end_to_end_backprop():
 
 def test_dni_cycle_in_separate_ticks_never_waits_and_each_side_learns_its_utility_model():
     system, fa, fb = _two_way("dni")
+    assert system.coupled() == [["a"], ["b"]]
     x = torch.randn(3, 4)
     for step in range(3):
         with system.tick("a", step) as ta, system.tick("b", step) as tb:

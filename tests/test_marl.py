@@ -34,7 +34,7 @@ def one_update(cfg, seed: int = 0):
     player = marl.Player(cfg, list(groups.values()), channels, torch.device("cpu"), cfg.marl.num_envs)
     gen = torch.Generator().manual_seed(seed)
     ep = player.play(seed, gen)
-    marl.ppo_update(cfg, system, list(groups.values()), channels, player, ep, gen, 0)
+    marl.ppo_update(cfg, system, list(groups.values()), player, ep, gen, 0)
     return system, groups, channels, ep
 
 
@@ -73,7 +73,7 @@ def test_sender_gets_a_gradient_exactly_when_the_mode_says(tmp_path, mode):
     player = marl.Player(cfg, list(groups.values()), channels, torch.device("cpu"), 16)
     gen = torch.Generator().manual_seed(0)
     ep = player.play(0, gen)
-    marl.ppo_update(cfg, system, list(groups.values()), channels, player, ep, gen, 0)
+    marl.ppo_update(cfg, system, list(groups.values()), player, ep, gen, 0)
     assert changed(before, sender) == (mode != "none")
     if mode == "none":  # a channel that never learned stays silent
         assert torch.count_nonzero(ep.messages["sender->receiver"]) == 0
@@ -111,11 +111,11 @@ def test_backprop_channel_gives_the_sender_the_true_gradient_of_the_receivers_lo
     captured = []
     sender.agent.optimizer.step = lambda *a, **k: captured.extend(  # type: ignore[method-assign]
         p.grad.clone() for p in sender.net.messages.parameters())
-    ticks = marl.tick_groups(gl, channels)
-    assert [sorted(g.name for g in t) for t in ticks] == [["receiver", "sender"]]
+    ticks = system.coupled()
+    assert [sorted(t) for t in ticks] == [["receiver", "sender"]]
     from contextlib import ExitStack
     with ExitStack() as stack:
-        tick = stack.enter_context(system.tick([g.agent for g in ticks[0]], 1))
+        tick = stack.enter_context(system.tick(ticks[0], 1))
         ticks_by = {"sender": tick, "receiver": tick}
         out = marl.replay(gl, player, ep, mb, ticks_by, 100, gae)
         loss2, _ = marl.ppo_loss(cfg.marl, receiver, ep, mb, out["receiver"], gae["receiver"])
@@ -190,7 +190,7 @@ def test_period_holds_actions_and_messages_between_decisions(tmp_path):
     assert torch.equal(acts[1::2], acts[0:-1:2])  # listener: steps 1, 3, 5 repeat steps 0, 2, 4
     msgs = ep.messages["speaker_0->listener_0"]
     assert torch.equal(msgs[1], msgs[0]) and torch.equal(msgs[2], msgs[0])
-    marl.ppo_update(cfg, system, list(groups.values()), channels, player, ep, torch.Generator(), 0)
+    marl.ppo_update(cfg, system, list(groups.values()), player, ep, torch.Generator(), 0)
 
 
 def test_shared_group_self_channel_routes_the_bulb_to_the_next_prisoner(tmp_path):

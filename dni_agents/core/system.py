@@ -198,6 +198,24 @@ class System:
     def outbound(self, agent: str) -> list[Interface]:
         return [i for i in self.interfaces.values() if i.sender == agent]
 
+    def coupled(self) -> list[list[str]]:
+        """The agents, grouped so that agents joined by ``backprop`` channels share a group: such a group
+        must update in one tick (``system.tick(group, step)``), or a cycle of locked channels deadlocks."""
+        parent = {name: name for name in self.agents}
+
+        def root(x: str) -> str:
+            while parent[x] != x:
+                x = parent[x]
+            return x
+
+        for iface in self.interfaces.values():
+            if iface.mode == "backprop":
+                parent[root(iface.sender)] = root(iface.receiver)
+        groups: dict[str, list[str]] = {}
+        for name in self.agents:
+            groups.setdefault(root(name), []).append(name)
+        return list(groups.values())
+
     def tick(self, agent: Agent | str | list[Agent | str], step: int) -> Tick:
         """Begin ``agent``'s update at ``step`` (a list: several agents updated in one backward pass)."""
         agents = agent if isinstance(agent, list) else [agent]

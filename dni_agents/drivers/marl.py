@@ -337,24 +337,6 @@ def _context_size(group: Group) -> int:
     return group.obs_dim + (n_act + 1 if group.policy else 0)
 
 
-def tick_groups(groups: list[Group], channels: list[Channel]) -> list[list[Group]]:
-    """Networks joined by ``backprop`` channels update in one tick (the true gradient is a graph edge)."""
-    parent = {g.name: g.name for g in groups}
-
-    def root(x: str) -> str:
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    for ch in channels:
-        if ch.mode == "backprop":
-            parent[root(ch.sender)] = root(ch.receiver)
-    out: dict[str, list[Group]] = {}
-    for g in groups:
-        out.setdefault(root(g.name), []).append(g)
-    return list(out.values())
-
-
 # ------------------------------------------------------------------------------------------ playing
 @dataclass
 class Episode:
@@ -374,6 +356,10 @@ class Episode:
     @property
     def length(self) -> int:
         return self.alive.shape[0]
+
+    def decisions(self, period: int) -> list[int]:
+        """The steps at which a network of this ``period`` acts (all copies start together)."""
+        return list(range(0, self.length, period))
 
 
 class Player:
@@ -438,7 +424,7 @@ class Player:
             if not alive.any():
                 break
             alive_rows.append(torch.as_tensor(alive.copy()))
-            obs_t = {g.name: self._stack_obs(obs_np, g, alive) for g in groups}
+            obs_t = {g.name: self._stack_obs(obs_np, g) for g in groups}
             src_t = {c.name: torch.as_tensor([self._sources(self.envs[e], c, t == 0) if alive[e] else
                                               [-1] * len(self.by_name[c.receiver].members) for e in range(E)])
                      for c in channels}
@@ -510,7 +496,7 @@ class Player:
             torch.stack(private) if private else None, steps,
         )
 
-    def _stack_obs(self, obs_np: list[dict], g: Group, alive: np.ndarray) -> torch.Tensor:
+    def _stack_obs(self, obs_np: list[dict], g: Group) -> torch.Tensor:
         rows = [[np.asarray(o[m], dtype=np.float32).reshape(-1) if m in o else np.zeros(g.obs_dim, np.float32)
                  for m in g.members] for o in obs_np]
         return torch.as_tensor(np.asarray(rows), device=self.device)
@@ -577,7 +563,7 @@ def route(
 def advantages(ep: Episode, g: Group, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over the network's decision steps (every ``period`` env steps; rewards in between are summed)."""
     k = g.period
-    decisions = list(range(0, ep.length, k))
+    decisions = ep.decisions(k)
     rewards = ep.rewards[g.name] * ep.alive[..., None]
     values = ep.values[g.name][decisions]
     alive = ep.alive[decisions].float()[..., None]
@@ -594,7 +580,7 @@ def advantages(ep: Episode, g: Group, gamma: float, lam: float) -> tuple[torch.T
 
 
 def ppo_update(
-    cfg: Config, system: System, groups: list[Group], channels: list[Channel], player: Player,
+    cfg: Config, system: System, groups: list[Group], player: Player,
     ep: Episode, generator: torch.Generator, clock: int,
 ) -> tuple[dict[str, dict[str, float]], int]:
     """PPO epochs over minibatches of environment copies; each minibatch is one tick of every network,
@@ -603,11 +589,10 @@ def ppo_update(
     gae = {g.name: advantages(ep, g, mc.gamma, mc.gae_lambda) for g in groups if g.policy}
     for g in groups:
         if g.policy:
-            decisions = list(range(0, ep.length, g.period))
-            g.net.observe_returns(gae[g.name][1][ep.alive[decisions]])
+            g.net.observe_returns(gae[g.name][1][ep.alive[ep.decisions(g.period)]])
     E, T = ep.alive.shape[1], ep.length
     stats: dict[str, dict[str, list[float]]] = {g.name: {} for g in groups if g.policy}
-    ticking = tick_groups(groups, channels)
+    ticking = system.coupled()  # networks joined by backprop channels update in one tick
     for _ in range(mc.epochs):
         order = torch.randperm(E, generator=generator)
         for mb in order.chunk(min(mc.minibatches, E)):
@@ -616,8 +601,8 @@ def ppo_update(
             with ExitStack() as stack:
                 ticks = {}
                 for members in ticking:
-                    t_ = stack.enter_context(system.tick([g.agent for g in members], clock))
-                    ticks.update({g.name: t_ for g in members})
+                    t_ = stack.enter_context(system.tick(members, clock))
+                    ticks.update(dict.fromkeys(members, t_))
                 out = replay(groups, player, ep, mb, ticks, base, gae)
                 for g in groups:
                     if g.policy:
@@ -644,7 +629,7 @@ def replay(
     batched: dict[str, list[torch.Tensor]] = {}
     for g in groups:
         if g.net.rnn_free and not any(c.interface is not None for c in g.inbound):
-            steps = range(0, T, g.period)
+            steps = ep.decisions(g.period)
             x = torch.stack([player.inputs(g, ep.obs[g.name][t, mb], {}, t) for t in steps])
             features = g.net(x.flatten(0, 2), None)[0]
             batched[g.name] = list(features.view(len(steps), -1, features.shape[-1]).unbind(0))
@@ -700,7 +685,7 @@ def ppo_loss(mc: Any, g: Group, ep: Episode, mb: torch.Tensor, features: list[to
              gae: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped PPO objective + value loss − entropy bonus over the decisions of live copies."""
     adv, returns = gae
-    decisions = list(range(0, ep.length, g.period))
+    decisions = ep.decisions(g.period)
     feats = torch.stack(features)  # (D, B*n, H)
     D, B, n = len(decisions), len(mb), len(g.members)
     mask = ep.alive[decisions][:, mb].float().unsqueeze(-1).expand(D, B, n).reshape(D, B * n)
@@ -842,7 +827,7 @@ def _train(
         ep = player.play(seed=(cfg.seed * 100_000 + update) * mc.num_envs, generator=generator)
         log_now = log and (update % cfg.log.every == 0 or update == tc.steps - 1)
         system.track_stats = log_now
-        losses, clock = ppo_update(cfg, system, groups, channels, player, ep, generator, clock)
+        losses, clock = ppo_update(cfg, system, groups, player, ep, generator, clock)
         seconds += time.perf_counter() - t0
         env_steps += ep.steps
         metrics = episode_metrics(cfg, ep, groups)
