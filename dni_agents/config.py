@@ -158,6 +158,10 @@ class MarlConfig(_Strict):
     message_size: PosInt = 4
     # tanh keeps messages in [-1, 1]; linear lets them grow (a drifting tanh message can saturate and go dead)
     message_activation: Literal["tanh", "linear"] = "tanh"
+    # Message heads start small and random (orthogonal, this gain; 0: every channel starts silent). A
+    # utility model that sees only the message needs the goals' messages apart from the start (see
+    # docs/benchmarks.md); a fixed code this faint is not decoded by a receiver on its own (mode none).
+    message_init_gain: NonNegFloat = 0.1
     hidden: PosInt = 64
     recurrent: bool = False  # GRU policies
     time_feature: bool = True  # append t / max_steps to every input (time-aware value estimates)

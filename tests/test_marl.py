@@ -75,8 +75,19 @@ def test_sender_gets_a_gradient_exactly_when_the_mode_says(tmp_path, mode):
     ep = player.play(0, gen)
     marl.ppo_update(cfg, system, list(groups.values()), player, ep, gen, 0)
     assert changed(before, sender) == (mode != "none")
-    if mode == "none":  # a channel that never learned stays silent
-        assert torch.count_nonzero(ep.messages["sender->receiver"]) == 0
+
+
+@pytest.mark.parametrize("gain", [0.0, 0.1])
+def test_messages_start_faint_and_random_or_silent(tmp_path, gain):
+    cfg = referential(tmp_path, f"marl.message_init_gain={gain}")
+    _, groups, channels = built(cfg)
+    player = marl.Player(cfg, list(groups.values()), channels, torch.device("cpu"), 16)
+    sent = player.play(0, torch.Generator().manual_seed(0)).messages["sender->receiver"][0]
+    if gain == 0:
+        assert torch.count_nonzero(sent) == 0
+    else:  # distinct targets, distinct messages (not collinear), all small
+        centred = sent.flatten(0, 1) - sent.mean((0, 1))
+        assert sent.abs().max() < 1.0 and torch.linalg.matrix_rank(centred) >= 3
 
 
 def test_backprop_channel_gives_the_sender_the_true_gradient_of_the_receivers_loss(tmp_path):
@@ -253,3 +264,26 @@ def test_marl_only_settings_are_rejected_elsewhere():
         load_config("ff_digits", ["interface_defaults.mode=rial"])
     with pytest.raises(ConfigError, match="marl.private_info.agent: unknown agent"):
         load_config("referential", ["marl.private_info.agent=nobody"])
+
+
+@pytest.mark.parametrize("name", ["simple_speaker_listener_v4", "simple_reference_v3", "simple_crypto_v3"])
+def test_direct_parallel_steps_mpe_exactly_like_pettingzoos_wrapper(name):
+    import importlib
+
+    import numpy as np
+
+    module = importlib.import_module(f"mpe2.{name}")
+    stock = module.parallel_env(max_cycles=6)
+    direct = marl.DirectParallel(module.parallel_env(max_cycles=6))
+    rng = np.random.default_rng(0)
+    for episode in range(3):
+        (o1, i1), (o2, i2) = stock.reset(seed=episode), direct.reset(seed=episode)
+        assert o1.keys() == o2.keys() and all(np.array_equal(o1[a], o2[a]) for a in o1) and i1 == i2
+        while stock.agents:
+            actions = {a: int(rng.integers(stock.action_space(a).n)) for a in stock.agents}
+            out1, out2 = stock.step(actions), direct.step(actions)
+            assert out1[0].keys() == out2[0].keys()
+            assert all(np.array_equal(out1[0][a], out2[0][a]) for a in out1[0])
+            assert dict(out1[1]) == out2[1] and out1[2:] == out2[2:]
+            assert stock.agents == direct.agents
+        assert not direct.agents

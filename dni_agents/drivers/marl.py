@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
+from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 from torch import nn
 from tqdm import tqdm
 
@@ -68,9 +69,49 @@ def make_env(cfg: Config) -> Any:
     if not callable(factory):
         raise ConfigError(f"marl.env: {spec!r} has no callable {attr or 'parallel_env'!r}")
     try:
-        return factory(**cfg.marl.env_kwargs)
+        env = factory(**cfg.marl.env_kwargs)
     except TypeError as exc:
         raise ConfigError(f"marl.env_kwargs: {spec} rejects {cfg.marl.env_kwargs} ({exc})") from None
+    return DirectParallel(env) if isinstance(env, aec_to_parallel_wrapper) else env
+
+
+class DirectParallel:
+    """PettingZoo's AEC→parallel conversion (how ``mpe2`` builds its parallel envs), stepping the raw AEC
+    environment directly. The stock wrapper computes every agent's observation before each agent's turn
+    (``last()``) and throws it away, and routes every attribute through two checking wrappers; together that
+    was half of speaker–listener's training time. Same observations, rewards and flags
+    (tests/test_marl.py compares them step by step); the actions are ours, hence already in bounds."""
+
+    def __init__(self, env: aec_to_parallel_wrapper) -> None:
+        self.wrapped = env
+        self.raw = env.aec_env.unwrapped
+        self.possible_agents = list(env.possible_agents)
+        self.agents: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:  # spaces, metadata, comm_slice, ...
+        return getattr(self.wrapped, name)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        observations, infos = self.wrapped.reset(seed=seed, options=options)
+        self.agents = list(self.wrapped.agents)
+        return observations, infos
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        raw = self.raw
+        rewards = dict.fromkeys(raw.agents, 0.0)
+        for agent in list(raw.agents):
+            if agent != raw.agent_selection:
+                raise RuntimeError(f"{agent} is not the agent to act ({raw.agent_selection}): the agents "
+                                   "of a parallel environment must step in a cycle")
+            raw.step(actions[agent])
+            for a in raw.agents:
+                rewards[a] = rewards.get(a, 0.0) + raw.rewards[a]
+        terminations, truncations, infos = dict(raw.terminations), dict(raw.truncations), dict(raw.infos)
+        observations = {a: raw.observe(a) for a in raw.agents}
+        while raw.agents and (raw.terminations[raw.agent_selection] or raw.truncations[raw.agent_selection]):
+            raw.step(None)
+        self.agents = list(raw.agents)
+        return observations, rewards, terminations, truncations, infos
 
 
 @dataclass
@@ -103,8 +144,10 @@ class Channel:
 class PolicyNet(nn.Module):
     """Actor and critic networks (MLP, or MLP + GRU), one message head per outbound channel.
 
-    * Message heads start at zero, so a channel starts silent: whatever it carries later was learned
-      through the channel's gradient (with ``none`` it stays silent: the no-communication baseline).
+    * Message heads start small and random (``message_gain``; 0 = silent). A synthetic gradient that sees
+      only the message cannot pull apart messages that coincide: from silent heads, the utility model's
+      first, message-independent output moved every goal's message along one line, and DNI runs kept
+      two goals merged. A faint random code is not decoded on its own (``none`` stays uninformed).
     * The critic reads the messages detached: a message learns from what the receiver *does* with it (the
       policy loss), not from the receiver's value regression, whose offset would drag every message the
       same way. Value targets are normalised by running statistics (buffers, so they are checkpointed).
@@ -116,6 +159,7 @@ class PolicyNet(nn.Module):
     def __init__(
         self, in_dim: int, hidden: int, recurrent: bool, action_space: spaces.Space | None,
         message_sizes: dict[str, int], candidates: tuple[int, int] | None = None, squash: bool = True,
+        message_gain: float = 0.1,
     ) -> None:
         super().__init__()
         self.hidden, self.recurrent, self.candidates, self.squash = hidden, recurrent, candidates, squash
@@ -139,8 +183,7 @@ class PolicyNet(nn.Module):
             self.register_buffer("return_count", torch.zeros(()))
         self.messages = nn.ModuleDict({_key(k): nn.Linear(hidden, n) for k, n in message_sizes.items()})
         for head in self.messages.values():
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+            _ortho(head, message_gain)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features ``[actor | critic]`` (the critic part only if the network acts) and the new GRU state."""
@@ -308,7 +351,7 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
         net = PolicyNet(
             obs_dims[name] + in_extra, cfg.marl.hidden, cfg.marl.recurrent,
             act_spaces[name] if a.policy else None, out_sizes, candidates,
-            squash=cfg.marl.message_activation == "tanh",
+            squash=cfg.marl.message_activation == "tanh", message_gain=cfg.marl.message_init_gain,
         ).to(device)
         optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr)
         agent = Agent(name, net, optimizer, period=a.period, max_grad_norm=cfg.marl.max_grad_norm)
