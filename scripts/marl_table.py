@@ -1,7 +1,7 @@
 """Markdown table from `dni-agents bench marl --out FILE` JSON (the numbers in docs/benchmarks.md).
 Several files (e.g. two `--only` halves run side by side) make one table.
 
-    python scripts/marl_table.py docs/results/marl.json [more.json ...]
+    python scripts/marl_table.py docs/results/marl_a.json docs/results/marl_b.json
 """
 
 from __future__ import annotations
