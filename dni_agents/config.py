@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Adding a driver is one edit here; the CLI derives its registry from this Literal.
-Driver = Literal["ff", "marl"]
+Driver = Literal["ff", "marl", "rnn"]
 DRIVERS: tuple[str, ...] = get_args(Driver)
 
 Mode = Literal["dni", "cdni", "backprop", "none"]
@@ -180,6 +180,23 @@ class MarlConfig(_Strict):
     threads: NonNegInt = 1  # torch intra-op threads while training (0: leave torch's default)
 
 
+class RNNConfig(_Strict):
+    """Truncated BPTT with a synthetic gradient at the boundary; ``trainer.steps`` counts windows (ticks)."""
+
+    task: Literal["copy", "repeat_copy"] = "copy"
+    cell: Literal["lstm", "gru"] = "lstm"
+    hidden: PosInt = 256
+    truncation: PosInt = 8  # T: steps per window
+    aux: bool = False  # dni_aux: predict the window's synthetic gradient from each of its steps
+    aux_weight: NonNegFloat = 1.0
+    max_grad_norm: PosFloat | None = None
+    # copy / repeat copy
+    bits: PosInt = 8
+    start_length: PosInt = 1
+    max_repeats: PosInt = 20
+    threshold: PosFloat = 0.15  # bits per scored step below which the curriculum grows
+
+
 class Config(_Strict):
     name: str = "run"  # run folder is <log.dir>/<name>
     driver: Driver
@@ -192,6 +209,7 @@ class Config(_Strict):
     interfaces: list[InterfaceOverride] = Field(default_factory=list)
     ff: FFConfig = Field(default_factory=FFConfig)
     marl: MarlConfig = Field(default_factory=MarlConfig)
+    rnn: RNNConfig = Field(default_factory=RNNConfig)
 
     @field_validator("name")
     @classmethod
@@ -217,6 +235,8 @@ def agent_names(cfg: Config) -> list[str]:
     """The agents a run has: the ff driver derives one per layer, other drivers list them."""
     if cfg.driver == "ff":
         return [f"layer{i}" for i in range(cfg.ff.layers)]
+    if cfg.driver == "rnn":
+        return ["rnn"]
     return [agent.name for agent in cfg.agents]
 
 
@@ -344,7 +364,7 @@ def _check_cross_fields(cfg: Config) -> None:
         seen.add(agent.name)
     names = agent_names(cfg)
     known = ", ".join(names) or "none"
-    if cfg.driver == "ff":  # ff derives its agents; entries in `agents` may only tune them
+    if cfg.driver in ("ff", "rnn"):  # they derive their agents; entries in `agents` may only tune them
         for i, agent in enumerate(cfg.agents):
             if agent.name not in names:
                 raise ConfigError(f"agents[{i}].name: unknown agent {agent.name!r} (agents: {known})")

@@ -1,0 +1,309 @@
+"""Recurrent driver: an RNN trained with truncated BPTT, talking to its own future self.
+
+The RNN is one agent with one interface, ``rnn -> rnn``. It unrolls ``T`` steps (a window) per tick; at
+the end of the window it *sends* its state (LSTM: ``h`` and ``c`` together) through the interface and the
+next window *receives* it as its initial state. What crosses the truncation boundary backwards is the
+method:
+
+=========  ========================================================================================
+bptt       interface mode ``none``: plain truncation, no gradient crosses the boundary
+dni        the utility model's ĝ for the final state, scaled (0.1), applied at once; the next window's
+           gradient for its initial state — which already contains *its* ĝ — is the target (bootstrapping)
+dni_aux    dni plus an auxiliary task (``rnn.aux``): from every step of the window a linear head predicts
+           the synthetic gradient the window will end with, so the core learns to anticipate it
+=========  ========================================================================================
+
+Nothing here is DNI-specific: the boundary is ``tick.receive`` / ``tick.send`` on a core interface, like
+every other channel in the framework. Tasks: Copy and Repeat Copy (Graves et al. 2014) with a curriculum.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import Config, config_to_yaml, load_config
+from ..core import Agent, Interface, System
+from ..logging import RunLogger, make_run_dir
+from .common import (
+    build_interface,
+    flat_hparams,
+    load_checkpoint,
+    log_interfaces,
+    make_optimizer,
+    resolve_device,
+    save_checkpoint,
+)
+
+METHODS: dict[str, list[str]] = {
+    "bptt": ["interface_defaults.mode=none", "rnn.aux=false"],
+    "dni": ["interface_defaults.mode=dni", "rnn.aux=false"],
+    "dni_aux": ["interface_defaults.mode=dni", "rnn.aux=true"],
+}
+AGENT = "rnn"
+CHECKPOINT = "checkpoint.pt"
+
+
+# ------------------------------------------------------------------------------------------------ model
+class Core(nn.Module):
+    """Input layer → LSTM/GRU → readout, plus the aux head of ``dni_aux``. The recurrent state travels as
+    one flat tensor (LSTM: ``[h | c]``), because that tensor is the message across the boundary."""
+
+    def __init__(self, cell: str, in_dim: int, hidden: int, out_dim: int, vocab: int | None, aux: bool):
+        super().__init__()
+        self.cell, self.hidden = cell, hidden
+        self.embed = nn.Embedding(vocab, in_dim) if vocab else None
+        self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(in_dim, hidden, batch_first=True)
+        self.readout = nn.Linear(hidden, out_dim)
+        self.state_size = hidden * (2 if cell == "lstm" else 1)
+        self.aux = nn.Linear(hidden, self.state_size) if aux else None
+
+    def initial_state(self, batch: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros(batch, self.state_size, device=device)
+
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x``: (B, T, in) or (B, T) token ids. Returns outputs (B, T, out), hidden states (B, T, H), and
+        the final state (B, state_size)."""
+        if self.embed is not None:
+            x = self.embed(x)
+        if self.cell == "lstm":
+            h0, c0 = state.split(self.hidden, dim=-1)
+            hs, (h, c) = self.rnn(x, (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous()))
+            final = torch.cat([h[0], c[0]], -1)
+        else:
+            hs, h = self.rnn(x, state.unsqueeze(0).contiguous())
+            final = h[0]
+        return self.readout(hs), hs, final
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+@dataclass
+class Sequence:
+    """One batch of sequences: inputs, targets and a mask of the steps that are scored."""
+
+    inputs: torch.Tensor  # (B, L, in) float, or (B, L) token ids
+    targets: torch.Tensor  # (B, L, out) bits, or (B, L) token ids
+    mask: torch.Tensor  # (B, L) 1 where the step is scored
+
+
+class CopyTask:
+    """Copy (Graves et al. 2014): ``N`` random ``bits``-bit vectors, a delimiter, then reproduce them.
+    Repeat Copy: the delimiter channel carries the repeat count ``R`` (scaled), the output is the sequence
+    ``R`` times followed by an end marker. Inputs have two extra channels (delimiter, repeat count);
+    outputs one extra (end marker, repeat copy only). Curriculum: the length grows when the error of a
+    batch (bits per scored step) falls below the threshold; for repeat copy ``N`` and ``R`` grow in turn."""
+
+    def __init__(self, repeat: bool, bits: int, max_repeats: int = 20) -> None:
+        self.repeat, self.bits, self.max_repeats = repeat, bits, max_repeats
+        self.in_dim = bits + 2
+        self.out_dim = bits + (1 if repeat else 0)
+
+    def sample(self, batch: int, n: int, r: int, generator: torch.Generator) -> Sequence:
+        b = self.bits
+        data = torch.randint(0, 2, (batch, n, b), generator=generator).float()
+        reps = r if self.repeat else 1
+        out_len = n * reps + (1 if self.repeat else 0)
+        length = n + 1 + out_len
+        x = torch.zeros(batch, length, self.in_dim)
+        y = torch.zeros(batch, length, self.out_dim)
+        mask = torch.zeros(batch, length)
+        x[:, :n, :b] = data
+        x[:, n, b] = 1.0  # delimiter
+        if self.repeat:
+            x[:, n, b + 1] = r / self.max_repeats
+        y[:, n + 1: n + 1 + n * reps, :b] = data.repeat(1, reps, 1)
+        if self.repeat:
+            y[:, -1, b] = 1.0  # end marker
+        mask[:, n + 1:] = 1.0
+        return Sequence(x, y, mask)
+
+    def loss_sum(self, out: torch.Tensor, seq: Sequence, lo: int, hi: int) -> torch.Tensor:
+        """Summed binary cross-entropy (nats) over the scored steps ``lo:hi``."""
+        bce = F.binary_cross_entropy_with_logits(out, seq.targets[:, lo:hi], reduction="none").sum(-1)
+        return (bce * seq.mask[:, lo:hi]).sum()
+
+
+# ------------------------------------------------------------------------------------------------ system
+def build(cfg: Config, in_dim: int, out_dim: int, vocab: int | None, device: torch.device
+          ) -> tuple[System, Core, Interface]:
+    r = cfg.rnn
+    core = Core(r.cell, in_dim, r.hidden, out_dim, vocab, r.aux).to(device)
+    optimizer = make_optimizer(cfg.trainer.optimizer, core.parameters(), cfg.trainer.lr)
+    agent = Agent(AGENT, core, optimizer, max_grad_norm=r.max_grad_norm)
+    iface = build_interface(cfg, AGENT, AGENT, (core.state_size,), device)
+    return System([agent], [iface]), core, iface
+
+
+def window(
+    system: System, core: Core, iface: Interface, step: int, x: torch.Tensor, loss_fn,
+    state: torch.Tensor | None, first: bool, last: bool, aux_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One tick: the window's unroll from the state the previous window sent (a fresh leaf whose gradient
+    goes back as that window's target), its loss, and — unless the sequence ends here — the final state sent
+    to the next window (ĝ applied now). ``loss_fn(out)`` is the window's summed loss already divided by the
+    batch's normaliser. Returns the outputs, the final state (detached) and the loss value."""
+    with system.tick(AGENT, step) as tick:
+        start = state if first else tick.receive(iface, step=step - 1)
+        out, hs, final = core(x, start)
+        loss = loss_fn(out)
+        tick.add_loss(loss)
+        if not last:
+            tick.send(iface, final, step=step)
+            if core.aux is not None and iface.utility is not None:
+                # dni_aux: every step of the window predicts the synthetic gradient the window ends with
+                with torch.no_grad():
+                    target = iface.utility(final.detach(), None)
+                pred = core.aux(hs)
+                tick.add_loss(aux_weight * F.mse_loss(pred, target.unsqueeze(1).expand_as(pred)))
+    return out.detach(), final.detach(), loss.item()
+
+
+# ------------------------------------------------------------------------------------------------ training
+@dataclass
+class Curriculum:
+    """Where a copy task stands: the current ``n`` (and ``r``), and the last ``(n, r)`` solved."""
+
+    n: int
+    r: int
+    solved_n: int = 0
+    solved_r: int = 0
+    grow_r_next: bool = False
+
+    def length(self, repeat: bool, n: int | None = None, r: int | None = None) -> int:
+        """The task's length: ``n`` for copy, ``n·r`` (the output's length) for repeat copy."""
+        n, r = (self.n, self.r) if n is None else (n, r)
+        return n * r if repeat else n
+
+    def solved(self, repeat: bool) -> int:
+        return self.length(repeat, self.solved_n, self.solved_r)
+
+    def advance(self, repeat: bool, max_repeats: int) -> None:
+        self.solved_n, self.solved_r = self.n, self.r
+        if repeat and self.grow_r_next and self.r < max_repeats:
+            self.r += 1
+        else:
+            self.n += 1
+        self.grow_r_next = not self.grow_r_next
+
+
+def train_sequence(
+    system: System, core: Core, iface: Interface, task: CopyTask, seq: Sequence, step: int, T: int,
+    aux_weight: float,
+) -> tuple[int, float, float]:
+    """Train on one batch of sequences in windows of ``T``; return the next clock step, the mean loss per
+    scored step (nats) and the error in bits per scored step."""
+    B, L = seq.inputs.shape[:2]
+    norm = float(seq.mask.sum())
+    windows = math.ceil(L / T)
+    state = core.initial_state(B, seq.inputs.device)
+    total = 0.0
+    for w in range(windows):
+        lo, hi = w * T, min(L, (w + 1) * T)
+        _, state, value = window(
+            system, core, iface, step, seq.inputs[:, lo:hi],
+            lambda out, lo=lo, hi=hi: task.loss_sum(out, seq, lo, hi) / norm,
+            state, first=w == 0, last=w == windows - 1, aux_weight=aux_weight,
+        )
+        total += value
+        step += 1
+    return step, total, total / math.log(2)
+
+
+def _task(cfg: Config) -> CopyTask:
+    return CopyTask(repeat=cfg.rnn.task == "repeat_copy", bits=cfg.rnn.bits, max_repeats=cfg.rnn.max_repeats)
+
+
+def train(
+    cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
+    stop_at: int | None = None,
+) -> dict:
+    """Train ``cfg``; return the result. ``stop_at`` ends early at a sequence boundary (as a crash would)."""
+    device = resolve_device(cfg.device)
+    r, tc = cfg.rnn, cfg.trainer
+    task = _task(cfg)
+    torch.manual_seed(cfg.seed)
+    system, core, iface = build(cfg, task.in_dim, task.out_dim, None, device)
+    cur = Curriculum(r.start_length, 1)
+    step = sequences = 0
+    if resume is not None:
+        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
+        state = load_checkpoint(run_dir / CHECKPOINT, device)
+        system.load_state_dict(state["system"])
+        step, sequences = int(state["step"]), int(state["sequences"])
+        cur = Curriculum(**state["curriculum"])
+    elif log:
+        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
+    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
+    if log:
+        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
+    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    bar = tqdm(total=end, initial=step, desc=cfg.name, disable=not progress, leave=False, unit="window")
+    seconds, last_log, last_ckpt = 0.0, step, step
+    while step < end:
+        t0 = time.perf_counter()
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + sequences)
+        seq = task.sample(tc.batch_size, cur.n, cur.r, generator)
+        seq = Sequence(seq.inputs.to(device), seq.targets.to(device), seq.mask.to(device))
+        before = step
+        step, loss, error = train_sequence(system, core, iface, task, seq, step, r.truncation, r.aux_weight)
+        sequences += 1
+        seconds += time.perf_counter() - t0
+        length = cur.length(task.repeat)
+        if error < r.threshold:
+            cur.advance(task.repeat, r.max_repeats)
+        bar.update(step - before)
+        if log and step - last_log >= cfg.log.every:
+            last_log = step
+            logger.scalars("train", {"loss_nats": loss, "error_bits": error, "length": length,
+                                     "solved_length": cur.solved(task.repeat)}, step)
+            log_interfaces(logger, system, step)
+            bar.set_postfix(length=length, solved=cur.solved(task.repeat), err=f"{error:.2f}")
+        else:
+            system.drain_stats()
+        if log and tc.checkpoint_every and step - last_ckpt >= tc.checkpoint_every:
+            last_ckpt = step
+            _save(run_dir, system, step, sequences, cur)
+    bar.close()
+    result = {"task": r.task, "T": r.truncation, "solved_length": cur.solved(task.repeat),
+              "length": cur.length(task.repeat), "windows": step, "sequences": sequences,
+              "train_seconds": seconds}
+    if log:
+        _save(run_dir, system, step, sequences, cur)
+        logger.scalars("final", {"solved_length": cur.solved(task.repeat)}, step)
+        result["run_dir"] = str(run_dir)
+    logger.close()
+    return result
+
+
+def _save(run_dir: Path, system: System, step: int, sequences: int, cur: Curriculum) -> None:
+    save_checkpoint(Path(run_dir) / CHECKPOINT, {
+        "step": step, "sequences": sequences, "curriculum": dict(vars(cur)), "system": system.state_dict(),
+    })
+
+
+def evaluate(run_dir: Path) -> dict:
+    """``dni-agents eval RUN_DIR``: the curriculum reached, and the error at the longest solved length."""
+    run_dir = Path(run_dir)
+    cfg = load_config(str(run_dir / "config.yaml"))
+    device = resolve_device(cfg.device)
+    task = _task(cfg)
+    _, core, _ = build(cfg, task.in_dim, task.out_dim, None, device)
+    state = load_checkpoint(run_dir / CHECKPOINT, device)
+    core.load_state_dict(state["system"]["agents"][AGENT]["module"])
+    cur = Curriculum(**state["curriculum"])
+    n, rr = (cur.solved_n, cur.solved_r) if cur.solved_n else (cur.n, cur.r)
+    seq = task.sample(256, n, rr, torch.Generator().manual_seed(12345))
+    with torch.no_grad():
+        out, _, _ = core(seq.inputs.to(device), core.initial_state(256, device))
+        bits = float(task.loss_sum(out, seq, 0, seq.inputs.shape[1]) / seq.mask.sum()) / math.log(2)
+    return {"run_dir": str(run_dir), "task": cfg.rnn.task, "solved_length": cur.solved(task.repeat),
+            "eval_length": cur.length(task.repeat, n, rr), "error_bits": bits, "windows": int(state["step"])}

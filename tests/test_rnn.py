@@ -1,0 +1,166 @@
+"""The recurrent driver: DNI at the truncation boundary is the core interface; with an oracle utility model
+two windows give exactly the gradients of full BPTT; plain truncation cuts them; runs resume exactly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dni_agents.cli import main
+from dni_agents.config import ConfigError, load_config
+from dni_agents.core import Interface
+from dni_agents.drivers import rnn
+
+SMALL = ["rnn.hidden=16", "trainer.batch_size=4", "rnn.truncation=3", "log.every=20"]
+
+
+def small(tmp_path: Path, *extra: str):
+    return load_config("copy", [f"log.dir={tmp_path}", *SMALL, *extra])
+
+
+class Oracle(torch.nn.Module):
+    """A utility model that returns a given gradient (per-example units, as the interface expects)."""
+
+    def __init__(self, gradient: torch.Tensor) -> None:
+        super().__init__()
+        self.gradient = gradient
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.gradient
+
+
+def captured_gradients(core: rnn.Core) -> list[list[torch.Tensor]]:
+    """Record the gradient at every optimizer step and do not move the parameters."""
+    steps: list[list[torch.Tensor]] = []
+    optimizer = core_optimizer(core)
+    optimizer.step = lambda *a, **k: steps.append([p.grad.clone() for p in core.parameters()])  # type: ignore
+    return steps
+
+
+def core_optimizer(core: rnn.Core) -> torch.optim.Optimizer:
+    return core._optimizer  # set in build_small
+
+
+def build_small(cfg):
+    task = rnn._task(cfg)
+    torch.manual_seed(0)
+    system, core, iface = rnn.build(cfg, task.in_dim, task.out_dim, None, torch.device("cpu"))
+    core._optimizer = system.agents[rnn.AGENT].optimizer
+    return task, system, core, iface
+
+
+def losses_of(task, core, seq, T, cut: bool):
+    """Window losses by plain autograd; ``cut`` detaches the state at the boundary (plain truncation)."""
+    B, L = seq.inputs.shape[:2]
+    norm = float(seq.mask.sum())
+    state = core.initial_state(B, torch.device("cpu"))
+    total = 0.0
+    for lo in range(0, L, T):
+        hi = min(L, lo + T)
+        out, _, state = core(seq.inputs[:, lo:hi], state.detach() if cut else state)
+        total = total + task.loss_sum(out, seq, lo, hi) / norm
+    return total
+
+
+def test_oracle_utility_makes_two_dni_windows_equal_full_bptt(tmp_path):
+    cfg = small(tmp_path, "interface_defaults.scale=1.0")
+    task, system, core, iface = build_small(cfg)
+    assert isinstance(iface, Interface) and iface.mode == "dni" and iface.sender == iface.receiver == "rnn"
+    seq = task.sample(4, 2, 1, torch.Generator().manual_seed(1))  # length 5: windows [0:3] and [3:5]
+    # the oracle: the true gradient of window 2's loss with respect to the state window 1 ends with
+    _, _, h1 = core(seq.inputs[:, :3], core.initial_state(4, torch.device("cpu")))
+    h1 = h1.detach().requires_grad_(True)
+    out2, _, _ = core(seq.inputs[:, 3:5], h1)
+    (g1,) = torch.autograd.grad(task.loss_sum(out2, seq, 3, 5) / float(seq.mask.sum()), h1)
+    iface.utility = Oracle(g1 * 4)  # per-example units: ×B
+    expected = torch.autograd.grad(losses_of(task, core, seq, 3, cut=False), list(core.parameters()))
+    steps = captured_gradients(core)
+    rnn.train_sequence(system, core, iface, task, seq, 0, 3, aux_weight=0.0)
+    assert len(steps) == 2
+    for got1, got2, want in zip(*steps, expected):
+        torch.testing.assert_close(got1 + got2, want)
+
+
+def test_bptt_cuts_the_gradient_at_the_boundary(tmp_path):
+    cfg = small(tmp_path, "interface_defaults.mode=none")
+    task, system, core, iface = build_small(cfg)
+    seq = task.sample(4, 2, 1, torch.Generator().manual_seed(1))
+    truncated = torch.autograd.grad(losses_of(task, core, seq, 3, cut=True), list(core.parameters()))
+    full = torch.autograd.grad(losses_of(task, core, seq, 3, cut=False), list(core.parameters()))
+    steps = captured_gradients(core)
+    rnn.train_sequence(system, core, iface, task, seq, 0, 3, aux_weight=0.0)
+    for got1, got2, want in zip(*steps, truncated):
+        torch.testing.assert_close(got1 + got2, want)
+    assert any(not torch.allclose(a, b) for a, b in zip(truncated, full))
+
+
+def test_dni_target_is_the_next_windows_gradient_including_its_synthetic_gradient(tmp_path):
+    """Bootstrapping: window k's boundary target contains window k+1's ĝ (three windows, linear U)."""
+    cfg = small(tmp_path)
+    task, system, core, iface = build_small(cfg)
+    with torch.no_grad():
+        iface.utility.net[-1].bias.fill_(0.5)  # a utility model that says something
+    iface.learn = False  # and stays the same, so ĝ can be recomputed below
+    seq = task.sample(4, 4, 1, torch.Generator().manual_seed(2))  # length 9: three windows
+    targets = []
+    original = iface._learn_utility
+
+    def spy(ready, track):
+        targets.extend(r.target.clone() for _, r in ready)
+        return original(ready, track)
+
+    iface._learn_utility = spy  # type: ignore[method-assign]
+    steps = captured_gradients(core)
+    rnn.train_sequence(system, core, iface, task, seq, 0, 3, aux_weight=0.0)
+    assert len(steps) == 3 and len(targets) == 2
+    # window 2 again, from the state window 1 sent, with its ĝ at the end: its input gradient is the target
+    state = core.initial_state(4, torch.device("cpu"))
+    _, _, h1 = core(seq.inputs[:, :3], state)
+    h1 = h1.detach().requires_grad_(True)
+    out2, _, h2 = core(seq.inputs[:, 3:6], h1)
+    with torch.no_grad():
+        g2 = iface.utility(h2.detach(), None)
+    loss2 = task.loss_sum(out2, seq, 3, 6) / float(seq.mask.sum())
+    torch.autograd.backward([loss2, h2], [None, g2 * cfg.interface_defaults.scale / 4])
+    assert torch.count_nonzero(g2) > 0
+    torch.testing.assert_close(targets[0], h1.grad)
+
+
+@pytest.mark.parametrize("task", ["copy", "repeat_copy"])
+def test_copy_tasks_learn_and_the_curriculum_grows(tmp_path, task):
+    cfg = load_config("copy", [f"log.dir={tmp_path}", f"rnn.task={task}", "rnn.hidden=64",
+                               "trainer.steps=1500", "trainer.batch_size=32", "log.every=100",
+                               "rnn.truncation=8"])
+    result = rnn.train(cfg, Path(tmp_path) / "run", progress=False)
+    assert result["solved_length"] >= 2, result
+
+
+def test_resume_continues_exactly(tmp_path):
+    args = ["trainer.steps=120", "trainer.checkpoint_every=30"]
+    straight = rnn.train(small(tmp_path, "name=a", *args), Path(tmp_path) / "a", progress=False)
+    rnn.train(small(tmp_path, "name=b", *args), Path(tmp_path) / "b", progress=False, stop_at=60)
+    resumed = rnn.train(small(tmp_path, "name=b", *args), Path(tmp_path) / "b", resume=Path(tmp_path) / "b",
+                        progress=False)
+    a = torch.load(Path(tmp_path) / "a" / rnn.CHECKPOINT, weights_only=True)
+    b = torch.load(Path(tmp_path) / "b" / rnn.CHECKPOINT, weights_only=True)
+    assert straight["windows"] == resumed["windows"]
+    for k, v in a["system"]["agents"]["rnn"]["module"].items():
+        assert torch.equal(v, b["system"]["agents"]["rnn"]["module"][k]), k
+
+
+def test_bad_rnn_settings_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="rnn.task"):
+        load_config("copy", ["rnn.task=sort"])
+    assert main(["train", "copy", "rnn.cell=rnn", f"log.dir={tmp_path}"]) == 2
+    assert "rnn.cell" in capsys.readouterr().err
+
+
+def test_error_in_bits_is_cross_entropy_per_scored_step():
+    task = rnn.CopyTask(repeat=False, bits=8)
+    seq = task.sample(2, 3, 1, torch.Generator().manual_seed(0))
+    out = torch.zeros(2, seq.inputs.shape[1], 8)  # p = 0.5 on every bit: 8 bits per step
+    bits = float(task.loss_sum(out, seq, 0, seq.inputs.shape[1]) / seq.mask.sum()) / math.log(2)
+    assert bits == pytest.approx(8.0)
