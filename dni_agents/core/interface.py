@@ -129,6 +129,27 @@ class Interface:
             return None
         return self._synthetic_gradient(record)
 
+    def in_flight(self, step: int) -> torch.Tensor | None:
+        """The prediction made when ``step``'s message was sent, while its target is still to come (to
+        checkpoint it; :meth:`restore_in_flight` puts it back)."""
+        record = self._sent.get(step)
+        return None if record is None or record.prediction is None else record.prediction.detach()
+
+    def restore_in_flight(
+        self, h: torch.Tensor, step: int, context: torch.Tensor | None = None,
+        prediction: torch.Tensor | None = None,
+    ) -> None:
+        """After loading a checkpoint: put back the message of ``step`` that was sent before it was written
+        and whose target had not come yet, without handing out its gradient again. ``prediction`` (from
+        :meth:`in_flight`) is the value the utility model gave then; the regression keeps that value and takes
+        its gradient through the current model — the same gradient for a linear utility model, whose Jacobian
+        does not depend on its weights, so the run continues exactly."""
+        self.messages_sent -= 1 if self.mode != "none" else 0
+        self.send(h, step, context)
+        record = self._sent.get(step)
+        if record is not None and record.prediction is not None and prediction is not None:
+            record.prediction = record.prediction + (prediction - record.prediction).detach()
+
     def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
         if record.prediction is None or record.warm:
             return None

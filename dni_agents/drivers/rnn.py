@@ -132,6 +132,36 @@ class CopyTask:
         return (bce * seq.mask[:, lo:hi]).sum()
 
 
+class CopyStream:
+    """Sequences back to back in each of ``B`` rows, cut into windows of ``T`` steps wherever they fall (as a
+    continuous stream, so a sequence often spans a window boundary and sometimes fits inside a window). New
+    sequences have the curriculum's current length."""
+
+    def __init__(self, task: CopyTask, batch: int) -> None:
+        self.task, self.batch = task, batch
+        self.x = torch.zeros(batch, 0, task.in_dim)
+        self.y = torch.zeros(batch, 0, task.out_dim)
+        self.mask = torch.zeros(batch, 0)
+
+    def window(self, T: int, n: int, r: int, generator: torch.Generator) -> tuple[Sequence, int]:
+        """The next ``T`` steps, and how many new sequences were drawn for them."""
+        drawn = 0
+        while self.x.shape[1] < T:
+            seq = self.task.sample(self.batch, n, r, generator)
+            self.x, self.y = torch.cat([self.x, seq.inputs], 1), torch.cat([self.y, seq.targets], 1)
+            self.mask = torch.cat([self.mask, seq.mask], 1)
+            drawn += 1
+        out = Sequence(self.x[:, :T], self.y[:, :T], self.mask[:, :T])
+        self.x, self.y, self.mask = self.x[:, T:], self.y[:, T:], self.mask[:, T:]
+        return out, drawn
+
+    def state_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "mask": self.mask}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.x, self.y, self.mask = state["x"], state["y"], state["mask"]
+
+
 # ------------------------------------------------------------------------------------------------ system
 def build(cfg: Config, in_dim: int, out_dim: int, vocab: int | None, device: torch.device
           ) -> tuple[System, Core, Interface]:
@@ -195,29 +225,6 @@ class Curriculum:
         self.grow_r_next = not self.grow_r_next
 
 
-def train_sequence(
-    system: System, core: Core, iface: Interface, task: CopyTask, seq: Sequence, step: int, T: int,
-    aux_weight: float,
-) -> tuple[int, float, float]:
-    """Train on one batch of sequences in windows of ``T``; return the next clock step, the mean loss per
-    scored step (nats) and the error in bits per scored step."""
-    B, L = seq.inputs.shape[:2]
-    norm = float(seq.mask.sum())
-    windows = math.ceil(L / T)
-    state = core.initial_state(B, seq.inputs.device)
-    total = 0.0
-    for w in range(windows):
-        lo, hi = w * T, min(L, (w + 1) * T)
-        _, state, value = window(
-            system, core, iface, step, seq.inputs[:, lo:hi],
-            lambda out, lo=lo, hi=hi: task.loss_sum(out, seq, lo, hi) / norm,
-            state, first=w == 0, last=w == windows - 1, aux_weight=aux_weight,
-        )
-        total += value
-        step += 1
-    return step, total, total / math.log(2)
-
-
 def _task(cfg: Config) -> CopyTask:
     return CopyTask(repeat=cfg.rnn.task == "repeat_copy", bits=cfg.rnn.bits, max_repeats=cfg.rnn.max_repeats)
 
@@ -226,67 +233,80 @@ def train(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
     stop_at: int | None = None,
 ) -> dict:
-    """Train ``cfg``; return the result. ``stop_at`` ends early at a sequence boundary (as a crash would)."""
+    """Train ``cfg`` for ``trainer.steps`` windows; return the result. ``stop_at`` ends early (as a crash
+    would), for tests."""
     device = resolve_device(cfg.device)
     r, tc = cfg.rnn, cfg.trainer
     task = _task(cfg)
     torch.manual_seed(cfg.seed)
     system, core, iface = build(cfg, task.in_dim, task.out_dim, None, device)
+    stream = CopyStream(task, tc.batch_size)
     cur = Curriculum(r.start_length, 1)
-    step = sequences = 0
+    start, sent, bits, scored = 0, None, 0.0, 0.0  # sent: the state the last window sent
     if resume is not None:
         run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
-        state = load_checkpoint(run_dir / CHECKPOINT, device)
-        system.load_state_dict(state["system"])
-        step, sequences = int(state["step"]), int(state["sequences"])
-        cur = Curriculum(**state["curriculum"])
+        ckpt = load_checkpoint(run_dir / CHECKPOINT, device)
+        system.load_state_dict(ckpt["system"])
+        stream.load_state_dict(ckpt["stream"])
+        start, bits, scored = int(ckpt["step"]), float(ckpt["bits"]), float(ckpt["scored"])
+        cur = Curriculum(**ckpt["curriculum"])
+        sent = ckpt["sent"]
+        iface.restore_in_flight(sent, start - 1, prediction=ckpt["prediction"])
     elif log:
         run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
     logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
     if log:
         print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    bar = tqdm(total=end, initial=step, desc=cfg.name, disable=not progress, leave=False, unit="window")
-    seconds, last_log, last_ckpt = 0.0, step, step
-    while step < end:
+    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
+    B, T = tc.batch_size, r.truncation
+    seconds, error = 0.0, float("nan")
+    for step in range(start, end):
         t0 = time.perf_counter()
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + sequences)
-        seq = task.sample(tc.batch_size, cur.n, cur.r, generator)
+        seq, _ = stream.window(T, cur.n, cur.r, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         seq = Sequence(seq.inputs.to(device), seq.targets.to(device), seq.mask.to(device))
-        before = step
-        step, loss, error = train_sequence(system, core, iface, task, seq, step, r.truncation, r.aux_weight)
-        sequences += 1
+        out, sent, loss = window(
+            system, core, iface, step, seq.inputs, lambda o, seq=seq: task.loss_sum(o, seq, 0, T) / (B * T),
+            sent if sent is not None else core.initial_state(B, device), first=sent is None, last=False,
+            aux_weight=r.aux_weight,
+        )
         seconds += time.perf_counter() - t0
-        length = cur.length(task.repeat)
-        if error < r.threshold:
-            cur.advance(task.repeat, r.max_repeats)
-        bar.update(step - before)
-        if log and step - last_log >= cfg.log.every:
-            last_log = step
+        # the curriculum looks at the error of about one batch of sequences' worth of scored steps
+        bits += float(task.loss_sum(out, seq, 0, T)) / math.log(2)
+        scored += float(seq.mask.sum())
+        if scored >= B * (cur.n * (cur.r if task.repeat else 1)):
+            error, bits, scored = bits / scored, 0.0, 0.0
+            if error < r.threshold:
+                cur.advance(task.repeat, r.max_repeats)
+        bar.update(1)
+        if log and (step + 1) % cfg.log.every == 0:
+            length, solved = cur.length(task.repeat), cur.solved(task.repeat)
             logger.scalars("train", {"loss_nats": loss, "error_bits": error, "length": length,
-                                     "solved_length": cur.solved(task.repeat)}, step)
-            log_interfaces(logger, system, step)
-            bar.set_postfix(length=length, solved=cur.solved(task.repeat), err=f"{error:.2f}")
+                                     "solved_length": solved}, step + 1)
+            log_interfaces(logger, system, step + 1)
+            bar.set_postfix(length=length, solved=solved, err=f"{error:.2f}")
         else:
             system.drain_stats()
-        if log and tc.checkpoint_every and step - last_ckpt >= tc.checkpoint_every:
-            last_ckpt = step
-            _save(run_dir, system, step, sequences, cur)
+        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+            _save(run_dir, system, iface, step + 1, cur, stream, sent, bits, scored)
     bar.close()
-    result = {"task": r.task, "T": r.truncation, "solved_length": cur.solved(task.repeat),
-              "length": cur.length(task.repeat), "windows": step, "sequences": sequences,
-              "train_seconds": seconds}
+    result = {"task": r.task, "T": T, "solved_length": cur.solved(task.repeat),
+              "length": cur.length(task.repeat), "windows": end, "train_seconds": seconds}
     if log:
-        _save(run_dir, system, step, sequences, cur)
-        logger.scalars("final", {"solved_length": cur.solved(task.repeat)}, step)
+        _save(run_dir, system, iface, end, cur, stream, sent, bits, scored)
+        logger.scalars("final", {"solved_length": cur.solved(task.repeat)}, end)
         result["run_dir"] = str(run_dir)
     logger.close()
     return result
 
 
-def _save(run_dir: Path, system: System, step: int, sequences: int, cur: Curriculum) -> None:
+def _save(run_dir: Path, system: System, iface: Interface, step: int, cur: Curriculum, stream: CopyStream,
+          sent: torch.Tensor | None, bits: float, scored: float) -> None:
+    """Everything an exact resume needs, including the state in flight across the boundary."""
     save_checkpoint(Path(run_dir) / CHECKPOINT, {
-        "step": step, "sequences": sequences, "curriculum": dict(vars(cur)), "system": system.state_dict(),
+        "step": step, "curriculum": dict(vars(cur)), "system": system.state_dict(),
+        "stream": stream.state_dict(), "sent": sent, "prediction": iface.in_flight(step - 1),
+        "bits": bits, "scored": scored,
     })
 
 
