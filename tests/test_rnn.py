@@ -234,3 +234,11 @@ def test_ptb_needs_its_files_and_reads_them(tmp_path, capsys):
 
     corpus = load_text("ptb", tmp_path)
     assert "".join(corpus.vocab[i] for i in corpus.train) == "a cat\nthe dog\n"
+
+
+def test_wallclock_plot_is_written(tmp_path):
+    curve = [{"windows": 1, "chars": 100, "seconds": 1.0, "valid_bpc": 3.0},
+             {"windows": 2, "chars": 200, "seconds": 2.0, "valid_bpc": 2.5}]
+    records = [{"study": "wallclock", "method": m, "T": 8, "curve": curve} for m in ("bptt", "dni")]
+    rnn.plot_wallclock(records, tmp_path / "rnn.png")
+    assert (tmp_path / "rnn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
