@@ -471,3 +471,31 @@ def test_dni_cycle_in_separate_ticks_never_waits_and_each_side_learns_its_utilit
     stats = system.drain_stats()
     assert set(stats) == {"a->b", "b->a"} and all(len(v) == 3 for v in stats.values())
     assert all(system.interfaces[n].utility.net[-1].weight.abs().sum() > 0 for n in stats)
+
+
+def test_a_message_in_flight_survives_a_checkpoint_exactly():
+    """A run checkpointed while a message waits for its target continues as if never interrupted (linear
+    utility model: the regression keeps the send-time prediction, and its gradient is the same)."""
+
+    def make() -> Interface:
+        torch.manual_seed(3)
+        u = UtilityModel((4,))
+        return Interface("a->b", "a", "b", "dni", u, torch.optim.Adam(u.parameters(), lr=0.1))
+
+    h0, h1 = torch.randn(2, 4), torch.randn(2, 4)
+    straight = make()
+    straight.send(h1, 1)
+    straight.send(h0, 2)  # in flight when the checkpoint is written
+    straight.transport.put_target("a->b", 1, torch.ones(2, 4))
+    straight.collect()  # step 1's target moves the utility model after step 2's prediction was made
+    state = copy.deepcopy(straight.state_dict())
+    pending = straight.in_flight(2)
+    resumed = make()
+    resumed.load_state_dict(state)
+    resumed.restore_in_flight(h0, 2, prediction=pending)
+    assert resumed.messages_sent == straight.messages_sent
+    for iface in (straight, resumed):
+        iface.transport.put_target("a->b", 2, torch.full((2, 4), -0.5))
+        iface.collect()
+    for a, b in zip(straight.utility.parameters(), resumed.utility.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
