@@ -36,7 +36,8 @@ def captured_gradients(core: rnn.Core) -> list[list[torch.Tensor]]:
     """Record the gradient at every optimizer step and do not move the parameters."""
     steps: list[list[torch.Tensor]] = []
     optimizer = core_optimizer(core)
-    optimizer.step = lambda *a, **k: steps.append([p.grad.clone() for p in core.parameters()])  # type: ignore
+    optimizer.step = lambda *a, **k: steps.append(  # type: ignore[method-assign]
+        [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in core.parameters()])
     return steps
 
 
@@ -52,7 +53,7 @@ def build_small(cfg):
     return task, system, core, iface
 
 
-def run_windows(system, core, iface, task, seq, T: int) -> None:
+def run_windows(system, core, iface, task, seq, T: int, aux_weight: float = 0.0) -> None:
     """The driver's ticks over one batch of sequences: windows of ``T``, the first from a zero state, the
     last sending nothing (the sequence ends there)."""
     B, L = seq.inputs.shape[:2]
@@ -63,7 +64,7 @@ def run_windows(system, core, iface, task, seq, T: int) -> None:
         lo, hi = w * T, min(L, (w + 1) * T)
         _, state, _ = rnn.window(system, core, iface, w, seq.inputs[:, lo:hi],
                                  lambda out, lo=lo, hi=hi: task.loss_sum(out, seq, lo, hi) / norm, state,
-                                 first=w == 0, last=w == windows - 1, aux_weight=0.0)
+                                 first=w == 0, last=w == windows - 1, aux_weight=aux_weight)
 
 
 def losses_of(task, core, seq, T, cut: bool):
@@ -242,3 +243,18 @@ def test_wallclock_plot_is_written(tmp_path):
     records = [{"study": "wallclock", "method": m, "T": 8, "curve": curve} for m in ("bptt", "dni")]
     rnn.plot_wallclock(records, tmp_path / "rnn.png")
     assert (tmp_path / "rnn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dni_aux_trains_a_head_to_predict_the_windows_synthetic_gradient(tmp_path):
+    cfg = small(tmp_path, "rnn.aux=true")
+    task, system, core, iface = build_small(cfg)
+    with torch.no_grad():
+        iface.utility.net[-1].bias.fill_(0.5)  # so the target of the aux head is not zero
+    seq = task.sample(4, 4, 1, torch.Generator().manual_seed(2))
+    aux_before = [p.detach().clone() for p in core.aux.parameters()]
+    steps = captured_gradients(core)
+    run_windows(system, core, iface, task, seq, 3, aux_weight=1.0)
+    names = [n for n, _ in core.named_parameters()]
+    aux_grads = [g for n, g in zip(names, steps[0]) if n.startswith("aux.")]
+    assert aux_grads and all(g.abs().sum() > 0 for g in aux_grads)
+    assert all(torch.equal(a, p) for a, p in zip(aux_before, core.aux.parameters()))  # optimizer was stubbed
