@@ -88,6 +88,7 @@ class UtilityConfig(_Strict):
     hidden: PosInt = 1024
     layers: PosInt = 2
     rank: PosInt | None = None  # low-rank linear utility model
+    normalize: bool = False  # layer-norm the message first (RNN states whose scale drifts)
     optimizer: Optimizer = "adam"
     lr: PosFloat | None = None  # None: trainer.lr
 

@@ -499,3 +499,15 @@ def test_a_message_in_flight_survives_a_checkpoint_exactly():
         iface.collect()
     for a, b in zip(straight.utility.parameters(), resumed.utility.parameters()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_a_normalising_utility_model_does_not_grow_with_the_message():
+    torch.manual_seed(0)
+    u = UtilityModel((6,), normalize=True)
+    with torch.no_grad():
+        u.net[-1].weight.normal_()
+    h = torch.randn(3, 6)
+    torch.testing.assert_close(u(100.0 * h), u(h), rtol=1e-4, atol=1e-4)
+    plain = UtilityModel((6,))
+    plain.load_state_dict(u.state_dict())
+    assert not torch.allclose(plain(100.0 * h), plain(h))

@@ -11,6 +11,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 UtilityKind = Literal["linear", "mlp", "conv"]
@@ -40,6 +41,9 @@ class UtilityModel(nn.Module):
     kinds: ``linear`` (default; optionally low-rank through ``rank``), ``mlp`` (``layers`` linear layers),
     ``conv`` (for image-shaped messages (C, H, W): 5×5 convolutions, context broadcast as extra channels).
     ``context_dim > 0`` makes it a cDNI model: the context (e.g. a one-hot label) is concatenated to h.
+    ``normalize`` standardises each message (layer norm without parameters) before the model sees it, so
+    its step size does not grow with the message's scale: an RNN's unbounded state (an LSTM's cell) fed
+    back through a ĝ linear in it otherwise ran away.
     """
 
     def __init__(
@@ -50,9 +54,11 @@ class UtilityModel(nn.Module):
         hidden: int = 1024,
         layers: int = 2,
         rank: int | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.message_shape = tuple(message_shape)
+        self.normalize = normalize
         self.context_dim = context_dim
         self.kind = kind
         dim = math.prod(self.message_shape)
@@ -79,6 +85,8 @@ class UtilityModel(nn.Module):
 
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         batch = h.shape[0]
+        if self.normalize:
+            h = F.layer_norm(h, h.shape[1:])
         if self.kind == "conv":
             x = h
             if self.context_dim:

@@ -58,6 +58,7 @@ def build_interface(
             hidden=u.hidden,
             layers=u.layers,
             rank=u.rank,
+            normalize=u.normalize,
         ).to(device)
         utility_optimizer = make_optimizer(u.optimizer, utility.parameters(), u.lr or cfg.trainer.lr)
     synthetic_input = synthetic_input_optimizer = None
