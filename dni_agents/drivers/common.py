@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config, ConfigError, interface_config
+from ..config import Config, ConfigError, config_to_yaml, interface_config
 from ..core import Interface, SyntheticInputModel, System, Transport, UtilityModel
-from ..logging import RunLogger
+from ..logging import RunLogger, make_run_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,6 +129,23 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(2, "no checkpoint to resume from", str(path))
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def open_run(
+    cfg: Config, run_dir: Path, resume: Path | None, log: bool, device: torch.device, checkpoint: str
+) -> tuple[Path, RunLogger, dict | None]:
+    """The run folder (new, or ``resume``'s), its logger with the config and hyperparameters, and the
+    checkpoint to continue from (None for a new run). Prints where the TensorBoard run is."""
+    state = None
+    if resume is not None:
+        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
+        state = load_checkpoint(run_dir / checkpoint, device)
+    elif log:
+        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
+    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
+    if log:
+        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
+    return run_dir, logger, state
 
 
 def write_report(out: Path | None, report: dict) -> None:

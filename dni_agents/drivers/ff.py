@@ -25,16 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, agent_names, config_to_yaml, load_config, parse_config
+from ..config import Config, ConfigError, agent_names, load_config, parse_config
 from ..core import Agent, System
 from ..data import ImageDataset, batches, load_dataset
-from ..logging import RunLogger, make_run_dir
 from .common import (
     build_interface,
-    flat_hparams,
     load_checkpoint,
     log_interfaces,
     make_optimizer,
+    open_run,
     resolve_device,
     save_checkpoint,
     write_report,
@@ -191,17 +190,10 @@ def train(
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     system = build_system(cfg, data, device)
     start = 0
-    if resume is not None:
-        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
-        state = load_checkpoint(run_dir / CHECKPOINT, device)
+    run_dir, logger, state = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
+    if state is not None:
         system.load_state_dict(state["system"])
         start = int(state["step"])
-    elif log:
-        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
-    config_yaml = config_to_yaml(cfg)
-    logger = RunLogger(run_dir, config_yaml, flat_hparams(cfg.model_dump()), enabled=log)
-    if log:
-        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
 
     tc = cfg.trainer
     stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)

@@ -37,15 +37,15 @@ from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 from torch import nn
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, config_to_yaml, interface_config, load_config
+from ..config import Config, ConfigError, interface_config, load_config
 from ..core import Agent, Interface, System
-from ..logging import RunLogger, make_run_dir
+from ..logging import RunLogger
 from .common import (
     build_interface,
-    flat_hparams,
     load_checkpoint,
     log_interfaces,
     make_optimizer,
+    open_run,
     resolve_device,
     save_checkpoint,
     write_report,
@@ -850,16 +850,10 @@ def _train(
     system, groups, channels = build(cfg, env, device)
     player = Player(cfg, groups, channels, device, mc.num_envs)
     start, clock = 0, 0
-    if resume is not None:
-        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
-        state = load_checkpoint(run_dir / CHECKPOINT, device)
+    run_dir, logger, state = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
+    if state is not None:
         system.load_state_dict(state["system"])
         start, clock = int(state["update"]), int(state["clock"])
-    elif log:
-        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
-    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
-    if log:
-        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
     private_agent = mc.private_info.agent if mc.private_info else None
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(range(start, end), desc=cfg.name, disable=not progress, leave=False, unit="update")

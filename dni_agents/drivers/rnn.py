@@ -30,16 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config, config_to_yaml, load_config
+from ..config import Config, load_config
 from ..core import Agent, Interface, System
 from ..data import load_text
-from ..logging import RunLogger, make_run_dir
 from .common import (
     build_interface,
-    flat_hparams,
     load_checkpoint,
     log_interfaces,
     make_optimizer,
+    open_run,
     resolve_device,
     save_checkpoint,
     write_report,
@@ -288,20 +287,14 @@ def train(
     stream = CopyStream(task, tc.batch_size)
     cur = Curriculum(r.start_length, 1)
     start, sent, bits, scored = 0, None, 0.0, 0.0  # sent: the state the last window sent
-    if resume is not None:
-        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
-        ckpt = load_checkpoint(run_dir / CHECKPOINT, device)
+    run_dir, logger, ckpt = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
+    if ckpt is not None:
         system.load_state_dict(ckpt["system"])
         stream.load_state_dict(ckpt["stream"])
         start, bits, scored = int(ckpt["step"]), float(ckpt["bits"]), float(ckpt["scored"])
         cur = Curriculum(**ckpt["curriculum"])
         sent = ckpt["sent"]
         iface.restore_in_flight(sent, start - 1, prediction=ckpt["prediction"])
-    elif log:
-        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
-    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
-    if log:
-        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
     B, T = tc.batch_size, r.truncation
@@ -372,19 +365,13 @@ def train_lm(
     start, sent, seconds = 0, None, 0.0
     best: dict = {"bpc": float("inf"), "step": 0, "module": None}
     curve: list[dict] = []  # validation BPC against windows, characters and seconds
-    if resume is not None:
-        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
-        ckpt = load_checkpoint(run_dir / CHECKPOINT, device)
+    run_dir, logger, ckpt = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
+    if ckpt is not None:
         system.load_state_dict(ckpt["system"])
         stream.load_state_dict(ckpt["stream"])
         start, sent, seconds = int(ckpt["step"]), ckpt["sent"], float(ckpt["seconds"])
         best, curve = ckpt["best"], ckpt["curve"]
         iface.restore_in_flight(sent, start - 1, prediction=ckpt["prediction"])
-    elif log:
-        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
-    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
-    if log:
-        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
     B, T = tc.batch_size, r.truncation
