@@ -167,7 +167,7 @@ def test_the_stream_cuts_sequences_into_windows_wherever_they_fall():
     task = rnn.CopyTask(repeat=False, bits=4)
     stream = rnn.CopyStream(task, batch=2)
     gen = torch.Generator().manual_seed(0)
-    windows = [stream.window(3, 2, 1, gen)[0] for _ in range(5)]  # sequences of 5 steps, windows of 3
+    windows = [stream.window(3, 2, 1, gen) for _ in range(5)]  # sequences of 5 steps, windows of 3
     inputs = torch.cat([w.inputs for w in windows], 1)
     delimiters = inputs[0, :, 4].nonzero().flatten().tolist()
     assert delimiters == [2, 7, 12]  # every 5 steps, across window boundaries

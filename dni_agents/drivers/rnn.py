@@ -145,17 +145,15 @@ class CopyStream:
         self.y = torch.zeros(batch, 0, task.out_dim)
         self.mask = torch.zeros(batch, 0)
 
-    def window(self, T: int, n: int, r: int, generator: torch.Generator) -> tuple[Sequence, int]:
-        """The next ``T`` steps, and how many new sequences were drawn for them."""
-        drawn = 0
+    def window(self, T: int, n: int, r: int, generator: torch.Generator) -> Sequence:
+        """The next ``T`` steps (new sequences of length ``n``, ``r`` drawn as needed)."""
         while self.x.shape[1] < T:
             seq = self.task.sample(self.batch, n, r, generator)
             self.x, self.y = torch.cat([self.x, seq.inputs], 1), torch.cat([self.y, seq.targets], 1)
             self.mask = torch.cat([self.mask, seq.mask], 1)
-            drawn += 1
         out = Sequence(self.x[:, :T], self.y[:, :T], self.mask[:, :T])
         self.x, self.y, self.mask = self.x[:, T:], self.y[:, T:], self.mask[:, T:]
-        return out, drawn
+        return out
 
     def state_dict(self) -> dict:
         return {"x": self.x, "y": self.y, "mask": self.mask}
@@ -301,16 +299,16 @@ def train(
     seconds, error = 0.0, float("nan")
     for step in range(start, end):
         t0 = time.perf_counter()
-        seq, _ = stream.window(T, cur.n, cur.r, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        seq = stream.window(T, cur.n, cur.r, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         seq = Sequence(seq.inputs.to(device), seq.targets.to(device), seq.mask.to(device))
-        out, sent, loss = window(
+        _, sent, loss = window(
             system, core, iface, step, seq.inputs, lambda o, seq=seq: task.loss_sum(o, seq, 0, T) / (B * T),
             sent if sent is not None else core.initial_state(B, device), first=sent is None, last=False,
             aux_weight=r.aux_weight,
         )
         seconds += time.perf_counter() - t0
         # the curriculum looks at the error of about one batch of sequences' worth of scored steps
-        bits += float(task.loss_sum(out, seq, 0, T)) / math.log(2)
+        bits += loss * B * T / math.log(2)  # the window's summed cross-entropy, in bits
         scored += float(seq.mask.sum())
         if scored >= B * (cur.n * (cur.r if task.repeat else 1)):
             error, bits, scored = bits / scored, 0.0, 0.0
