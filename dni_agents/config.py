@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Adding a driver is one edit here; the CLI derives its registry from this Literal.
-Driver = Literal["ff", "marl", "rnn"]
+Driver = Literal["ff", "hier", "marl", "rnn"]
 DRIVERS: tuple[str, ...] = get_args(Driver)
 
 Mode = Literal["dni", "cdni", "backprop", "none"]
@@ -203,6 +203,25 @@ class RNNConfig(_Strict):
     eval_chars: PosInt = 100_000  # validation characters per evaluation (the test split is read whole)
 
 
+class HierConfig(_Strict):
+    """Two RNN agents on a digit stream: A (fast) reads one digit per step and ticks every ``period`` steps
+    (its truncation window); B (slow) ticks once per A window on A's message alone and updates every
+    ``b_truncation`` of its ticks. ``trainer.steps`` counts B's updates (blocks of
+    ``period · b_truncation`` digits)."""
+
+    dataset: Literal["digits", "mnist"] = "digits"
+    data_root: str | None = None  # mnist: the directory with the IDX files
+    period: Annotated[int, Field(ge=2)] = 4  # T: digits per A window = steps per B tick
+    memory: Annotated[int, Field(ge=2)] = 2  # K: B counts the target digit over the last T·K digits
+    b_truncation: PosInt = 2  # B's ticks per unroll (B updates every b_truncation·T digits)
+    a_hidden: PosInt = 64
+    b_hidden: PosInt = 64
+    message_size: PosInt = 16  # A -> B: a linear read of A's state at the end of its window
+    target_digit: Annotated[int, Field(ge=0, le=9)] = 3  # what B counts
+    eval_streams: PosInt = 256  # test-digit streams scored per evaluation
+    eval_blocks: PosInt = 16  # blocks per evaluation stream
+
+
 class Config(_Strict):
     name: str = "run"  # run folder is <log.dir>/<name>
     driver: Driver
@@ -216,6 +235,7 @@ class Config(_Strict):
     ff: FFConfig = Field(default_factory=FFConfig)
     marl: MarlConfig = Field(default_factory=MarlConfig)
     rnn: RNNConfig = Field(default_factory=RNNConfig)
+    hier: HierConfig = Field(default_factory=HierConfig)
 
     @field_validator("name")
     @classmethod
@@ -243,6 +263,8 @@ def agent_names(cfg: Config) -> list[str]:
         return [f"layer{i}" for i in range(cfg.ff.layers)]
     if cfg.driver == "rnn":
         return ["rnn"]
+    if cfg.driver == "hier":
+        return ["A", "B"]
     return [agent.name for agent in cfg.agents]
 
 
@@ -370,7 +392,7 @@ def _check_cross_fields(cfg: Config) -> None:
         seen.add(agent.name)
     names = agent_names(cfg)
     known = ", ".join(names) or "none"
-    if cfg.driver in ("ff", "rnn"):  # they derive their agents; entries in `agents` may only tune them
+    if cfg.driver in ("ff", "rnn", "hier"):  # they derive their agents; `agents` entries may only tune them
         for i, agent in enumerate(cfg.agents):
             if agent.name not in names:
                 raise ConfigError(f"agents[{i}].name: unknown agent {agent.name!r} (agents: {known})")

@@ -144,7 +144,7 @@ def test_version(capsys) -> None:
             [],
             "interfaces[0].sender: unknown",
         ),
-        ("name: x\n", [], "driver: required (allowed: ff, marl, rnn)"),
+        ("name: x\n", [], "driver: required (allowed: ff, hier, marl, rnn)"),
         ("driver: ff\n", ["trainer.lr"], "override 'trainer.lr': expected key=value"),
         ("driver: ff\n", ["trainer.lrr=1"], "trainer.lrr: unknown key (did you mean 'lr'?)"),
         ("- driver: ff\n", [], "top level must be a mapping"),
@@ -174,7 +174,9 @@ def test_eval_missing_run_dir_or_config(calls, tmp_path, capsys) -> None:
 
 
 def test_unknown_bench_lists_available(calls, capsys) -> None:
-    assert run_error(capsys, ["bench", "nope"]) == "bench: unknown bench 'nope' (available: ff, marl, rnn)"
+    assert run_error(capsys, ["bench", "nope"]) == (
+        "bench: unknown bench 'nope' (available: ff, hier, marl, rnn)"
+    )
 
 
 def test_bench_driver_without_bench(monkeypatch, capsys) -> None:

@@ -102,7 +102,7 @@ def test_missing_file(tmp_path: pathlib.Path) -> None:
 
 
 def test_missing_required_key() -> None:
-    assert error_of({}) == "driver: required (allowed: ff, marl, rnn)"
+    assert error_of({}) == "driver: required (allowed: ff, hier, marl, rnn)"
 
 
 def test_malformed_override() -> None:

@@ -148,7 +148,8 @@ class Interface:
         self.send(h, step, context)
         record = self._sent.get(step)
         if record is not None and record.prediction is not None and prediction is not None:
-            record.prediction = record.prediction + (prediction - record.prediction).detach()
+            # exactly the saved value (new - new is exactly 0), with the gradient of the current model
+            record.prediction = prediction + (record.prediction - record.prediction.detach())
 
     def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
         if record.prediction is None or record.warm:

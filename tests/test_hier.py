@@ -1,0 +1,171 @@
+"""The hierarchical driver: A (fast) and B (slow) on a digit stream. A updates at every one of its ticks in
+dni mode before B has run its backward pass; backprop couples them into one tick; the targets span
+blocks; runs resume exactly; the messages reach TensorBoard with their labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dni_agents.cli import main
+from dni_agents.config import ConfigError, load_config
+from dni_agents.core import Interface
+from dni_agents.drivers import hier
+from dni_agents.logging import read_projector, read_scalars
+
+SMALL = ["hier.a_hidden=16", "hier.b_hidden=16", "hier.message_size=8", "trainer.batch_size=8",
+         "hier.eval_streams=16", "hier.eval_blocks=2", "log.every=5", "trainer.eval_every=0"]
+
+
+def small(tmp_path: Path, *extra: str):
+    return load_config("hier", [f"log.dir={tmp_path}", *SMALL, *extra])
+
+
+def built(cfg):
+    data, stream, _ = hier._streams(cfg)
+    torch.manual_seed(0)
+    return hier.build(cfg, data.input_dim, torch.device("cpu")), stream
+
+
+def record_updates(h: hier.Hier) -> list[tuple[str, int]]:
+    """Log each optimizer step as (agent, targets B has replied on A -> B so far)."""
+    events: list[tuple[str, int]] = []
+    replied = {"n": 0}
+    original_reply = h.message.reply
+
+    def reply(step: int) -> None:
+        replied["n"] += 1
+        original_reply(step)
+
+    h.message.reply = reply  # type: ignore[method-assign]
+    for name, agent in h.system.agents.items():
+        step = agent.optimizer.step
+
+        def logged(*a, name=name, step=step, **k):
+            events.append((name, replied["n"]))
+            return step(*a, **k)
+
+        agent.optimizer.step = logged  # type: ignore[method-assign]
+    return events
+
+
+def test_dni_updates_a_at_every_tick_before_b_has_run_its_backward_pass(tmp_path):
+    cfg = small(tmp_path, "hier.b_truncation=3")
+    h, stream = built(cfg)
+    assert isinstance(h.message, Interface) and h.message.mode == "dni" and not h.joint
+    with torch.no_grad():
+        h.message.utility.net[-1].bias.fill_(0.5)  # a utility model that says something from the start
+    events = record_updates(h)
+    carry = hier.Carry(torch.zeros(8, 16), torch.zeros(8, 16))
+    a_before = [p.detach().clone() for p in h.a.parameters()]
+    block = stream.block(torch.Generator().manual_seed(0))
+    hier.train_block(h, block, 0, carry, cfg.hier.period)
+    # three A ticks, each before B replied a single target; then B's one update
+    assert events == [("A", 0), ("A", 0), ("A", 0), ("B", 0)]
+    assert any(not torch.equal(a, p) for a, p in zip(a_before, h.a.parameters()))
+    # ĝ reached A's message head (its only gradient: A's own loss does not touch it) before B replied
+    assert h.a.message.bias.grad is not None
+    torch.testing.assert_close(h.a.message.bias.grad, torch.full((8,), 0.5 * 3.0))
+    # and after B's update every message's target has come back and trained the utility model
+    assert not h.message._sent
+
+
+def test_backprop_makes_a_wait_for_b(tmp_path):
+    cfg = small(tmp_path, "interfaces.0.mode=backprop", "hier.b_truncation=3")
+    h, stream = built(cfg)
+    assert h.joint
+    events = record_updates(h)
+    carry = hier.Carry(torch.zeros(8, 16), torch.zeros(8, 16))
+    hier.train_block(h, stream.block(torch.Generator().manual_seed(0)), 0, carry, cfg.hier.period)
+    assert sorted(events) == [("A", 0), ("B", 0)]  # one joint update for the whole block
+
+
+def test_backprop_gives_a_the_true_gradient_of_both_losses_and_none_only_its_own(tmp_path):
+    grads = {}
+    for mode in ("backprop", "none"):
+        cfg = small(tmp_path, f"interfaces.0.mode={mode}", "hier.b_truncation=2")
+        h, stream = built(cfg)
+        block = stream.block(torch.Generator().manual_seed(0))
+        # the same block by plain autograd, A's state cut between windows
+        state, messages, loss_a = torch.zeros(8, 16), [], 0.0
+        for j in range(2):
+            logits, state, m = h.a(block.x[:, j], state.detach())
+            loss_a = loss_a + torch.nn.functional.cross_entropy(logits, block.odd[:, j])
+            messages.append(m if mode == "backprop" else m.detach())
+        out, _, _ = h.b(torch.stack(messages, 1), torch.zeros(8, 16))
+        loss_b = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), block.count.reshape(-1))
+        params = list(h.a.parameters())
+        want = torch.autograd.grad(loss_a + loss_b, params, allow_unused=True)
+        want = [w if w is not None else torch.zeros_like(p) for w, p in zip(want, params)]
+        captured: list[list[torch.Tensor]] = []
+
+        def capture(*a, params=params, captured=captured, **k) -> None:
+            captured.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
+
+        h.system.agents["A"].optimizer.step = capture  # type: ignore[method-assign]
+        hier.train_block(h, block, 0, hier.Carry(torch.zeros(8, 16), torch.zeros(8, 16)), cfg.hier.period)
+        got = [sum(g) for g in zip(*captured)]  # summed over A's updates (one in backprop, two in none)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+        grads[mode] = got
+    assert not torch.allclose(grads["backprop"][-2], grads["none"][-2])  # the message head learns from B
+
+
+def test_b_target_counts_the_digit_over_the_last_t_times_k_digits_across_blocks(tmp_path):
+    cfg = small(tmp_path, "hier.period=3", "hier.memory=3", "hier.b_truncation=2")
+    _, stream = built(cfg)
+    gen = torch.Generator().manual_seed(5)
+    generated = torch.Generator().manual_seed(5)
+    labels = []
+    for _ in range(4):  # replay the draws to know every digit of the stream
+        idx = torch.randint(0, len(stream.y), (8, 6), generator=generated)
+        labels.append(stream.y[idx])
+    digits = torch.cat(labels, 1)  # (8, 24)
+    counts = [stream.block(gen).count for _ in range(4)]
+    count = torch.cat(counts, 1)  # (8, 8): one per window of 3 digits
+    for w in range(8):
+        lo = max(0, (w + 1) * 3 - 9)
+        want = (digits[:, lo:(w + 1) * 3] == 3).sum(1)
+        assert torch.equal(count[:, w], want), w
+
+
+def test_temporal_channels_accept_only_none_or_dni(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="A->A.*allowed: none, dni"):
+        built(small(tmp_path, "interfaces.1.mode=backprop"))
+    assert main(["train", "hier", f"log.dir={tmp_path}", "interfaces.2.mode=cdni"]) == 2
+    assert "B->B" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="hier.period"):
+        load_config("hier", ["hier.period=1"])
+
+
+def test_resume_continues_exactly_with_temporal_dni(tmp_path):
+    args = ["trainer.steps=12", "trainer.checkpoint_every=3", "interfaces.1.mode=dni",
+            "interfaces.2.mode=dni"]
+    hier.train(small(tmp_path, "name=a", *args), Path(tmp_path) / "a", progress=False)
+    hier.train(small(tmp_path, "name=b", *args), Path(tmp_path) / "b", progress=False, stop_at=7)
+    hier.train(small(tmp_path, "name=b", *args), Path(tmp_path) / "b", resume=Path(tmp_path) / "b",
+               progress=False)
+    a = torch.load(Path(tmp_path) / "a" / hier.CHECKPOINT, weights_only=True)
+    b = torch.load(Path(tmp_path) / "b" / hier.CHECKPOINT, weights_only=True)
+    for agent in ("A", "B"):
+        for k, v in a["system"]["agents"][agent]["module"].items():
+            assert torch.equal(v, b["system"]["agents"][agent]["module"][k]), (agent, k)
+    for name in ("A->B", "A->A", "B->B"):
+        for k, v in a["system"]["interfaces"][name].get("utility", {}).items():
+            assert torch.equal(v, b["system"]["interfaces"][name]["utility"][k]), (name, k)
+
+
+def test_training_logs_messages_with_labels_and_b_learns(tmp_path):
+    cfg = small(tmp_path, "name=run", "trainer.steps=200", "log.histogram_every=100",
+                "log.embedding_samples=40")
+    result = hier.train(cfg, Path(tmp_path) / "run", progress=False)
+    scalars = read_scalars(Path(result["run_dir"]))
+    loss = [v for _, v in scalars["agent/B/loss"]]
+    assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5  # B's loss goes down
+    assert "interface/A->B/grad_cosine" in scalars and "test/b_accuracy" in scalars
+    (projector,) = read_projector(Path(result["run_dir"]))
+    assert projector["metadata"][0] == ["digit_3_in_window", "digit_3_count", "odd_in_window"]
+    assert len(projector["metadata"]) == 41 and projector["shape"] == (40, 8)
+    assert main(["eval", result["run_dir"]]) == 0
