@@ -216,7 +216,7 @@ class HierConfig(_Strict):
     b_truncation: PosInt = 2  # B's ticks per unroll (B updates every b_truncation·T digits)
     a_hidden: PosInt = 64
     b_hidden: PosInt = 64
-    message_size: PosInt = 16  # A -> B: a linear read of A's state at the end of its window
+    message_size: PosInt = 64  # A -> B: a linear read of A's state, summed over the window
     target_digit: Annotated[int, Field(ge=0, le=9)] = 3  # what B counts
     eval_streams: PosInt = 256  # test-digit streams scored per evaluation
     eval_blocks: PosInt = 16  # blocks per evaluation stream

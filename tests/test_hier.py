@@ -67,7 +67,7 @@ def test_dni_updates_a_at_every_tick_before_b_has_run_its_backward_pass(tmp_path
     assert any(not torch.equal(a, p) for a, p in zip(a_before, h.a.parameters()))
     # ĝ reached A's message head (its only gradient: A's own loss does not touch it) before B replied
     assert h.a.message.bias.grad is not None
-    torch.testing.assert_close(h.a.message.bias.grad, torch.full((8,), 0.5 * 3.0))
+    torch.testing.assert_close(h.a.message.bias.grad, torch.full((8,), 0.5 * 3.0 * 4))  # read at 4 steps
     # and after B's update every message's target has come back and trained the utility model
     assert not h.message._sent
 
@@ -138,6 +138,11 @@ def test_temporal_channels_accept_only_none_or_dni(tmp_path, capsys):
     assert "B->B" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="hier.period"):
         load_config("hier", ["hier.period=1"])
+    assert main(["train", "hier", f"log.dir={tmp_path}", "hier.dataset=mnist"]) == 2
+    assert "hier.data_root" in capsys.readouterr().err
+    mnist = ["train", "hier", f"log.dir={tmp_path}", "hier.dataset=mnist", f"hier.data_root={tmp_path}"]
+    assert main(mnist) == 2
+    assert str(tmp_path) in capsys.readouterr().err  # the missing files, with their path
 
 
 def test_resume_continues_exactly_with_temporal_dni(tmp_path):

@@ -65,8 +65,10 @@ TEMPORAL: dict[str, list[str]] = {
 
 # ------------------------------------------------------------------------------------------------ agents
 class Sender(nn.Module):
-    """Agent A: a GRU over the digits, a readout for its own count, and a linear message head on its state
-    at the end of the window."""
+    """Agent A: a GRU over the digits, a readout for its own count at the end of the window, and a message
+    that summarises the window: a linear read of A's state at every step, summed over the window (a sum
+    suits counts; a read of the final state alone left the digits' identities too hard to reach, for
+    backprop and DNI alike)."""
 
     def __init__(self, in_dim: int, hidden: int, classes: int, message_size: int) -> None:
         super().__init__()
@@ -77,8 +79,8 @@ class Sender(nn.Module):
         self, x: torch.Tensor, state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x``: (N, T, in). Returns A's logits at the window's end, its final state and the message."""
-        out, _, final = self.core(x, state)
-        return out[:, -1], final, self.message(final)
+        out, hs, final = self.core(x, state)
+        return out[:, -1], final, self.message(hs).sum(1)
 
 
 @dataclass
@@ -268,6 +270,9 @@ digit in that window, B's count, the odd digits in that window), block by block.
 # ------------------------------------------------------------------------------------------------ training
 def _streams(cfg: Config):
     h = cfg.hier
+    if h.dataset == "mnist" and h.data_root is None:
+        raise ConfigError("hier.data_root: mnist needs the directory holding its IDX files "
+                          "(train-images-idx3-ubyte[.gz], …); the offline default is hier.dataset=digits")
     data = load_dataset(h.dataset, h.data_root)
     make = lambda x, y, n: DigitStream(x, y, n, h.period, h.memory, h.b_truncation, h.target_digit)  # noqa: E731
     return data, make(data.x_train, data.y_train, cfg.trainer.batch_size), make
@@ -378,7 +383,7 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
     and in the full run also on), the same block budget for all, several seeds; JSON records and a PNG of
     accuracy against blocks and seconds. ``only`` keeps the methods it names (``dni``, ``dni+temporal``)."""
     seeds = seeds or (2 if quick else 3)
-    steps = 1500 if quick else 4000
+    steps = 2000 if quick else 4000
     runs = [(m, "off") for m in METHODS] + ([] if quick else [(m, "on") for m in METHODS])
     records: list[dict] = []
     report = {"benchmark": "hier", "quick": quick, "overrides": list(overrides), "results": records}

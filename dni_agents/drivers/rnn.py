@@ -461,7 +461,8 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
     """``dni-agents bench rnn``: the paper's Table 1 shape — Copy and Repeat Copy (longest length solved
     within the same window budget) and the char-LM (test BPC), for bptt / dni / dni_aux at several T — and
     the wall-clock study: bptt at T = 8, 20, 40 against dni at T = 8 on the char-LM, validation BPC against
-    characters seen and seconds (JSON, and a PNG beside it). ``only`` keeps tasks or methods it names."""
+    characters seen and seconds (JSON, and a PNG beside it). ``only`` keeps the tasks or methods it names
+(``copy``, ``charlm``, ``dni``, …); ``wallclock`` names the wall-clock study."""
     seeds = seeds or 1
     Ts = [3, 5] if quick else [2, 3, 4, 5, 8]
     copy_steps = 2000 if quick else 20000
@@ -498,7 +499,7 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
                                f"({res['wall_s']:.0f} s)")
                     write_report(out, report)
         # wall-clock study: the same characters for every run, so the curves are comparable in data and time
-        if keep("charlm", "wallclock"):
+        if keep("wallclock"):
             per_row = lm_steps * 8  # characters each of the batch's streams reads, the same for every run
             for method, T in (("bptt", 8), ("bptt", 20), ("bptt", 40), ("dni", 8)):
                 extra = [f"rnn.truncation={T}", f"trainer.steps={per_row // T}", *lm_eval,
