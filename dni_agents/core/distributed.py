@@ -154,6 +154,7 @@ class TorchDistributed(Transport):
         self._inbox: queue.Queue = queue.Queue()
         self._dead: dict[int, str] = {}  # peer -> why it is gone (error text or "closed")
         self._closed = False
+        self.max_in_flight = 0  # most messages of one interface ever awaiting their targets at once
         ends = [(self.placement[r.sender], self.placement[r.receiver]) for r in self.routes.values()]
         self.peers = sorted(({b for a, b in ends if a == self.rank} | {a for a, b in ends if b == self.rank})
                             - {self.rank})
@@ -234,7 +235,9 @@ class TorchDistributed(Transport):
             return
         if message.step >= 0 and route.replies:
             self.throttle(message.step, [message.interface])
-            self._awaiting.setdefault(message.interface, set()).add(message.step)
+            pending = self._awaiting.setdefault(message.interface, set())
+            pending.add(message.step)
+            self.max_in_flight = max(self.max_in_flight, len(pending))
         peer = self.placement[route.receiver]
         self._send(peer, KIND_MESSAGE, self.ids[message.interface], message.step, message.tensor,
                    message.context)

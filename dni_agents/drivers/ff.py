@@ -527,7 +527,7 @@ def train_distributed(
     system.settle()
     seconds = time.perf_counter() - t0
     metrics: dict = {"rank": rank, "agents": list(system.agents), "steps": tc.steps,
-                     "steps_per_s": tc.steps / max(seconds, 1e-9)}
+                     "steps_per_s": tc.steps / max(seconds, 1e-9), "max_in_flight": transport.max_in_flight}
     if losses:
         metrics["train_loss_first"], metrics["train_loss_last"] = losses[0], losses[-1]
     metrics.update(evaluate_pipeline(system, transport, chain, data.x_test.to(device),
