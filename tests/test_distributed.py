@@ -43,14 +43,15 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def test_lockstep_on_two_processes_equals_the_in_process_run(tmp_path, capfd):
-    overrides = [*TINY, "trainer.steps=20", f"log.dir={tmp_path}"]
+@pytest.mark.parametrize("mode", ["dni", "backprop"])
+def test_lockstep_on_two_processes_equals_the_in_process_run(tmp_path, capfd, mode):
+    overrides = [*TINY, "trainer.steps=20", f"interface_defaults.mode={mode}", f"log.dir={tmp_path}"]
     status = main(["train", "ff_digits", *overrides, "--procs", "2", "--run-dir", str(tmp_path / "dist")])
     out = capfd.readouterr().out
     assert status == 0
     ranks = {m["rank"]: m for m in json_lines(out)}
     assert ranks[0]["agents"] == ["layer0", "layer1"] and ranks[1]["agents"] == ["layer2"]
-    assert ranks[0]["max_in_flight"] == 1  # lockstep
+    assert ranks[0]["max_in_flight"] == 1  # lockstep (backprop: the sender waits for its target anyway)
 
     cfg = load_config("ff_digits", overrides)
     reference = ff.train(cfg, tmp_path / "single", progress=False)
@@ -82,6 +83,15 @@ def test_a_staleness_window_still_learns(tmp_path, capfd):
     assert 1 <= ranks[0]["max_in_flight"] <= 3 + 1  # the window holds
     assert ranks[1]["test_accuracy"] > 0.5  # chance is 0.1; ~0.85 seen
     assert ranks[1]["test_loss"] < 1.5  # chance is 2.3
+
+
+def test_forward_unlocked_layers_on_two_processes(tmp_path, capfd):
+    """cDNI + synthetic inputs: the top stage need not wait for its input, only stay within the window."""
+    overrides = [*TINY, "trainer.steps=30", "interface_defaults.mode=cdni", "distributed.max_staleness=2",
+                 "interface_defaults.synthetic_input={kind: mlp, hidden: 32}", f"log.dir={tmp_path}"]
+    assert main(["train", "ff_digits", *overrides, "--procs", "2", "--run-dir", str(tmp_path / "run")]) == 0
+    ranks = {m["rank"]: m for m in json_lines(capfd.readouterr().out)}
+    assert ranks[0]["max_in_flight"] <= 2 + 1 and 0 <= ranks[1]["test_accuracy"] <= 1
 
 
 WORKER = textwrap.dedent("""

@@ -151,6 +151,7 @@ class TorchDistributed(Transport):
         self._messages: dict[str, OrderedDict[int, Message]] = {}
         self._targets: dict[str, OrderedDict[int, torch.Tensor]] = {}
         self._awaiting: dict[str, set[int]] = {}  # steps sent whose target has not come back yet
+        self._latest: dict[tuple[int, str], int] = {}  # (kind, interface) -> newest step that arrived
         self._inbox: queue.Queue = queue.Queue()
         self._dead: dict[int, str] = {}  # peer -> why it is gone (error text or "closed")
         self._closed = False
@@ -236,7 +237,9 @@ class TorchDistributed(Transport):
         if message.step >= 0 and route.replies:
             self.throttle(message.step, [message.interface])
             pending = self._awaiting.setdefault(message.interface, set())
-            pending.add(message.step)
+            self.poll()
+            if message.step not in self._targets.get(message.interface, {}):  # a forward-unlocked
+                pending.add(message.step)  # receiver may reply before it has the message
             self.max_in_flight = max(self.max_in_flight, len(pending))
         peer = self.placement[route.receiver]
         self._send(peer, KIND_MESSAGE, self.ids[message.interface], message.step, message.tensor,
@@ -273,6 +276,9 @@ class TorchDistributed(Transport):
 
     def _file(self, item: tuple) -> None:
         kind, peer, body = item
+        if kind in (KIND_MESSAGE, KIND_TARGET) and body[1] >= 0:
+            key = (kind, body[0])
+            self._latest[key] = max(self._latest.get(key, -1), body[1])
         if kind == "error":
             self._dead.setdefault(peer, body)
         elif kind == "close":
@@ -330,12 +336,15 @@ class TorchDistributed(Transport):
         return self._targets.get(interface, {}).pop(step, None)
 
     def wait_message(self, interface: str, step: int, timeout: float | None = None) -> None:
-        """Block until the message of ``interface`` at ``step`` is here (it stays here for
-        :meth:`take_message`). In-process interfaces return at once: their message is put or never comes."""
+        """Block until the message of ``interface`` at ``step`` has arrived (it stays for
+        :meth:`take_message` unless already taken; messages of one interface arrive in step order). In-process
+        interfaces return at once: their message is put or never comes."""
         if not self.is_remote(interface):
             return
         peer = self.placement[self._route(interface).sender]
-        self._wait_until(lambda: step in self._messages.get(interface, {}), peer,
+        self._wait_until(
+            lambda: step in self._messages.get(interface, {})
+            or 0 <= step <= self._latest.get((KIND_MESSAGE, interface), -1), peer,
                          f"the message of {interface} at step {step}", timeout)
 
     def wait_target(self, interface: str, step: int, timeout: float | None = None) -> None:

@@ -413,6 +413,8 @@ def train_step_distributed(
                 inbound = system.inbound(name)[0]
                 if inbound.synthetic_input is None:
                     transport.wait_message(inbound.name, step)
+                elif step > transport.max_staleness:  # forward unlocked, within the window too
+                    transport.wait_message(inbound.name, step - transport.max_staleness - 1)
                 inp = t.receive(inbound, source=x if inbound.synthetic_input is not None else None)
             h = agent.module(inp)
             if i == len(chain) - 1:
@@ -524,6 +526,9 @@ def train_distributed(
         elif not log:
             system.drain_stats()
     transport.throttle(tc.steps + dc.max_staleness)  # the last targets: every step's are back
+    for iface in system.interfaces.values():  # and every real input a synthetic one learns from
+        if iface.receiver in system.agents and iface.synthetic_input is not None and tc.steps:
+            transport.wait_message(iface.name, tc.steps - 1)
     system.settle()
     seconds = time.perf_counter() - t0
     metrics: dict = {"rank": rank, "agents": list(system.agents), "steps": tc.steps,
