@@ -33,7 +33,7 @@ def launch(command: Sequence[str], procs: int, addr: str = "127.0.0.1", grace: f
     children = [subprocess.Popen(list(command), env=child_env(r, procs, addr, port)) for r in range(procs)]
     status, deadline = 0, None
     try:
-        while any(c.poll() is None for c in children):
+        while None in [c.poll() for c in children]:  # a list: poll every child, each time
             failed = [c.returncode for c in children if c.returncode not in (None, 0)]
             if failed and deadline is None:
                 status, deadline = failed[0], time.monotonic() + grace

@@ -21,7 +21,7 @@ from dni_agents.config import ConfigError, load_config
 from dni_agents.core import Agent, Interface, System
 from dni_agents.core.distributed import free_port
 from dni_agents.drivers import ff
-from dni_agents.launch import child_env, cli_command
+from dni_agents.launch import child_env, cli_command, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["ff.hidden=32", "trainer.batch_size=16", "trainer.eval_every=0", "log.every=5",
@@ -187,3 +187,19 @@ def test_placement_defaults_to_contiguous_stages_and_is_checked():
         ff.placement_for(load_config("ff_digits", ["distributed.placement={layer0: 0, layer1: 1}"]), 2)
     with pytest.raises(ConfigError, match="distributed.placement.layer9: unknown agent"):
         load_config("ff_digits", ["distributed.placement={layer9: 0}"])
+
+
+def test_the_launcher_gives_survivors_a_grace_period_then_leaves_no_orphans(tmp_path):
+    """Rank 1 fails at once; rank 0 would run for a minute: it is killed after the grace period."""
+    script = "import os, sys, time\nif os.environ['RANK'] == '1': sys.exit(3)\ntime.sleep(60)"
+    t0 = time.monotonic()
+    assert launch([sys.executable, "-c", script], 2, grace=0.5) == 3
+    assert time.monotonic() - t0 < 30
+    ok = "import os; assert os.environ['MASTER_ADDR'] == '127.0.0.1' and os.environ['WORLD_SIZE'] == '2'"
+    assert launch([sys.executable, "-c", ok], 2) == 0
+
+
+def test_procs_needs_a_driver_that_can_spread_its_agents(capsys):
+    assert main(["train", "copy", "--procs", "2"]) == 2
+    assert "cannot run on several processes yet" in capsys.readouterr().err
+    assert main(["train", "ff_digits", "--procs", "0"]) == 2
