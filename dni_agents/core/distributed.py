@@ -45,7 +45,7 @@ MAX_NDIM = 8
 # header: kind, interface id, step, has_context, then (dtype code, ndim, shape[MAX_NDIM]) for the message
 # tensor and for the context
 HEADER_LEN = 4 + 2 * (2 + MAX_NDIM)
-KIND_MESSAGE, KIND_TARGET, KIND_CLOSE = 1, 2, 3
+KIND_MESSAGE, KIND_TARGET, KIND_CLOSE, KIND_ACK = 1, 2, 3, 4
 DTYPES: tuple[torch.dtype, ...] = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8,
     torch.bool,
@@ -63,8 +63,9 @@ class PeerError(RuntimeError):
 
 @dataclass(frozen=True)
 class Route:
-    """One interface as the transport sees it. ``replies=False`` (mode ``none``) means no target ever
-    comes back, so the staleness window does not apply to it."""
+    """One interface as the transport sees it. ``replies=False`` (mode ``none``): no target ever comes
+    back, so the receiving rank acknowledges each message it takes instead (a bare header), and the
+    staleness window bounds the sender all the same (otherwise it could run arbitrarily far ahead)."""
 
     name: str
     sender: str
@@ -128,6 +129,7 @@ class TorchDistributed(Transport):
         timeout: float = DEFAULT_TIMEOUT,
         capacity: int = 1024,
         device: torch.device | str | None = None,
+        deliver_to: torch.device | str | None = None,
         rank: int | None = None,
     ) -> None:
         if max_staleness < 0:
@@ -146,7 +148,9 @@ class TorchDistributed(Transport):
         backend = dist.get_backend()
         if device is None:
             device = f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(device)  # where tensors travel: CUDA for NCCL, CPU for gloo
+        # where received tensors are handed over: the models' device
+        self.deliver_to = self.device if deliver_to is None else torch.device(deliver_to)
         self.local = InProcess(capacity)  # both halves on this rank
         self._messages: dict[str, OrderedDict[int, Message]] = {}
         self._targets: dict[str, OrderedDict[int, torch.Tensor]] = {}
@@ -234,7 +238,7 @@ class TorchDistributed(Transport):
         if not self.is_remote(message.interface):
             self.local.put_message(message)
             return
-        if message.step >= 0 and route.replies:
+        if message.step >= 0:
             self.throttle(message.step, [message.interface])
             pending = self._awaiting.setdefault(message.interface, set())
             self.poll()
@@ -264,6 +268,9 @@ class TorchDistributed(Transport):
                 if kind == KIND_CLOSE:
                     self._inbox.put(("close", peer, None))
                     return
+                if kind == KIND_ACK:
+                    self._inbox.put((kind, peer, (names[iface_id], step)))
+                    continue
                 tensors = []
                 for part in range(1 + has_context):
                     code, ndim, *shape = rest[part * (2 + MAX_NDIM): (part + 1) * (2 + MAX_NDIM)]
@@ -285,12 +292,16 @@ class TorchDistributed(Transport):
             self._dead.setdefault(peer, "it closed its transport")
         elif kind == KIND_MESSAGE:
             name, step, tensor, *context = body
-            message = Message(name, step, tensor, context[0] if context else None)
+            home = self.deliver_to
+            message = Message(name, step, tensor.to(home), context[0].to(home) if context else None)
             self._store(self._messages, name, step, message)
         elif kind == KIND_TARGET:
             name, step, tensor = body
             self._awaiting.get(name, set()).discard(step)
-            self._store(self._targets, name, step, tensor)
+            self._store(self._targets, name, step, tensor.to(self.deliver_to))
+        elif kind == KIND_ACK:
+            name, step = body
+            self._awaiting.get(name, set()).discard(step)
 
     def poll(self) -> None:
         """File everything that has arrived so far, without waiting."""
@@ -327,7 +338,11 @@ class TorchDistributed(Transport):
         if not self.is_remote(interface):
             return self.local.take_message(interface, step)
         self.poll()
-        return self._messages.get(interface, {}).pop(step, None)
+        message = self._messages.get(interface, {}).pop(step, None)
+        route = self.routes[interface]
+        if message is not None and step >= 0 and not route.replies:
+            self._send(self.placement[route.sender], KIND_ACK, self.ids[interface], step)
+        return message
 
     def take_target(self, interface: str, step: int) -> torch.Tensor | None:
         if not self.is_remote(interface):

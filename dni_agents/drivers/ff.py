@@ -482,7 +482,9 @@ def train_distributed(
 
     Every rank builds the whole system from the seed (so parameters are the in-process ones) and keeps its
     own layers; every rank replays the same batch stream, so labels never travel. Rank 0 creates the run
-    folder; rank r writes ``checkpoint.rank{r}.pt`` (its agents and interfaces) and logs under ``rank{r}``."""
+    folder; rank r writes ``checkpoint.rank{r}.pt`` (its agents and interfaces) and ``metrics.rank{r}.json``,
+    and logs under ``rank{r}``. The top layer's rank has the test metrics (of the chain, evaluated at the
+    end only)."""
     dc = cfg.distributed
     device = resolve_device(cfg.device)
     backend = dc.backend if dc.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
@@ -497,7 +499,7 @@ def train_distributed(
     routes = [Route(i.name, i.sender, i.receiver, replies=i.mode != "none")
               for i in full.interfaces.values()]
     transport = TorchDistributed(placement, routes, max_staleness=dc.max_staleness, timeout=dc.timeout,
-                                 device=device if backend == "nccl" else "cpu")
+                                 device=device if backend == "nccl" else "cpu", deliver_to=device)
     system = local_system(full, placement, rank, transport)
     shared = [str(make_run_dir(Path(run_dir).parent, Path(run_dir).name)) if log and rank == 0 else None]
     dist.broadcast_object_list(shared, src=0)  # one string, between the processes of this run
@@ -543,6 +545,7 @@ def train_distributed(
         save_checkpoint(run_path / f"checkpoint.rank{rank}.pt",
                         {"step": tc.steps, "placement": placement, "system": system.state_dict()})
         metrics["run_dir"] = str(run_path)
+        write_report(run_path / f"metrics.rank{rank}.json", metrics)
     logger.close()
     transport.close()
     dist.destroy_process_group()
