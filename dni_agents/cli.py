@@ -12,8 +12,9 @@ import json
 import os
 import pathlib
 import sys
+import traceback
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -127,12 +128,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dc = cfg.distributed
         return launch(cli_command(argv), args.procs, dc.addr, grace=dc.timeout + 10)
     if world > 1:  # a child of --procs, or started by torchrun
-        metrics = driver.train_distributed(cfg, run_dir=run_dir)
+        try:
+            metrics = driver.train_distributed(cfg, run_dir=run_dir)
+        except BaseException as exc:  # noqa: BLE001 - reported here, then a hard exit (below)
+            _exit_now(exc)
         _print_json(metrics)
         return 0
     metrics = load_driver(cfg.driver).train(cfg, run_dir=run_dir, resume=args.resume)
     _print_json(metrics)
     return 0
+
+
+def _exit_now(exc: BaseException) -> NoReturn:
+    """Report a failed distributed child and end it at once: its receiving threads may still be inside
+    torch.distributed, waiting on a live peer, and tearing the process group down then aborts or hangs."""
+    if isinstance(exc, PeerError) or is_user_error(exc):
+        print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
+    else:
+        traceback.print_exception(exc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2 if is_user_error(exc) else 1)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -93,6 +93,69 @@ def test_forward_unlocked_layers_on_two_processes(tmp_path):
     assert ranks[0]["max_in_flight"] <= 2 + 1 and 0 <= ranks[1]["test_accuracy"] <= 1
 
 
+ROUND_TRIP = textwrap.dedent("""
+    import torch
+    import torch.distributed as dist
+    from dni_agents.core import Message
+    from dni_agents.core.distributed import Route, TorchDistributed, init_process_group
+
+    rank, world = init_process_group(backend="gloo", timeout=10)
+    routes = [Route("a->b", "a", "b"), Route("a->a2", "a", "a2"), Route("b->a", "b", "a", replies=False)]
+    transport = TorchDistributed({"a": 0, "a2": 0, "b": 1}, routes, max_staleness=5, timeout=10)
+    payloads = {
+        0: (torch.randn(3, 2, 1, 4, generator=torch.Generator().manual_seed(0)), torch.eye(3)),
+        1: (torch.arange(6).reshape(2, 3), None),
+        2: (torch.tensor(1.5, dtype=torch.bfloat16), torch.tensor([True, False])),
+    }
+    if rank == 0:
+        for step in (2, 0, 1):  # out of order: matched by (interface, step), not arrival
+            transport.put_message(Message("a->b", step, *payloads[step]))
+        transport.put_message(Message("a->a2", 0, torch.ones(1)))  # both ends here: in process
+        assert transport.take_message("a->a2", 0).tensor.tolist() == [1.0]
+        for step in (0, 1, 2):
+            transport.wait_target("a->b", step)
+            assert transport.take_target("a->b", step).tolist() == [float(step)] * 2
+        transport.wait_message("b->a", 7)
+        assert transport.take_message("b->a", 7).tensor.dtype == torch.int32
+        assert transport.take_message("b->a", 7) is None  # taken once
+    else:
+        for step in (0, 1, 2):
+            transport.wait_message("a->b", step)
+            got = transport.take_message("a->b", step)
+            tensor, context = payloads[step]
+            assert got.step == step and torch.equal(got.tensor, tensor) and got.tensor.dtype == tensor.dtype
+            assert (got.context is None) == (context is None)
+            assert context is None or torch.equal(got.context, context)
+            transport.put_target("a->b", step, torch.full((2,), float(step)))
+        transport.put_message(Message("b->a", 7, torch.zeros(2, dtype=torch.int32)))
+        transport.throttle(7 + 5 + 1)  # mode none: rank 0 acknowledges what it took
+    transport.close()
+    dist.destroy_process_group()
+    print("OK", flush=True)
+""")
+
+
+def run_pair(script: str, tmp_path: Path, *args: str) -> list[tuple[str, str]]:
+    port = free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, *args], env=env_for(r, 2, port), cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return outs
+
+
+def test_headers_carry_any_shape_dtype_and_context_matched_by_step(tmp_path):
+    outs = run_pair(ROUND_TRIP, tmp_path)
+    assert all("OK" in out for out, _ in outs)
+
+
 WORKER = textwrap.dedent("""
     import os, sys, time
     import torch.distributed as dist
@@ -115,18 +178,7 @@ WORKER = textwrap.dedent("""
 
 
 def test_a_silent_peer_times_out_with_an_error_naming_its_rank(tmp_path):
-    port = free_port()
-    procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, "2"], env=env_for(r, 2, port), cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for r in (0, 1)
-    ]
-    try:
-        outs = [p.communicate(timeout=60) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outs
+    outs = run_pair(WORKER, tmp_path, "2")
     waited = outs[1][0]
     assert "peer=0" in waited and "timed out after 2 s" in waited
     assert 1.5 < float(waited.split("after ")[1].split("s ")[0]) < 5
@@ -134,7 +186,7 @@ def test_a_silent_peer_times_out_with_an_error_naming_its_rank(tmp_path):
     assert all("CLEAN" in out for out, _ in outs)
 
 
-@pytest.mark.parametrize("victim", [1])
+@pytest.mark.parametrize("victim", [0, 1])
 def test_a_killed_rank_ends_the_other_with_an_error_naming_it(tmp_path, victim):
     port = free_port()
     argv = ["train", "ff_digits", *TINY, "trainer.steps=1000000", "distributed.timeout=5",
@@ -202,3 +254,31 @@ def test_procs_needs_a_driver_that_can_spread_its_agents(capsys):
     assert main(["train", "copy", "--procs", "2"]) == 2
     assert "cannot run on several processes yet" in capsys.readouterr().err
     assert main(["train", "ff_digits", "--procs", "0"]) == 2
+
+
+SILENT_STAGE = textwrap.dedent("""
+    import time
+    import torch.distributed as dist
+    from dni_agents.core.distributed import init_process_group
+
+    init_process_group(backend="gloo", timeout=10)
+    dist.broadcast_object_list([None], src=0)  # joins the run, then never answers
+    time.sleep(20)
+""")
+
+
+def test_a_training_rank_whose_peer_goes_silent_exits_with_one_line_naming_it(tmp_path):
+    port = free_port()
+    argv = ["train", "ff_digits", *TINY, "trainer.steps=50", "distributed.timeout=2", f"log.dir={tmp_path}"]
+    trainer = subprocess.Popen(cli_command(argv), env=env_for(0, 2, port), cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    silent = subprocess.Popen([sys.executable, "-c", SILENT_STAGE], env=env_for(1, 2, port), cwd=tmp_path)
+    try:
+        _, err = trainer.communicate(timeout=60)
+    finally:
+        for p in (trainer, silent):
+            p.kill()
+            p.wait()
+    assert trainer.returncode == 1, err
+    assert "rank 0: timed out after 2 s waiting for the targets of layer1->layer2 up to step 0" in err
+    assert "from rank 1" in err and "Traceback" not in err

@@ -108,10 +108,6 @@ def init_process_group(
     return rank, world_size
 
 
-def _describe(kind: int) -> str:
-    return {KIND_MESSAGE: "message", KIND_TARGET: "target", KIND_CLOSE: "close"}.get(kind, f"kind {kind}")
-
-
 class TorchDistributed(Transport):
     """Messages and targets between ranks of the default process group (see the module docstring).
 
@@ -130,13 +126,12 @@ class TorchDistributed(Transport):
         capacity: int = 1024,
         device: torch.device | str | None = None,
         deliver_to: torch.device | str | None = None,
-        rank: int | None = None,
     ) -> None:
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
         if not dist.is_initialized():
             raise RuntimeError("TorchDistributed: call init_process_group() first")
-        self.rank = dist.get_rank() if rank is None else rank
+        self.rank = dist.get_rank()
         self.placement = dict(placement)
         self.routes = {r.name: r for r in sorted(routes, key=lambda r: r.name)}
         for r in self.routes.values():
@@ -155,7 +150,7 @@ class TorchDistributed(Transport):
         self._messages: dict[str, OrderedDict[int, Message]] = {}
         self._targets: dict[str, OrderedDict[int, torch.Tensor]] = {}
         self._awaiting: dict[str, set[int]] = {}  # steps sent whose target has not come back yet
-        self._latest: dict[tuple[int, str], int] = {}  # (kind, interface) -> newest step that arrived
+        self._arrived: dict[str, OrderedDict[int, None]] = {}  # message steps that arrived (taken or not)
         self._inbox: queue.Queue = queue.Queue()
         self._dead: dict[int, str] = {}  # peer -> why it is gone (error text or "closed")
         self._closed = False
@@ -283,9 +278,8 @@ class TorchDistributed(Transport):
 
     def _file(self, item: tuple) -> None:
         kind, peer, body = item
-        if kind in (KIND_MESSAGE, KIND_TARGET) and body[1] >= 0:
-            key = (kind, body[0])
-            self._latest[key] = max(self._latest.get(key, -1), body[1])
+        if kind == KIND_MESSAGE:
+            self._store(self._arrived, body[0], body[1], None)
         if kind == "error":
             self._dead.setdefault(peer, body)
         elif kind == "close":
@@ -352,14 +346,12 @@ class TorchDistributed(Transport):
 
     def wait_message(self, interface: str, step: int, timeout: float | None = None) -> None:
         """Block until the message of ``interface`` at ``step`` has arrived (it stays for
-        :meth:`take_message` unless already taken; messages of one interface arrive in step order). In-process
-        interfaces return at once: their message is put or never comes."""
+        :meth:`take_message` unless already taken). In-process interfaces return at once: their message is
+        put or never comes."""
         if not self.is_remote(interface):
             return
         peer = self.placement[self._route(interface).sender]
-        self._wait_until(
-            lambda: step in self._messages.get(interface, {})
-            or 0 <= step <= self._latest.get((KIND_MESSAGE, interface), -1), peer,
+        self._wait_until(lambda: step in self._arrived.get(interface, {}), peer,
                          f"the message of {interface} at step {step}", timeout)
 
     def wait_target(self, interface: str, step: int, timeout: float | None = None) -> None:
