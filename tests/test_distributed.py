@@ -18,7 +18,7 @@ import torch
 
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
-from dni_agents.core import Agent, Interface, System
+from dni_agents.core import Agent, Interface, Message, SyntheticInputModel, System
 from dni_agents.core.distributed import free_port
 from dni_agents.drivers import ff
 from dni_agents.launch import child_env, cli_command, launch
@@ -282,3 +282,21 @@ def test_a_training_rank_whose_peer_goes_silent_exits_with_one_line_naming_it(tm
     assert trainer.returncode == 1, err
     assert "rank 0: timed out after 2 s waiting for the targets of layer1->layer2 up to step 0" in err
     assert "from rank 1" in err and "Traceback" not in err
+
+
+def test_synthetic_inputs_whose_messages_come_late_still_learn():
+    """Across processes the real message can come after Î has already been updated for an earlier one; the
+    old graph then saw weights changed in place, so the prediction is recomputed (in process, never)."""
+    torch.manual_seed(0)
+    model = SyntheticInputModel((4,), (3,), kind="mlp", hidden=8)
+    iface = Interface("a->b", "a", "b", mode="none", synthetic_input=model,
+                      synthetic_input_optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    sources = {step: torch.randn(5, 4) for step in (0, 1)}
+    for step in (0, 1):  # the receiver runs ahead of both messages
+        iface.receive(step, source=sources[step])
+    for step in (0, 1):
+        iface.transport.put_message(Message("a->b", step, torch.zeros(5, 3)))
+    before = float(model(sources[1]).detach().pow(2).mean())
+    iface.collect()  # two updates in a row: the second used to fail (in-place modified weights)
+    assert not iface._predicted_inputs
+    assert float(model(sources[1]).detach().pow(2).mean()) < before
