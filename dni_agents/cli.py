@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pathlib
 import sys
+import traceback
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from dni_agents import __version__
 from dni_agents.config import DRIVERS, ConfigError, bundled_configs, find_config, load_config
+from dni_agents.core.distributed import PeerError
+from dni_agents.launch import cli_command, launch
 
 PROG = "dni-agents"
 
@@ -57,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. trainer.lr=1e-3")
     train.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue this run")
     train.add_argument("--run-dir", type=pathlib.Path, metavar="DIR", help="default: <log.dir>/<name>")
+    train.add_argument("--procs", type=int, default=1, metavar="N",
+                       help="spread the agents over N processes on this machine (torch.distributed)")
     train.set_defaults(handler=_cmd_train)
 
     bench = sub.add_parser("bench", help="run a benchmark suite and write its results")
@@ -93,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.handler(args)
+    except PeerError as exc:  # a peer process died or went silent: not a bug here, and not the user's
+        print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if not is_user_error(exc):
             raise
@@ -105,9 +114,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None and not args.resume.is_dir():
         raise FileNotFoundError(2, "no such run directory", str(args.resume))
     run_dir = args.run_dir or args.resume or pathlib.Path(cfg.log.dir) / cfg.name
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.procs < 1:
+        raise ConfigError(f"--procs: must be >= 1, got {args.procs}")
+    if args.procs > 1 or world > 1:
+        driver = load_driver(cfg.driver)
+        if not hasattr(driver, "train_distributed"):
+            raise ConfigError(f"--procs: driver {cfg.driver!r} cannot run on several processes yet")
+        if args.resume is not None:
+            raise ConfigError("--resume: not supported on several processes yet")
+    if args.procs > 1 and world == 1:  # launch: the children run this same command with RANK/WORLD_SIZE set
+        argv = ["train", args.config, *args.overrides, "--run-dir", str(run_dir)]
+        dc = cfg.distributed
+        return launch(cli_command(argv), args.procs, dc.addr, grace=dc.timeout + 10)
+    if world > 1:  # a child of --procs, or started by torchrun
+        try:
+            metrics = driver.train_distributed(cfg, run_dir=run_dir)
+        except BaseException as exc:  # noqa: BLE001 - reported here, then a hard exit (below)
+            _exit_now(exc)
+        _print_json(metrics)
+        return 0
     metrics = load_driver(cfg.driver).train(cfg, run_dir=run_dir, resume=args.resume)
     _print_json(metrics)
     return 0
+
+
+def _exit_now(exc: BaseException) -> NoReturn:
+    """Report a failed distributed child and end it at once: its receiving threads may still be inside
+    torch.distributed, waiting on a live peer, and tearing the process group down then aborts or hangs."""
+    if isinstance(exc, PeerError) or is_user_error(exc):
+        print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
+    else:
+        traceback.print_exception(exc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2 if is_user_error(exc) else 1)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

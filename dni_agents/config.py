@@ -222,6 +222,16 @@ class HierConfig(_Strict):
     eval_blocks: PosInt = 16  # blocks per evaluation stream
 
 
+class DistributedConfig(_Strict):
+    """Agents on several processes (``dni-agents train CONFIG --procs N`` or ``torchrun``)."""
+
+    placement: dict[str, NonNegInt] | None = None  # agent -> rank; None: contiguous stages (ff)
+    max_staleness: NonNegInt = 0  # a sender runs at most this many steps ahead of its targets; 0: lockstep
+    timeout: PosFloat = 30.0  # seconds to wait for a peer before failing with an error naming it
+    addr: str = "127.0.0.1"  # rendezvous address (--procs); loopback unless asked
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA devices, else gloo
+
+
 class Config(_Strict):
     name: str = "run"  # run folder is <log.dir>/<name>
     driver: Driver
@@ -236,6 +246,7 @@ class Config(_Strict):
     marl: MarlConfig = Field(default_factory=MarlConfig)
     rnn: RNNConfig = Field(default_factory=RNNConfig)
     hier: HierConfig = Field(default_factory=HierConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @field_validator("name")
     @classmethod
@@ -400,6 +411,9 @@ def _check_cross_fields(cfg: Config) -> None:
                 raise ConfigError(
                     f"agents[{i}]: members, policy and candidates are marl settings (driver is {cfg.driver})"
                 )
+    for agent in (cfg.distributed.placement or {}):
+        if agent not in names:
+            raise ConfigError(f"distributed.placement.{agent}: unknown agent {agent!r} (agents: {known})")
     if cfg.driver == "marl":
         if not cfg.agents:
             raise ConfigError(

@@ -83,7 +83,11 @@ class Interface:
         self.messages_sent = 0
         self._sent: dict[int, _Sent] = {}
         self._received: dict[int, torch.Tensor] = {}
-        self._predicted_inputs: dict[int, torch.Tensor] = {}
+        # step -> (Î(source), source, synthetic-input updates so far): the prediction to regress once the real
+        # message comes; recomputed from source if the model was updated meanwhile (a message that arrives
+        # late, from another process), since the old graph then saw weights that have changed in place
+        self._predicted_inputs: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._synthetic_input_updates = 0
 
     @property
     def synthetic(self) -> bool:
@@ -232,7 +236,7 @@ class Interface:
         or, with a synthetic-input model and a ``source``, the predicted message (forward unlocking)."""
         if self.synthetic_input is not None and source is not None:
             predicted = self.synthetic_input(source)
-            self._predicted_inputs[step] = predicted
+            self._predicted_inputs[step] = (predicted, source, self._synthetic_input_updates)
             self._bound(self._predicted_inputs)
             z = predicted.detach()
         else:
@@ -263,11 +267,14 @@ class Interface:
             message = self.transport.take_message(self.name, step)
             if message is None:
                 continue
-            predicted = self._predicted_inputs.pop(step)
+            predicted, source, updates = self._predicted_inputs.pop(step)
             if self.synthetic_input_optimizer is not None:
+                if updates != self._synthetic_input_updates:
+                    predicted = self.synthetic_input(source)
                 self.synthetic_input_optimizer.zero_grad(set_to_none=True)
                 F.mse_loss(predicted, message.tensor).backward()
                 self.synthetic_input_optimizer.step()
+                self._synthetic_input_updates += 1
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

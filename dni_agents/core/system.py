@@ -164,16 +164,21 @@ class System:
         agents: Iterable[Agent],
         interfaces: Iterable[Interface],
         transport: Transport | None = None,
+        remote: Iterable[str] = (),
     ) -> None:
         self.agents: dict[str, Agent] = {}
+        # agents that live in other processes: an interface may have one of them at its other end
+        self.remote: frozenset[str] = frozenset(remote)
         for agent in agents:
             if agent.name in self.agents:
                 raise ValueError(f"two agents are named {agent.name!r}")
             self.agents[agent.name] = agent
         self.interfaces: dict[str, Interface] = {}
         for iface in interfaces:
+            if iface.sender in self.remote and iface.receiver in self.remote:
+                raise ValueError(f"interface {iface.name}: neither end is an agent of this system")
             for role, who in (("sender", iface.sender), ("receiver", iface.receiver)):
-                if who not in self.agents:
+                if who not in self.agents and who not in self.remote:
                     raise ValueError(
                         f"interface {iface.name}: unknown {role} {who!r} (agents: {', '.join(self.agents)})"
                     )
@@ -209,7 +214,7 @@ class System:
             return x
 
         for iface in self.interfaces.values():
-            if iface.mode == "backprop":
+            if iface.mode == "backprop" and iface.sender in parent and iface.receiver in parent:
                 parent[root(iface.sender)] = root(iface.receiver)
         groups: dict[str, list[str]] = {}
         for name in self.agents:
