@@ -40,7 +40,9 @@ from .common import (
     load_checkpoint,
     log_interfaces,
     make_optimizer,
+    merge_rank_checkpoints,
     open_run,
+    rank_files,
     resolve_device,
     save_checkpoint,
     write_report,
@@ -378,12 +380,23 @@ def train(
     return result
 
 
+def train_distributed(cfg: Config, run_dir: Path, log: bool = True, progress: bool = True,
+                      resume: Path | None = None) -> dict:
+    """A on one process, B on another (``--procs 2``): see :mod:`dni_agents.drivers.hier_dist`."""
+    from .hier_dist import train_distributed as on_two_ranks  # it imports this module
+
+    return on_two_ranks(cfg, run_dir, log=log, progress=progress, resume=resume)
+
+
 def evaluate(run_dir: Path) -> dict:
     """``dni-agents eval RUN_DIR``: A's and B's accuracy on held-out digit streams."""
     run_dir = Path(run_dir)
     cfg = load_config(str(run_dir / "config.yaml"))
     device = resolve_device(cfg.device)
-    state = load_checkpoint(run_dir / CHECKPOINT, device)
+    if not (run_dir / CHECKPOINT).is_file() and rank_files(run_dir):  # a run on several processes
+        state = merge_rank_checkpoints(run_dir, device)
+    else:
+        state = load_checkpoint(run_dir / CHECKPOINT, device)
     data, _, make_stream = _streams(cfg)
     hier = build(cfg, data.input_dim, device)
     hier.system.load_state_dict(state["system"])
