@@ -71,7 +71,10 @@ class Route:
     ``block``: the staleness window counts blocks of this many consecutive steps (step ``s`` is in block
     ``s // block``). 1 (default): it counts steps. A sender whose receiver replies only once per several of
     its messages (a slow agent that unrolls over a block of them) needs the block, or a window of 0 would
-    wait for a target the receiver cannot give before it has the rest of the block."""
+    wait for a target the receiver cannot give before it has the rest of the block. The targets of a block
+    are also handed over together (:meth:`TorchDistributed.take_target` returns None while some of the
+    block's are still on their way), so the sender learns from them in one go whatever the arrival timing,
+    as it would in one process."""
 
     name: str
     sender: str
@@ -353,6 +356,9 @@ class TorchDistributed(Transport):
         if not self.is_remote(interface):
             return self.local.take_target(interface, step)
         self.poll()
+        b = self.routes[interface].block
+        if b > 1 and any(p // b == step // b for p in self._awaiting.get(interface, ())):
+            return None  # a block's targets are handed over together, as its receiver replied them
         return self._targets.get(interface, {}).pop(step, None)
 
     def wait_message(self, interface: str, step: int, timeout: float | None = None) -> None:
