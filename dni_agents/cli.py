@@ -121,15 +121,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         driver = load_driver(cfg.driver)
         if not hasattr(driver, "train_distributed"):
             raise ConfigError(f"--procs: driver {cfg.driver!r} cannot run on several processes yet")
-        if args.resume is not None:
-            raise ConfigError("--resume: not supported on several processes yet")
     if args.procs > 1 and world == 1:  # launch: the children run this same command with RANK/WORLD_SIZE set
-        argv = ["train", args.config, *args.overrides, "--run-dir", str(run_dir)]
+        where = ["--resume", str(args.resume)] if args.resume is not None else ["--run-dir", str(run_dir)]
+        argv = ["train", args.config, *args.overrides, *where]
         dc = cfg.distributed
         return launch(cli_command(argv), args.procs, dc.addr, grace=dc.timeout + 10)
     if world > 1:  # a child of --procs, or started by torchrun
         try:
-            metrics = driver.train_distributed(cfg, run_dir=run_dir)
+            metrics = driver.train_distributed(cfg, run_dir=run_dir, resume=args.resume)
         except BaseException as exc:  # noqa: BLE001 - reported here, then a hard exit (below)
             _exit_now(exc)
         _print_json(metrics)

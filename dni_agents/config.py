@@ -220,13 +220,14 @@ class HierConfig(_Strict):
     target_digit: Annotated[int, Field(ge=0, le=9)] = 3  # what B counts
     eval_streams: PosInt = 256  # test-digit streams scored per evaluation
     eval_blocks: PosInt = 16  # blocks per evaluation stream
+    b_delay_s: NonNegFloat = 0.0  # B sleeps this long per tick: a slow B, to measure who waits for whom
 
 
 class DistributedConfig(_Strict):
     """Agents on several processes (``dni-agents train CONFIG --procs N`` or ``torchrun``)."""
 
-    placement: dict[str, NonNegInt] | None = None  # agent -> rank; None: contiguous stages (ff)
-    max_staleness: NonNegInt = 0  # a sender runs at most this many steps ahead of its targets; 0: lockstep
+    placement: dict[str, NonNegInt] | None = None  # agent -> rank; None: stages (ff), A: 0, B: 1 (hier)
+    max_staleness: NonNegInt = 0  # a sender runs at most this many steps (hier: blocks) ahead of its targets
     timeout: PosFloat = 30.0  # seconds to wait for a peer before failing with an error naming it
     addr: str = "127.0.0.1"  # rendezvous address (--procs); loopback unless asked
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA devices, else gloo

@@ -300,3 +300,60 @@ def test_synthetic_inputs_whose_messages_come_late_still_learn():
     iface.collect()  # two updates in a row: the second used to fail (in-place modified weights)
     assert not iface._predicted_inputs
     assert float(model(sources[1]).detach().pow(2).mean()) < before
+
+
+def merged_state(run: Path) -> dict:
+    """The ranks' final checkpoints as one system (each agent and each interface half from its rank)."""
+    from dni_agents.drivers.common import merge_rank_checkpoints
+
+    return merge_rank_checkpoints(run)["system"]
+
+
+def test_a_killed_run_resumes_from_the_ranks_common_checkpoint_and_ends_as_if_never_stopped(tmp_path):
+    overrides = [*TINY, "trainer.steps=400", "trainer.checkpoint_every=10", "distributed.timeout=5",
+                 "interface_defaults.mode=dni", f"log.dir={tmp_path}"]
+    run = tmp_path / "run"
+    port = free_port()
+    procs = [
+        subprocess.Popen(cli_command(["train", "ff_digits", *overrides, "--run-dir", str(run)]),
+                         env=env_for(r, 2, port), cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "checkpoint.rank1.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(p.poll() is None for p in procs), "finished before it could be killed"
+        os.kill(procs[1].pid, signal.SIGKILL)
+        _, err = procs[0].communicate(timeout=30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert procs[0].returncode == 1 and "rank 1 is gone" in err, err
+    assert not (run / "metrics.rank0.json").exists()  # it really stopped mid-run
+
+    assert main(["train", "ff_digits", *overrides, "--procs", "2", "--resume", str(run)]) == 0
+    ranks = rank_metrics(run)
+    assert 0 < ranks[0]["start"] < 400 and ranks[0]["start"] % 10 == 0
+
+    reference = ff.train(load_config("ff_digits", overrides), tmp_path / "single", progress=False)
+    expected = torch.load(Path(reference["run_dir"]) / ff.CHECKPOINT, weights_only=True)["system"]
+    got = merged_state(run)
+    torch.testing.assert_close(got["agents"], expected["agents"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got["interfaces"], expected["interfaces"], rtol=1e-6, atol=1e-7)
+    assert ranks[1]["test_accuracy"] == pytest.approx(reference["test_accuracy"])
+
+    # the multi-process folder evaluates in one process, from the ranks' checkpoints put together
+    assert ff.evaluate(run)["test_accuracy"] == pytest.approx(reference["test_accuracy"])
+    assert main(["eval", str(run)]) == 0
+
+
+def test_resume_needs_a_step_every_rank_has(tmp_path):
+    from dni_agents.drivers.common import common_checkpoint_step
+
+    assert common_checkpoint_step({0: [10, 20, 30], 1: [10, 20]}) == 20
+    with pytest.raises(ConfigError, match="no checkpoint step that every rank has.*rank 1: none"):
+        common_checkpoint_step({0: [10], 1: []})

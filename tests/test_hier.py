@@ -174,3 +174,74 @@ def test_training_logs_messages_with_labels_and_b_learns(tmp_path):
     assert projector["metadata"][0] == ["digit_3_in_window", "digit_3_count", "odd_in_window"]
     assert len(projector["metadata"]) == 41 and projector["shape"] == (40, 8)
     assert main(["eval", result["run_dir"]]) == 0
+
+
+# ------------------------------------------------------------------------------------------ two processes
+needs_gloo = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+TWO = [*SMALL, "log.embedding_samples=0", "distributed.timeout=20"]
+
+
+def without_counters(system: dict) -> dict:
+    """``messages_sent`` is bookkeeping: an in-process backprop edge is live and never counted as sent."""
+    return {**system, "interfaces": {n: {k: v for k, v in i.items() if k != "messages_sent"}
+                                     for n, i in system["interfaces"].items()}}
+
+
+@needs_gloo
+@pytest.mark.parametrize("mode", ["dni", "backprop"])
+def test_two_processes_in_lockstep_equal_the_in_process_run(tmp_path, mode):
+    from dni_agents.drivers.common import merge_rank_checkpoints
+
+    extra = [*TWO, f"log.dir={tmp_path}", "trainer.steps=12", f"interfaces.0.mode={mode}"]
+    if mode == "dni":
+        extra += ["interfaces.1.mode=dni", "interfaces.2.mode=dni"]  # temporal DNI stays on each rank
+    run = tmp_path / "dist"
+    assert main(["train", "hier", *extra, "--procs", "2", "--run-dir", str(run)]) == 0
+    reference = hier.train(load_config("hier", extra), tmp_path / "single", progress=False)
+    expected = torch.load(Path(reference["run_dir"]) / hier.CHECKPOINT, weights_only=True)["system"]
+    got = merge_rank_checkpoints(run)["system"]
+    torch.testing.assert_close(without_counters(got), without_counters(expected), rtol=1e-6, atol=1e-7)
+    # the run folder evaluates in one process, from both ranks' checkpoints
+    assert hier.evaluate(run)["b_accuracy"] == pytest.approx(reference["b_accuracy"])
+
+
+@needs_gloo
+def test_two_processes_resume_from_the_newest_common_checkpoint(tmp_path):
+    from dni_agents.drivers.common import checkpoint_steps, merge_rank_checkpoints
+
+    extra = [*TWO, f"log.dir={tmp_path}", "trainer.steps=9", "trainer.checkpoint_every=3",
+             "interfaces.0.mode=cdni", "interfaces.1.mode=dni", "interfaces.2.mode=dni"]
+    run = tmp_path / "dist"
+    assert main(["train", "hier", *extra, "--procs", "2", "--run-dir", str(run)]) == 0
+    assert checkpoint_steps(run, 0) == checkpoint_steps(run, 1) == [3, 6, 9]
+    (run / "checkpoint.rank0.step9.pt").unlink()  # as if rank 0 died after 6, rank 1 after 9
+    assert main(["train", "hier", *extra, "--procs", "2", "--resume", str(run)]) == 0
+    reference = hier.train(load_config("hier", extra), tmp_path / "single", progress=False)
+    expected = torch.load(Path(reference["run_dir"]) / hier.CHECKPOINT, weights_only=True)["system"]
+    torch.testing.assert_close(merge_rank_checkpoints(run)["system"], expected, rtol=1e-6, atol=1e-7)
+
+
+@needs_gloo
+def test_with_a_slow_b_dni_keeps_a_going_and_backprop_makes_it_wait(tmp_path):
+    from dni_agents.drivers.hier_dist import measure_slow_b
+
+    sizes = ["hier.a_hidden=16", "hier.b_hidden=16", "hier.message_size=8", "trainer.batch_size=8"]
+    rates = {mode: measure_slow_b(mode, b_delay_s=0.02, blocks=8, max_staleness=1, overrides=sizes)
+             for mode in ("backprop", "dni")}
+    # B takes >= 40 ms a block: backprop A waits for it every block; dni A overlaps it with its own work
+    assert rates["backprop"]["blocks_per_s"] < 1 / 0.04
+    assert rates["dni"]["updates_per_s"] >= 1.5 * rates["backprop"]["updates_per_s"]
+
+
+def test_two_process_placement_is_one_agent_per_rank(tmp_path):
+    from dni_agents.drivers.hier_dist import placement_for
+
+    assert placement_for(small(tmp_path), 2) == {"A": 0, "B": 1}
+    assert placement_for(small(tmp_path, "distributed.placement={A: 1, B: 0}"), 2) == {"A": 1, "B": 0}
+    with pytest.raises(ConfigError, match="allowed: 2"):
+        placement_for(small(tmp_path), 3)
+    with pytest.raises(ConfigError, match="one each"):
+        placement_for(small(tmp_path, "distributed.placement={A: 0, B: 0}"), 2)

@@ -7,7 +7,8 @@ arrives to ``(interface, step)``. Messages go forward, targets (true gradients) 
 waits for anybody's backward pass, except as far as the staleness window asks:
 
 * **staleness window** ``max_staleness`` N: a sender never sends the message of step ``s`` before the
-  targets of every step ``<= s - N - 1`` it sent on that interface have come back. N = 0 is lockstep (with
+  targets of every step ``<= s - N - 1`` it sent on that interface have come back (or, for a route with
+  ``block`` b > 1, of every step in blocks ``<= s // b - N - 1``). N = 0 is lockstep (with
   a ``System.settle()`` between steps, the run equals the in-process one bit for bit); larger N lets the
   stages of a pipeline overlap at the price of older targets.
 * **timeouts**: whoever waits (for a message, a target, or room in the window) waits at most ``timeout``
@@ -65,12 +66,25 @@ class PeerError(RuntimeError):
 class Route:
     """One interface as the transport sees it. ``replies=False`` (mode ``none``): no target ever comes
     back, so the receiving rank acknowledges each message it takes instead (a bare header), and the
-    staleness window bounds the sender all the same (otherwise it could run arbitrarily far ahead)."""
+    staleness window bounds the sender all the same (otherwise it could run arbitrarily far ahead).
+
+    ``block``: the staleness window counts blocks of this many consecutive steps (step ``s`` is in block
+    ``s // block``). 1 (default): it counts steps. A sender whose receiver replies only once per several of
+    its messages (a slow agent that unrolls over a block of them) needs the block, or a window of 0 would
+    wait for a target the receiver cannot give before it has the rest of the block. The targets of a block
+    are also handed over together (:meth:`TorchDistributed.take_target` returns None while some of the
+    block's are still on their way), so the sender learns from them in one go whatever the arrival timing,
+    as it would in one process."""
 
     name: str
     sender: str
     receiver: str
     replies: bool = True
+    block: int = 1
+
+    def __post_init__(self) -> None:
+        if self.block < 1:
+            raise ValueError(f"route {self.name}: block must be >= 1, got {self.block}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -342,6 +356,9 @@ class TorchDistributed(Transport):
         if not self.is_remote(interface):
             return self.local.take_target(interface, step)
         self.poll()
+        b = self.routes[interface].block
+        if b > 1 and any(p // b == step // b for p in self._awaiting.get(interface, ())):
+            return None  # a block's targets are handed over together, as its receiver replied them
         return self._targets.get(interface, {}).pop(step, None)
 
     def wait_message(self, interface: str, step: int, timeout: float | None = None) -> None:
@@ -369,17 +386,20 @@ class TorchDistributed(Transport):
         self, step: int, interfaces: Iterable[str] | None = None, timeout: float | None = None
     ) -> None:
         """Block until sending ``step`` keeps within the staleness window: on each remote interface sent
-        from here (or just ``interfaces``), every target of steps ``<= step - max_staleness - 1`` is back."""
+        from here (or just ``interfaces``), every target of steps ``<= step - max_staleness - 1`` is back
+        (counted in the route's blocks)."""
         names = self._awaiting if interfaces is None else interfaces
-        limit = step - self.max_staleness - 1
         for name in list(names):
             pending = self._awaiting.get(name)
             if not pending:
                 continue
-            peer = self.placement[self._route(name).receiver]
+            route = self._route(name)
+            b, limit = route.block, step // route.block - self.max_staleness - 1  # in blocks
+            what = f"step {limit}" if b == 1 else f"block {limit} (steps < {(limit + 1) * b})"
             self._wait_until(
-                lambda pending=pending: not pending or min(pending) > limit, peer,
-                f"the targets of {name} up to step {limit} (staleness window {self.max_staleness})", timeout,
+                lambda pending=pending, b=b, limit=limit: not pending or min(pending) // b > limit,
+                self.placement[route.receiver],
+                f"the targets of {name} up to {what} (staleness window {self.max_staleness})", timeout,
             )
 
     # ------------------------------------------------------------------------------------------ closing

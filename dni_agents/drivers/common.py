@@ -157,3 +157,108 @@ def write_report(out: Path | None, report: dict) -> None:
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out)
+
+
+# ------------------------------------------------------------------------------ several processes (ranks)
+def local_system(full: System, placement: Mapping[str, int], rank: int, transport: Transport) -> System:
+    """This rank's part of ``full`` (built identically on every rank from the seed): its agents, and every
+    interface with at least one end here, all on ``transport``."""
+    mine = [a for name, a in full.agents.items() if placement[name] == rank]
+    names = {a.name for a in mine}
+    ifaces = [i for i in full.interfaces.values() if i.sender in names or i.receiver in names]
+    return System(mine, ifaces, transport, remote=[n for n in full.agents if n not in names])
+
+
+def rank_checkpoint(run_dir: Path, rank: int, step: int | None = None) -> Path:
+    """``checkpoint.rank{r}.pt`` (the newest), or the kept one of ``step``."""
+    name = f"checkpoint.rank{rank}.pt" if step is None else f"checkpoint.rank{rank}.step{step}.pt"
+    return Path(run_dir) / name
+
+
+def save_rank_checkpoint(run_dir: Path, rank: int, step: int, state: dict, keep: int) -> None:
+    """Write rank ``rank``'s checkpoint of ``step`` atomically and keep its ``keep`` newest ones.
+
+    Why several: the ranks write their checkpoints of a step at different moments, so a rank killed
+    between two may leave the others one checkpoint ahead (a checkpoint drains only a rank's own
+    neighbours, so up to one interval per rank in between). A resume takes the newest step that every rank
+    has (:func:`common_checkpoint_step`). ``checkpoint.rank{r}.pt`` is always the newest (a hard link, or a
+    copy where links are not supported)."""
+    kept = rank_checkpoint(run_dir, rank, step)
+    save_checkpoint(kept, {**state, "step": step})
+    latest = rank_checkpoint(run_dir, rank)
+    tmp = latest.with_name(f".{latest.name}.tmp-{os.getpid()}")
+    try:
+        os.link(kept, tmp)
+    except OSError:
+        save_checkpoint(tmp, {**state, "step": step})
+    os.replace(tmp, latest)
+    for old in checkpoint_steps(run_dir, rank)[:-keep]:
+        rank_checkpoint(run_dir, rank, old).unlink(missing_ok=True)
+
+
+def checkpoint_steps(run_dir: Path, rank: int) -> list[int]:
+    """The steps of rank ``rank``'s kept checkpoints, oldest first."""
+    prefix = f"checkpoint.rank{rank}.step"
+    steps = [p.name[len(prefix):-3] for p in Path(run_dir).glob(f"{prefix}*.pt")]
+    return sorted(int(s) for s in steps if s.isdigit())
+
+
+def common_checkpoint_step(steps_by_rank: Mapping[int, list[int]]) -> int:
+    """The newest step every rank has a checkpoint of (a one-line error if there is none)."""
+    common = set.intersection(*(set(s) for s in steps_by_rank.values())) if steps_by_rank else set()
+    if not common:
+        have = "; ".join(f"rank {r}: {s or 'none'}" for r, s in sorted(steps_by_rank.items()))
+        raise ConfigError(f"--resume: no checkpoint step that every rank has ({have})")
+    return max(common)
+
+
+def rank_files(run_dir: Path) -> dict[int, Path]:
+    """The newest checkpoint of every rank of a multi-process run folder (empty for a one-process run)."""
+    out: dict[int, Path] = {}
+    for path in Path(run_dir).glob("checkpoint.rank*.pt"):
+        r = path.name[len("checkpoint.rank"):-3]
+        if r.isdigit():
+            out[int(r)] = path
+    return dict(sorted(out.items()))
+
+
+SENDER_KEYS = ("messages_sent", "utility", "utility_optimizer")  # learned where the message is sent
+
+
+def merge_rank_checkpoints(run_dir: Path, device: torch.device | str = "cpu") -> dict:
+    """One process's checkpoint (``{"step", "system"}``) put together from the ranks' newest ones: each
+    agent from its own rank; each interface's sender half (utility model) from the sender's rank and its
+    receiver half (synthetic input) from the receiver's. All ranks must be at the same step."""
+    files = rank_files(run_dir)
+    if not files:
+        raise FileNotFoundError(2, "no checkpoint (checkpoint.pt or checkpoint.rank*.pt)", str(run_dir))
+    states = {r: load_checkpoint(p, device) for r, p in files.items()}
+    steps = {r: int(s["step"]) for r, s in states.items()}
+    if len(set(steps.values())) != 1:
+        raise ConfigError(f"eval: the ranks' checkpoints are of different steps {steps} (finish the run "
+                          f"with `dni-agents train CONFIG --procs {len(files)} --resume {run_dir}`)")
+    agents: dict = {}
+    for s in states.values():
+        agents.update(s["system"]["agents"])
+    interfaces: dict = {}
+    for s in states.values():
+        mine = s["system"]["agents"]
+        for name, iface in s["system"]["interfaces"].items():
+            sender, receiver = name.split("->")
+            merged = interfaces.setdefault(name, {})
+            for key, value in iface.items():
+                here = (sender if key in SENDER_KEYS else receiver) in mine
+                if here or key not in merged:
+                    merged[key] = value
+    return {"step": next(iter(steps.values())), "system": {"agents": agents, "interfaces": interfaces}}
+
+
+def agree_resume_step(run_dir: Path, rank: int, world_size: int) -> int:
+    """Every rank says which checkpoints it kept; all continue from the newest step they all have. A
+    collective at start-up, before any point-to-point traffic (as the run folder's broadcast is)."""
+    import torch.distributed as dist
+
+    mine = checkpoint_steps(run_dir, rank)
+    everyone: list = [None] * world_size
+    dist.all_gather_object(everyone, mine)
+    return common_checkpoint_step(dict(enumerate(everyone)))

@@ -28,18 +28,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, agent_names, config_to_yaml, load_config, parse_config
-from ..core import Agent, Message, System, Transport
+from ..core import Agent, Message, System
 from ..core.distributed import Route, TorchDistributed, init_process_group
 from ..data import ImageDataset, batches, load_dataset
 from ..logging import RunLogger, make_run_dir
 from .common import (
+    agree_resume_step,
     build_interface,
     load_checkpoint,
+    local_system,
     log_interfaces,
     make_optimizer,
+    merge_rank_checkpoints,
     open_run,
+    rank_checkpoint,
+    rank_files,
     resolve_device,
     save_checkpoint,
+    save_rank_checkpoint,
     write_report,
 )
 
@@ -243,13 +249,17 @@ def train(
 
 
 def evaluate(run_dir: Path) -> dict:
-    """``dni-agents eval RUN_DIR``: test accuracy of the checkpointed chain."""
+    """``dni-agents eval RUN_DIR``: test accuracy of the checkpointed chain (of a run on several processes
+    too: its ranks' checkpoints put together, evaluated in this one process)."""
     run_dir = Path(run_dir)
     cfg = load_config(str(run_dir / "config.yaml"))
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.ff.dataset, cfg.ff.data_root)
     system = build_system(cfg, data, device)
-    state = load_checkpoint(run_dir / CHECKPOINT, device)
+    if not (run_dir / CHECKPOINT).is_file() and rank_files(run_dir):
+        state = merge_rank_checkpoints(run_dir, device)
+    else:
+        state = load_checkpoint(run_dir / CHECKPOINT, device)
     system.load_state_dict(state["system"])
     metrics = evaluate_chain(system, data.x_test.to(device), data.y_test.to(device))
     return {"run_dir": str(run_dir), "step": int(state["step"]), **metrics}
@@ -382,15 +392,6 @@ def placement_for(cfg: Config, world_size: int) -> dict[str, int]:
     return dict(placement)
 
 
-def local_system(full: System, placement: dict[str, int], rank: int, transport: Transport) -> System:
-    """This rank's part of ``full`` (built identically on every rank from the seed): its agents, and every
-    interface with at least one end here, all on ``transport``."""
-    mine = [a for name, a in full.agents.items() if placement[name] == rank]
-    names = {a.name for a in mine}
-    ifaces = [i for i in full.interfaces.values() if i.sender in names or i.receiver in names]
-    return System(mine, ifaces, transport, remote=[n for n in full.agents if n not in names])
-
-
 def train_step_distributed(
     system: System, transport: TorchDistributed, chain: list[str], step: int, x: torch.Tensor,
     y: torch.Tensor, num_classes: int,
@@ -470,21 +471,38 @@ def evaluate_pipeline(
     return {"test_accuracy": correct / len(x), "test_loss": total_loss / len(x)}
 
 
+def drain(system: System, transport: TorchDistributed, step: int) -> None:
+    """After ``step``: wait until nothing of steps ``<= step`` is in flight across the process boundary
+    (every target back, every real input that a synthetic one learns from here) and learn from it all.
+    A checkpoint is written only then, so it holds everything an exact resume needs. With
+    ``max_staleness=0`` this is what the next step would do first anyway, so it changes nothing."""
+    transport.throttle(step + 1 + transport.max_staleness)
+    for iface in system.interfaces.values():
+        if iface.receiver in system.agents and iface.synthetic_input is not None and transport.is_remote(
+            iface.name
+        ):
+            transport.wait_message(iface.name, step)
+    system.settle()
+
+
 def train_distributed(
     cfg: Config,
     run_dir: Path,
     data: ImageDataset | None = None,
     log: bool = True,
     progress: bool = True,
+    resume: Path | None = None,
 ) -> dict:
     """This process's share of a run whose layers are spread over the ranks of a process group (started
     by ``dni-agents train CONFIG --procs N`` or ``torchrun``; RANK/WORLD_SIZE/MASTER_* in the environment).
 
     Every rank builds the whole system from the seed (so parameters are the in-process ones) and keeps its
     own layers; every rank replays the same batch stream, so labels never travel. Rank 0 creates the run
-    folder; rank r writes ``checkpoint.rank{r}.pt`` (its agents and interfaces) and ``metrics.rank{r}.json``,
-    and logs under ``rank{r}``. The top layer's rank has the test metrics (of the chain, evaluated at the
-    end only)."""
+    folder; rank r writes ``checkpoint.rank{r}.pt`` (its agents and interfaces, every
+    ``trainer.checkpoint_every`` steps and at the end, each after a :func:`drain`) and
+    ``metrics.rank{r}.json``, and logs under ``rank{r}``. ``resume``: continue that run folder from the
+    newest step every rank has a checkpoint of. The top layer's rank has the test metrics (of the chain,
+    evaluated at the end only)."""
     dc = cfg.distributed
     device = resolve_device(cfg.device)
     backend = dc.backend if dc.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
@@ -498,21 +516,41 @@ def train_distributed(
     chain = list(full.agents)
     routes = [Route(i.name, i.sender, i.receiver, replies=i.mode != "none")
               for i in full.interfaces.values()]
+    system_state, start, first_loss, seconds = None, 0, None, 0.0
+    if resume is not None:
+        run_path = Path(resume)
+        start = agree_resume_step(run_path, rank, world)
+        state = load_checkpoint(rank_checkpoint(run_path, rank, start), device)
+        if state.get("placement") != placement:
+            raise ConfigError(f"--resume: rank {rank} held {state.get('placement')} but now {placement} "
+                              f"(resume with the same --procs and distributed.placement)")
+        system_state, first_loss, seconds = state["system"], state.get("first_loss"), state["seconds"]
+    else:
+        shared = [str(make_run_dir(Path(run_dir).parent, Path(run_dir).name)) if log and rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)  # one string, between the processes of this run
+        run_path = Path(shared[0]) if shared[0] else Path(run_dir)
     transport = TorchDistributed(placement, routes, max_staleness=dc.max_staleness, timeout=dc.timeout,
                                  device=device if backend == "nccl" else "cpu", deliver_to=device)
     system = local_system(full, placement, rank, transport)
-    shared = [str(make_run_dir(Path(run_dir).parent, Path(run_dir).name)) if log and rank == 0 else None]
-    dist.broadcast_object_list(shared, src=0)  # one string, between the processes of this run
-    run_path = Path(shared[0]) if shared[0] else Path(run_dir)
+    if system_state is not None:
+        system.load_state_dict(system_state)
     log_dir = run_path if rank == 0 else run_path / f"rank{rank}"
     logger = RunLogger(log_dir, config_to_yaml(cfg) if rank == 0 else None, enabled=log)
 
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     tc = cfg.trainer
-    stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed))
-    bar = tqdm(range(tc.steps), desc=f"{cfg.name} rank {rank}", disable=not progress or rank != 0,
+    stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
+    bar = tqdm(range(start, tc.steps), desc=f"{cfg.name} rank {rank}", disable=not progress or rank != 0,
                leave=False, unit="step")
     losses: list[float] = []
+    keep = world + 1
+
+    def save(step: int) -> None:
+        save_rank_checkpoint(run_path, rank, step, {
+            "placement": placement, "system": system.state_dict(), "seconds": seconds,
+            "first_loss": losses[0] if losses and first_loss is None else first_loss,
+        }, keep)
+
     t0 = time.perf_counter()
     for step in bar:
         x, y = next(stream)
@@ -527,23 +565,27 @@ def train_distributed(
             log_interfaces(logger, system, step)
         elif not log:
             system.drain_stats()
-    transport.throttle(tc.steps + dc.max_staleness)  # the last targets: every step's are back
-    for iface in system.interfaces.values():  # and every real input a synthetic one learns from
-        if iface.receiver in system.agents and iface.synthetic_input is not None and tc.steps:
-            transport.wait_message(iface.name, tc.steps - 1)
-    system.settle()
-    seconds = time.perf_counter() - t0
-    metrics: dict = {"rank": rank, "agents": list(system.agents), "steps": tc.steps,
-                     "steps_per_s": tc.steps / max(seconds, 1e-9), "max_in_flight": transport.max_in_flight}
+        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
+            drain(system, transport, step)
+            seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(step + 1)
+    if tc.steps:
+        drain(system, transport, tc.steps - 1)  # the last targets, and real inputs Î learns from
+    seconds += time.perf_counter() - t0
+    metrics: dict = {"rank": rank, "agents": list(system.agents), "steps": tc.steps, "start": start,
+                     "steps_per_s": (tc.steps - start) / max(seconds, 1e-9),
+                     "max_in_flight": transport.max_in_flight}
+    if losses or first_loss is not None:
+        metrics["train_loss_first"] = first_loss if first_loss is not None else losses[0]
     if losses:
-        metrics["train_loss_first"], metrics["train_loss_last"] = losses[0], losses[-1]
+        metrics["train_loss_last"] = losses[-1]
     metrics.update(evaluate_pipeline(system, transport, chain, data.x_test.to(device),
                                      data.y_test.to(device)))
     if log:
         if "test_accuracy" in metrics:
             logger.scalars("eval", {k: metrics[k] for k in ("test_accuracy", "test_loss")}, tc.steps)
-        save_checkpoint(run_path / f"checkpoint.rank{rank}.pt",
-                        {"step": tc.steps, "placement": placement, "system": system.state_dict()})
+        save(tc.steps)
         metrics["run_dir"] = str(run_path)
         write_report(run_path / f"metrics.rank{rank}.json", metrics)
     logger.close()

@@ -33,14 +33,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, interface_config, load_config
-from ..core import Agent, Interface, System
+from ..core import Agent, Interface, System, Tick
 from ..data import load_dataset
 from .common import (
     build_interface,
     load_checkpoint,
     log_interfaces,
     make_optimizer,
+    merge_rank_checkpoints,
     open_run,
+    rank_files,
     resolve_device,
     save_checkpoint,
     write_report,
@@ -184,58 +186,74 @@ class Carry:
     b_state: torch.Tensor | None = None
 
 
-def train_block(hier: Hier, block: Block, first_window: int, carry: Carry, T: int) -> dict:
+def a_window(hier: Hier, tick: Tick, block: Block, steps: list[int], j: int, first_window: int, carry: Carry,
+             stats: dict, T: int) -> None:
+    """A's window ``j`` of the block in ``tick``: its own loss, and its message (and state) sent at
+    ``steps[j]``."""
+    start = carry.a_state if first_window + j == 0 else tick.receive(hier.a_self, step=steps[j] - T)
+    logits, final, message = hier.a(block.x[:, j], start)
+    loss = F.cross_entropy(logits, block.odd[:, j])
+    tick.add_loss(loss)
+    context = F.one_hot(block.count[:, j], hier.b.readout.out_features).float()
+    tick.send(hier.message, message, context=context, step=steps[j])
+    tick.send(hier.a_self, final, step=steps[j])
+    carry.a_state = final.detach()
+    stats[f"a_loss_{j}"] = loss.item()
+    stats[f"a_correct_{j}"] = (logits.argmax(-1) == block.odd[:, j]).float().mean().item()
+
+
+def b_unroll(hier: Hier, tick: Tick, block: Block, steps: list[int], first_window: int, carry: Carry,
+             stats: dict, T: int, delay_s: float = 0.0) -> None:
+    """B's unroll over the block's messages in ``tick`` (one B tick per A window; ``delay_s`` of sleep per
+    tick makes B artificially slow, for measurements)."""
+    n_classes = hier.b.readout.out_features
+    start = carry.b_state if first_window == 0 else tick.receive(hier.b_self, step=steps[0] - T)
+    messages = torch.stack([tick.receive(hier.message, step=s) for s in steps], 1)
+    if delay_s:
+        time.sleep(delay_s * len(steps))
+    out, _, final = hier.b(messages, start)
+    loss = F.cross_entropy(out.reshape(-1, n_classes), block.count.reshape(-1))
+    tick.add_loss(loss)
+    tick.send(hier.b_self, final, step=steps[-1])
+    carry.b_state = final.detach()
+    stats["b_loss"] = loss.item()
+    stats["b_accuracy"] = (out.argmax(-1) == block.count).float().mean().item()
+    stats["messages"] = messages.detach()
+
+
+def block_metrics(stats: dict, U: int) -> dict:
+    """The block's stats as ``train_block`` returns them (A's averaged over its windows; B's if B ran)."""
+    out: dict = {}
+    if "a_loss_0" in stats:
+        out["a_loss"] = sum(stats[f"a_loss_{j}"] for j in range(U)) / U
+        out["a_accuracy"] = sum(stats[f"a_correct_{j}"] for j in range(U)) / U
+    for key in ("b_loss", "b_accuracy", "messages"):
+        if key in stats:
+            out[key] = stats[key]
+    return out
+
+
+def train_block(hier: Hier, block: Block, first_window: int, carry: Carry, T: int, delay_s: float = 0.0
+                ) -> dict:
     """One block: A's ``U`` windows (each its own tick, unless backprop couples A to B) and B's unroll over
     their messages. Returns the block's losses, accuracies and the messages B received."""
     U = block.x.shape[1]
     steps = [tick_step(first_window + j, T) for j in range(U)]
-    n_classes = hier.b.readout.out_features
-    stats: dict[str, float] = {}
-
-    def a_window(tick, j: int) -> None:
-        start = carry.a_state if first_window + j == 0 else tick.receive(hier.a_self, step=steps[j] - T)
-        logits, final, message = hier.a(block.x[:, j], start)
-        loss = F.cross_entropy(logits, block.odd[:, j])
-        tick.add_loss(loss)
-        context = F.one_hot(block.count[:, j], n_classes).float()
-        tick.send(hier.message, message, context=context, step=steps[j])
-        tick.send(hier.a_self, final, step=steps[j])
-        carry.a_state = final.detach()
-        stats[f"a_loss_{j}"] = loss.item()
-        stats[f"a_correct_{j}"] = (logits.argmax(-1) == block.odd[:, j]).float().mean().item()
-
-    def b_unroll(tick) -> None:
-        start = carry.b_state if first_window == 0 else tick.receive(hier.b_self, step=steps[0] - T)
-        messages = torch.stack([tick.receive(hier.message, step=s) for s in steps], 1)
-        out, _, final = hier.b(messages, start)
-        loss = F.cross_entropy(out.reshape(-1, n_classes), block.count.reshape(-1))
-        tick.add_loss(loss)
-        tick.send(hier.b_self, final, step=steps[-1])
-        carry.b_state = final.detach()
-        stats["b_loss"] = loss.item()
-        stats["b_accuracy"] = (out.argmax(-1) == block.count).float().mean().item()
-        stats["messages"] = messages.detach()
-
+    stats: dict = {}
     system = hier.system
     if hier.joint:  # A must wait for B's backward pass: one tick for the whole block
         with system.tick([A, B], steps[-1]) as tick:
             for j in range(U):
-                a_window(tick, j)
-            b_unroll(tick)
+                a_window(hier, tick, block, steps, j, first_window, carry, stats, T)
+            b_unroll(hier, tick, block, steps, first_window, carry, stats, T, delay_s)
     else:  # A updates at the end of every window; B when its unroll ends
         for j in range(U):
             with system.tick(A, steps[j]) as tick:
-                a_window(tick, j)
+                a_window(hier, tick, block, steps, j, first_window, carry, stats, T)
         with system.tick(B, steps[-1]) as tick:
-            b_unroll(tick)
+            b_unroll(hier, tick, block, steps, first_window, carry, stats, T, delay_s)
     system.check_settled()
-    return {
-        "a_loss": sum(stats[f"a_loss_{j}"] for j in range(U)) / U,
-        "a_accuracy": sum(stats[f"a_correct_{j}"] for j in range(U)) / U,
-        "b_loss": stats["b_loss"],
-        "b_accuracy": stats["b_accuracy"],
-        "messages": stats["messages"],
-    }
+    return block_metrics(stats, U)
 
 
 @torch.no_grad()
@@ -327,7 +345,7 @@ def train(
         t0 = time.perf_counter()
         block = stream.block(generator)
         block = Block(*(t.to(device) for t in (block.x, block.odd, block.count, block.window_count)))
-        metrics = train_block(hier, block, step * U, carry, T)
+        metrics = train_block(hier, block, step * U, carry, T, h.b_delay_s)
         seconds += time.perf_counter() - t0
         bar.update(1)
         if log and (step + 1) % cfg.log.every == 0:
@@ -362,12 +380,23 @@ def train(
     return result
 
 
+def train_distributed(cfg: Config, run_dir: Path, log: bool = True, progress: bool = True,
+                      resume: Path | None = None) -> dict:
+    """A on one process, B on another (``--procs 2``): see :mod:`dni_agents.drivers.hier_dist`."""
+    from .hier_dist import train_distributed as on_two_ranks  # it imports this module
+
+    return on_two_ranks(cfg, run_dir, log=log, progress=progress, resume=resume)
+
+
 def evaluate(run_dir: Path) -> dict:
     """``dni-agents eval RUN_DIR``: A's and B's accuracy on held-out digit streams."""
     run_dir = Path(run_dir)
     cfg = load_config(str(run_dir / "config.yaml"))
     device = resolve_device(cfg.device)
-    state = load_checkpoint(run_dir / CHECKPOINT, device)
+    if not (run_dir / CHECKPOINT).is_file() and rank_files(run_dir):  # a run on several processes
+        state = merge_rank_checkpoints(run_dir, device)
+    else:
+        state = load_checkpoint(run_dir / CHECKPOINT, device)
     data, _, make_stream = _streams(cfg)
     hier = build(cfg, data.input_dim, device)
     hier.system.load_state_dict(state["system"])

@@ -1,0 +1,263 @@
+"""The hierarchical driver on two processes: A on one rank, B on the other, ``A -> B`` over
+:class:`TorchDistributed`; the temporal channels ``A -> A`` and ``B -> B`` stay in process on their rank.
+
+Both ranks regenerate the same digit stream from the seed, so labels never travel; only A's messages go
+forward and B's true gradients for them come back. The staleness window (``distributed.max_staleness``)
+counts *blocks* here (B's updates): B replies to a whole block's messages at once, so a window of steps
+would make A wait for a target that B cannot give yet.
+
+==========  ============================================================================================
+dni, cdni   A updates at the end of every window with ĝ and goes on; it waits only when the window is
+            full (the targets of block ``k - N - 1`` not back when it starts block ``k``). With N = 0 each
+            block begins once the last one's targets are back and learned from: the in-process run.
+backprop    A's windows of a block form one tick that keeps the graph; it updates once B's true
+            gradients for all the block's messages are back, together with its own losses (the in-process
+            joint tick, split at the process boundary): A waits for B.
+none        no gradient crosses; B acknowledges each message so the window bounds A all the same.
+==========  ============================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..config import Config, ConfigError, config_to_yaml
+from ..core.distributed import Route, TorchDistributed, init_process_group
+from ..launch import cli_command, launch
+from ..logging import RunLogger, make_run_dir
+from .common import (
+    agree_resume_step,
+    load_checkpoint,
+    local_system,
+    log_interfaces,
+    rank_checkpoint,
+    resolve_device,
+    save_rank_checkpoint,
+    write_report,
+)
+from .hier import (
+    A_SELF,
+    B_SELF,
+    MESSAGE,
+    A,
+    B,
+    Block,
+    Carry,
+    Hier,
+    _streams,
+    a_window,
+    b_unroll,
+    block_metrics,
+    build,
+    tick_step,
+)
+
+
+def placement_for(cfg: Config, world_size: int) -> dict[str, int]:
+    """``distributed.placement`` (default A on rank 0, B on rank 1): one agent per rank, two ranks."""
+    if world_size != 2:
+        raise ConfigError(f"--procs: hier runs A and B on 2 processes, got {world_size} (allowed: 2)")
+    placement = dict(cfg.distributed.placement or {A: 0, B: 1})
+    missing = [n for n in (A, B) if n not in placement]
+    if missing:
+        raise ConfigError(f"distributed.placement: no rank for {', '.join(missing)} (give A and B one)")
+    if sorted(placement.values()) != [0, 1]:
+        raise ConfigError(f"distributed.placement: {placement} (allowed: A and B on ranks 0 and 1, one each)")
+    return placement
+
+
+def train_block_rank(
+    hier: Hier, transport: TorchDistributed, block: Block, first_window: int, carry: Carry, T: int,
+    delay_s: float = 0.0,
+) -> dict:
+    """This rank's part of one block (``hier.system`` holds this rank's agent only)."""
+    system = hier.system
+    U = block.x.shape[1]
+    steps = [tick_step(first_window + j, T) for j in range(U)]
+    stats: dict = {}
+    if A in system.agents:
+        transport.throttle(steps[0], [MESSAGE])  # the window: the targets of old blocks are back...
+        system.settle()  # ...and learned from (in process: as B's update ends)
+        if hier.message.locked:  # backprop: one tick keeps the block's graph until B's gradients are back
+            with system.tick(A, steps[-1]) as tick:
+                for j in range(U):
+                    a_window(hier, tick, block, steps, j, first_window, carry, stats, T)
+            for step in steps:
+                transport.wait_target(MESSAGE, step)
+            system.settle()
+        else:  # A updates at the end of every window, waiting for nobody
+            for j in range(U):
+                with system.tick(A, steps[j]) as tick:
+                    a_window(hier, tick, block, steps, j, first_window, carry, stats, T)
+    if B in system.agents:
+        for step in steps:
+            transport.wait_message(MESSAGE, step)
+        with system.tick(B, steps[-1]) as tick:
+            b_unroll(hier, tick, block, steps, first_window, carry, stats, T, delay_s)
+    system.check_settled()
+    return block_metrics(stats, U)
+
+
+def drain(hier: Hier, transport: TorchDistributed, blocks: int, T: int, U: int) -> None:
+    """Wait until every target of the first ``blocks`` blocks is back (on A's rank) and learn from them:
+    nothing is then in flight across the process boundary, so a checkpoint holds all a resume needs.
+    With ``max_staleness=0`` the next block would do just this first, so it changes nothing."""
+    if blocks and A in hier.system.agents:
+        transport.throttle(tick_step((blocks + transport.max_staleness) * U, T), [MESSAGE])
+    hier.system.settle()
+
+
+def train_distributed(
+    cfg: Config, run_dir: Path, log: bool = True, progress: bool = True, resume: Path | None = None
+) -> dict:
+    """This process's share of a hier run on two ranks (``dni-agents train hier --procs 2`` or
+    ``torchrun``). Rank r writes ``checkpoint.rank{r}.pt`` (every ``trainer.checkpoint_every`` blocks,
+    after a :func:`drain`, and at the end) and ``metrics.rank{r}.json``. A's rank reports A's updates and
+    windows per second, timed until its last window (not the final wait for B). No evaluation during
+    the run: ``dni-agents eval RUN_DIR`` evaluates the ranks' checkpoints put together."""
+    dc, h, tc = cfg.distributed, cfg.hier, cfg.trainer
+    device = resolve_device(cfg.device)
+    backend = dc.backend if dc.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    rank, world = init_process_group(backend=backend, timeout=dc.timeout)
+    placement = placement_for(cfg, world)
+    torch.manual_seed(cfg.seed)  # as hier.train: the same parameters on both ranks and in process
+    data, stream, _ = _streams(cfg)
+    full = build(cfg, data.input_dim, device)
+    T, U = h.period, h.b_truncation
+    routes = [Route(MESSAGE, A, B, replies=full.message.mode != "none", block=T * U),
+              Route(A_SELF, A, A), Route(B_SELF, B, B)]
+    capacity = max(1024, 2 * U * (dc.max_staleness + 2))  # B's buffer holds the whole window's messages
+    start, seconds, ckpt = 0, 0.0, None
+    if resume is not None:
+        run_path = Path(resume)
+        start = agree_resume_step(run_path, rank, world)
+        ckpt = load_checkpoint(rank_checkpoint(run_path, rank, start), device)
+        if ckpt.get("placement") != placement:
+            raise ConfigError(f"--resume: rank {rank} held {ckpt.get('placement')} but now {placement} "
+                              f"(resume with the same distributed.placement)")
+    else:
+        shared = [str(make_run_dir(Path(run_dir).parent, Path(run_dir).name)) if log and rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        run_path = Path(shared[0]) if shared[0] else Path(run_dir)
+    transport = TorchDistributed(placement, routes, max_staleness=dc.max_staleness, timeout=dc.timeout,
+                                 capacity=capacity, device=device if backend == "nccl" else "cpu",
+                                 deliver_to=device)
+    system = local_system(full.system, placement, rank, transport)
+    hier = Hier(system, full.a, full.b, full.message, full.a_self, full.b_self)
+    mine = next(iter(system.agents))
+    own_self = hier.a_self if mine == A else hier.b_self
+    carry = Carry(torch.zeros(tc.batch_size, h.a_hidden, device=device),
+                  torch.zeros(tc.batch_size, h.b_hidden, device=device))
+    if ckpt is not None:
+        system.load_state_dict(ckpt["system"])
+        stream.load_state_dict(ckpt["stream"])
+        seconds, carry = float(ckpt["seconds"]), Carry(ckpt["a_state"], ckpt["b_state"])
+        if start:  # the state this rank's agent sent to its own next block (in process, as hier.train)
+            own_self.restore_in_flight(ckpt[f"{mine}_state".lower()], tick_step(start * U - 1, T),
+                                       prediction=ckpt["prediction"])
+    log_dir = run_path if rank == 0 else run_path / f"rank{rank}"
+    logger = RunLogger(log_dir, config_to_yaml(cfg) if rank == 0 else None, enabled=log)
+
+    def save(step: int) -> None:
+        save_rank_checkpoint(run_path, rank, step, {
+            "placement": placement, "system": system.state_dict(), "stream": stream.state_dict(),
+            "seconds": seconds, "a_state": carry.a_state, "b_state": carry.b_state,
+            "prediction": own_self.in_flight(tick_step(step * U - 1, T)),
+        }, keep=world + 1)
+
+    bar = tqdm_blocks(cfg, start, rank, progress)
+    first: dict = {}
+    last: dict = {}
+    t0 = time.perf_counter()
+    for step in range(start, tc.steps):
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        block = stream.block(generator)
+        block = Block(*(t.to(device) for t in (block.x, block.odd, block.count, block.window_count)))
+        last = train_block_rank(hier, transport, block, step * U, carry, T, h.b_delay_s)
+        first = first or last
+        bar.update(1)
+        if log and (step + 1) % cfg.log.every == 0:
+            if "a_loss" in last:
+                logger.agent(A, {"loss": last["a_loss"], "accuracy": last["a_accuracy"]}, step + 1)
+            if "b_loss" in last:
+                logger.agent(B, {"loss": last["b_loss"], "accuracy": last["b_accuracy"]}, step + 1)
+            log_interfaces(logger, system, step + 1)
+        else:
+            system.drain_stats()
+        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
+            drain(hier, transport, step + 1, T, U)
+            seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(step + 1)
+    own_seconds = seconds + time.perf_counter() - t0  # until this rank's last tick: A never waits at the end
+    drain(hier, transport, tc.steps, T, U)
+    seconds += time.perf_counter() - t0
+    bar.close()
+    blocks = tc.steps - start
+    updates = blocks * (1 if mine == B or hier.message.locked else U)
+    metrics: dict = {"rank": rank, "agents": [mine], "method": hier.message.mode, "steps": tc.steps,
+                     "start": start, "seconds": own_seconds, "blocks_per_s": blocks / max(own_seconds, 1e-9),
+                     "updates": updates, "updates_per_s": updates / max(own_seconds, 1e-9),
+                     "max_in_flight": transport.max_in_flight}
+    if mine == A:
+        metrics["windows_per_s"] = blocks * U / max(own_seconds, 1e-9)
+    for key in ("a_loss", "a_accuracy", "b_loss", "b_accuracy"):
+        if key in last:
+            metrics[f"train_{key}_first"], metrics[f"train_{key}_last"] = first[key], last[key]
+    if log:
+        save(tc.steps)
+        metrics["run_dir"] = str(run_path)
+        write_report(run_path / f"metrics.rank{rank}.json", metrics)
+    logger.close()
+    transport.close()
+    dist.destroy_process_group()
+    return metrics
+
+
+def tqdm_blocks(cfg: Config, start: int, rank: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.trainer.steps, initial=start, desc=f"{cfg.name} rank {rank}",
+                disable=not progress or rank != 0, leave=False, unit="block")
+
+
+def measure_slow_b(
+    mode: str,
+    b_delay_s: float,
+    blocks: int = 40,
+    max_staleness: int | None = None,
+    overrides: list[str] = (),
+    timeout: float = 60.0,
+) -> dict:
+    """Run hier on 2 processes (A on rank 0, B on rank 1) with B sleeping ``b_delay_s`` per tick, and
+    return A's rate: ``updates_per_s`` (A's optimizer steps: one per window with dni, one per block with
+    backprop), ``windows_per_s`` (digits A gets through / T: the comparable throughput) and
+    ``blocks_per_s``, with B's ``b_blocks_per_s``. Under ``backprop`` A waits for B every block; under
+    ``dni`` only when ``max_staleness`` (in blocks; None: never, the window spans the run) is full.
+    ``mode``: none, backprop, dni or cdni on ``A -> B``; ``overrides``: more ``KEY=VALUE`` (sizes)."""
+    window = blocks if max_staleness is None else max_staleness
+    with tempfile.TemporaryDirectory(prefix="dni-slow-b-") as tmp:
+        argv = ["train", "hier", f"interfaces.0.mode={mode}", f"hier.b_delay_s={b_delay_s}",
+                f"trainer.steps={blocks}", "trainer.eval_every=0", "trainer.checkpoint_every=0",
+                f"distributed.max_staleness={window}", f"distributed.timeout={timeout}",
+                "log.embedding_samples=0", f"log.every={max(blocks, 1)}", f"log.dir={tmp}", "name=slow_b",
+                *overrides, "--run-dir", str(Path(tmp) / "slow_b")]
+        status = launch(cli_command(argv), 2, grace=timeout + 10)
+        if status != 0:
+            raise RuntimeError(f"measure_slow_b({mode!r}): the 2-process run failed (exit status {status})")
+        ranks = [json.loads((Path(tmp) / "slow_b" / f"metrics.rank{r}.json").read_text()) for r in (0, 1)]
+    a = next(m for m in ranks if m["agents"] == [A])
+    b = next(m for m in ranks if m["agents"] == [B])
+    return {"mode": mode, "b_delay_s": b_delay_s, "blocks": blocks, "max_staleness": window,
+            "updates_per_s": a["updates_per_s"], "windows_per_s": a["windows_per_s"],
+            "blocks_per_s": a["blocks_per_s"], "b_blocks_per_s": b["blocks_per_s"], "a_seconds": a["seconds"]}
