@@ -4,6 +4,7 @@ blocks; runs resume exactly; the messages reach TensorBoard with their labels.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,16 @@ def test_two_process_placement_is_one_agent_per_rank(tmp_path):
         placement_for(small(tmp_path), 3)
     with pytest.raises(ConfigError, match="one each"):
         placement_for(small(tmp_path, "distributed.placement={A: 0, B: 0}"), 2)
+
+
+def test_quick_bench_runs_every_method_and_writes_records(tmp_path):
+    out = Path(tmp_path) / "hier.json"
+    tiny = [*SMALL, "trainer.steps=4", "trainer.eval_every=2", f"log.dir={tmp_path}"]
+    result = hier.bench(quick=True, out=out, seeds=1, overrides=tiny)
+    report = json.loads(out.read_text())
+    labels = {(r["method"], r["temporal_dni"]) for r in report["results"]}
+    assert labels == {("none", False), ("backprop", False), ("dni", False), ("cdni", False), ("dni", True)}
+    for r in report["results"]:
+        assert {"method", "T", "K", "a_accuracy", "b_accuracy", "steps", "wall_s"} <= set(r)
+        assert 0.0 <= r["b_accuracy"] <= 1.0
+    assert len(result["summary"]) == 5 and out.with_suffix(".png").is_file()

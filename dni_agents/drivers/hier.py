@@ -425,7 +425,7 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
                 continue
             cfg = load_config("hier", [*METHODS[method], *TEMPORAL[temporal], f"trainer.steps={steps}",
                                        f"trainer.eval_every={steps // 10}", *overrides, f"seed={seed}",
-                                       f"name=bench_{label}"])
+                                       f"name=bench_{label.replace('+', '_')}"])
             t0 = time.perf_counter()
             res = train(cfg, Path("runs") / cfg.name, log=False, progress=False)
             wall = time.perf_counter() - t0
