@@ -1,6 +1,6 @@
 """``dni-agents bench parallel``: does decoupling buy wall-clock speed when stages run in parallel?
 
-One wide MLP (784 → W → … → W → 10, ReLU, no batch-norm), cut into two stages, trained on real data by
+One wide MLP (784 → W → … → W → 10, batch-norm, ReLU), cut into two stages, trained on real data by
 five methods, side by side, each on the same number of samples (the same batches in the same order), each
 process on one core unless said otherwise:
 
@@ -13,6 +13,7 @@ process on one core unless said otherwise:
                        short trial and the fastest trains
 ``dni_full``           DNI over two processes: the ff driver's distributed step on our
                        ``TorchDistributed`` transport, a same-width linear utility model at the cut
+                       (conditioned on the label, cDNI, unless ``mode=dni``)
 ``dni_lowrank``        the same with a rank-``rank`` linear utility model
 =====================  ===============================================================================
 
@@ -52,6 +53,7 @@ from .launch import launch
 
 METHODS = ("backprop_2threads", "backprop_1thread", "pipelining", "dni_full", "dni_lowrank")
 REFERENCES = {"dni_full": "dni_full_inprocess", "dni_lowrank": "dni_lowrank_inprocess"}
+MAY_BE_ZERO = ("seed", "max_staleness")
 RECORD_KEYS = ("method", "samples_per_s", "accuracy", "wall_s", "curve")
 
 
@@ -65,10 +67,12 @@ class Setup:
     split: int = 3
     batch_size: int = 256
     samples: int = 120_000  # per method: 2 epochs of Fashion-MNIST
+    batch_norm: bool = True  # BatchNorm1d after every hidden Linear (as the paper's FCNs)
+    mode: str = "cdni"  # the utility model also sees the one-hot label; dni: the message only
     lr: float = 1e-4
     utility_lr: float = 1e-4
     rank: int = 32  # of the low-rank utility model
-    max_staleness: int = 2
+    max_staleness: int = 1  # enough to overlap two balanced stages; each step more costs accuracy
     micro_batches: tuple[int, ...] = (2, 4, 8)
     pipe_schedule: str = "gpipe"  # or 1f1b
     pipe_trial_steps: int = 20
@@ -105,14 +109,16 @@ def apply_overrides(setup: Setup, overrides: Sequence[str]) -> Setup:
         if not sep or key not in fields:
             raise ConfigError(f"bench parallel: unknown setting {key!r} (allowed: {', '.join(fields)})")
         value, default = yaml.safe_load(text), getattr(setup, key)
-        if isinstance(default, tuple):
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
             ok = all(isinstance(v, int) and v > 0 for v in value)
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             value = float(value) if ok else value
         elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or key == "seed")
+            ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or key in MAY_BE_ZERO)
         else:
             ok = isinstance(value, str)
         if not ok:
@@ -121,6 +127,8 @@ def apply_overrides(setup: Setup, overrides: Sequence[str]) -> Setup:
     setup = dataclasses.replace(setup, **changes)
     if not 1 <= setup.split <= setup.hidden_layers:
         raise ConfigError(f"bench parallel: split must be in 1..hidden_layers={setup.hidden_layers}")
+    if setup.mode not in ("dni", "cdni"):
+        raise ConfigError(f"bench parallel: mode must be dni or cdni, got {setup.mode!r}")
     if setup.pipe_schedule not in ("gpipe", "1f1b"):
         raise ConfigError(f"bench parallel: pipe_schedule must be gpipe or 1f1b, got {setup.pipe_schedule!r}")
     bad = [m for m in setup.micro_batches if setup.batch_size % m]
@@ -136,19 +144,21 @@ def build_stages(setup: Setup, input_dim: int, classes: int) -> tuple[nn.Sequent
     blocks: list[nn.Module] = []
     width = input_dim
     for _ in range(setup.hidden_layers):
-        blocks.append(nn.Sequential(nn.Linear(width, setup.width), nn.ReLU()))
+        norm = [nn.BatchNorm1d(setup.width)] if setup.batch_norm else []
+        blocks.append(nn.Sequential(nn.Linear(width, setup.width), *norm, nn.ReLU()))
         width = setup.width
     head = nn.Linear(width, classes)
     return (nn.Sequential(nn.Flatten(), *blocks[: setup.split]),
             nn.Sequential(*blocks[setup.split:], head))
 
 
-def build_dni_system(setup: Setup, stages: Sequence[nn.Module], lowrank: bool) -> System:
+def build_dni_system(setup: Setup, stages: Sequence[nn.Module], lowrank: bool, classes: int = 10) -> System:
     """Two agents (``stage0``, ``stage1``) and a DNI interface between them; Adam everywhere."""
-    utility = UtilityModel((setup.width,), rank=setup.rank if lowrank else None)
+    context = classes if setup.mode == "cdni" else 0
+    utility = UtilityModel((setup.width,), context_dim=context, rank=setup.rank if lowrank else None)
     agents = [Agent(f"stage{i}", m, torch.optim.Adam(m.parameters(), lr=setup.lr))
               for i, m in enumerate(stages)]
-    iface = Interface("stage0->stage1", "stage0", "stage1", "dni", utility,
+    iface = Interface("stage0->stage1", "stage0", "stage1", setup.mode, utility,
                       torch.optim.Adam(utility.parameters(), lr=setup.utility_lr))
     return System(agents, [iface])
 
@@ -214,7 +224,7 @@ def _run_dni_inprocess(setup: Setup, data: ImageDataset, steps: int, stream, sna
     from .drivers.ff import train_step
 
     stages = build_stages(setup, data.input_dim, data.num_classes)
-    system = build_dni_system(setup, stages, lowrank)
+    system = build_dni_system(setup, stages, lowrank, data.num_classes)
     system.track_stats = False
     clock = Clock()
     snap = snap_of({"stage0": stages[0], "stage1": stages[1]}, clock)
@@ -249,7 +259,7 @@ def _run_dni_distributed(setup: Setup, data: ImageDataset, steps: int, stream, s
 
     comm = measure_comm(rank, (setup.batch_size, setup.width), setup.comm_reps)
     stages = build_stages(setup, data.input_dim, data.num_classes)
-    full = build_dni_system(setup, stages, lowrank)
+    full = build_dni_system(setup, stages, lowrank, data.num_classes)
     placement = {"stage0": 0, "stage1": 1}
     routes = [Route(i.name, i.sender, i.receiver) for i in full.interfaces.values()]
     transport = TorchDistributed(placement, routes, max_staleness=setup.max_staleness, timeout=setup.timeout)
@@ -270,7 +280,9 @@ def _run_dni_distributed(setup: Setup, data: ImageDataset, steps: int, stream, s
     seconds = clock.now()
     in_flight = transport.max_in_flight
     transport.close()
-    return {"seconds": seconds, "comm_message_s": comm, "max_in_flight": in_flight}
+    updates = next(iter(full.interfaces.values()))._utility_updates
+    return {"seconds": seconds, "comm_message_s": comm, "max_in_flight": in_flight,
+            "utility_updates": updates}
 
 
 def _run_pipelining(setup: Setup, data: ImageDataset, steps: int, stream, snap_of, rank: int,
@@ -530,6 +542,7 @@ def _bench_seed(setup: Setup, data: ImageDataset, methods: list[str], tmp: Path,
             ranks = run_method(setup, method, 2, 1, steps, tmp / method)
             row = record(method, ranks, procs=2, threads=1, max_staleness=setup.max_staleness,
                          max_in_flight=ranks[0]["result"]["max_in_flight"],
+                         utility_updates=ranks[0]["result"]["utility_updates"],
                          utility="linear" if method == "dni_full" else f"linear rank {setup.rank}")
             report["costs"].setdefault("comm", {"message_s": ranks[0]["result"]["comm_message_s"],
                                                 "shape": [setup.batch_size, setup.width]})
