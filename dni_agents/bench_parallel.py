@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -306,6 +307,10 @@ def _run_pipelining(setup: Setup, data: ImageDataset, steps: int, stream, snap_o
             schedule.step(x)
         else:
             schedule.step(target=y, losses=[])
+        if step == 0:  # the first step infers shapes by a forward on an uninitialised tensor (NaNs on stage
+            for m in module.modules():  # 1): forget the batch-norm statistics it polluted
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.reset_running_stats()
         opt.step()
         snap(step + 1)
     dist.barrier()
@@ -380,8 +385,6 @@ def measure_costs(setup: Setup, data: ImageDataset) -> dict:
 def worker(spec_path: str) -> None:
     """One process of one method (``python -m dni_agents.bench_parallel SPEC``): trains, writes
     ``rank{r}.pt`` (timings and snapshots) into the spec's folder."""
-    import os
-
     spec = json.loads(Path(spec_path).read_text())
     setup = Setup(**{**spec["setup"], "micro_batches": tuple(spec["setup"]["micro_batches"])})
     torch.set_num_threads(spec["threads"])
@@ -484,15 +487,19 @@ def bench(
             raise ConfigError(f"--only: {','.join(unknown)} is not a method (methods: {', '.join(METHODS)})")
         methods = [m for m in METHODS if m in only]
     data = load_dataset(setup.dataset)
-    torch.set_num_threads(2)  # evaluation only, between runs: nothing else runs then
     records: list[dict] = []
     report: dict = {"benchmark": "parallel", "quick": quick, "overrides": list(overrides),
                     "setup": dataclasses.asdict(setup), "records": records, "references": {}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # evaluation only, between runs: nothing else runs then
     with tempfile.TemporaryDirectory(prefix="dni-bench-parallel-") as tmp:
-        for seed in range(seeds or 1):
-            s = dataclasses.replace(setup, seed=setup.seed + seed)
-            _bench_seed(s, data, methods, Path(tmp) / f"seed{seed}", report,
-                        lambda: write_report(out, report))
+        try:
+            for seed in range(seeds or 1):
+                s = dataclasses.replace(setup, seed=setup.seed + seed)
+                _bench_seed(s, data, methods, Path(tmp) / f"seed{seed}", report,
+                            lambda: write_report(out, report))
+        finally:
+            torch.set_num_threads(threads)  # the caller's setting back
     report["projection"] = project(report["costs"])
     report["summary"] = summarize(records, report["references"])
     write_report(out, report)
