@@ -64,7 +64,7 @@ class Setup:
 
     dataset: str = "fashion_mnist"
     width: int = 1024
-    hidden_layers: int = 6  # Linear+ReLU blocks (the first maps the image to W); a Linear to the classes ends
+    hidden_layers: int = 6  # Linear(+BN)+ReLU blocks, the first from the image; a Linear to the classes ends
     split: int = 3
     batch_size: int = 256
     samples: int = 120_000  # per method: 2 epochs of Fashion-MNIST
