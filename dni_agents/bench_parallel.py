@@ -500,7 +500,7 @@ def bench(
                             lambda: write_report(out, report))
         finally:
             torch.set_num_threads(threads)  # the caller's setting back
-    report["projection"] = project(report["costs"])
+    report["projection"] = project(report["costs"], window=setup.max_staleness)
     report["summary"] = summarize(records, report["references"])
     write_report(out, report)
     png = None
@@ -592,18 +592,19 @@ def summarize(records: list[dict], references: dict[str, list[dict]]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ projection
-def project(costs: dict, stages: Sequence[int] = (2, 4, 8, 16), micro_batches: Sequence[int] | None = None
-            ) -> list[dict]:
+def project(costs: dict, stages: Sequence[int] = (2, 4, 8, 16), micro_batches: Sequence[int] | None = None,
+            window: int = 1) -> list[dict]:
     """Speed-up over one-process backprop (one thread) of K stages on K cores, from measured part costs.
 
     Assumptions (stated in docs/distributed.md): a model of K identical stages, each costing the mean of
     the two measured stages (forward f, backward b, Adam step o: s = f + b + o); one core per stage;
     communication not overlapped with compute, each stage paying one message time c per step (half of
     its two boundaries' message + target); a middle stage of DNI also runs the utility model (forward
-    u_f, update u_u). Then, per batch:
+    u_f, update u_u, and with a staleness ``window`` > 0 a second forward: a target then comes back after
+    the model was updated, and the update regresses a fresh prediction). Then, per batch:
 
     * backprop, one process: K·s;
-    * DNI: s + u_f + u_u + c (every stage busy every step: no bubble);
+    * DNI: s + u_f·(2 if window else 1) + u_u + c (every stage busy every step: no bubble);
     * pipeline with M micro-batches: (M + K − 1)·(f_M + b_M + c/M) + o, where f_M, b_M are the measured
       stage costs at micro-batch size B/M: idle fraction (K − 1)/(M + K − 1).
     """
@@ -617,7 +618,8 @@ def project(costs: dict, stages: Sequence[int] = (2, 4, 8, 16), micro_batches: S
     for k in stages:
         row: dict = {"stages": k, "backprop_s": k * s}
         for name, u in costs["utility"].items():
-            row[f"dni_{name}_speedup"] = k * s / (s + u["forward_s"] + u["update_s"] + c)
+            forwards = 2 if window > 0 else 1
+            row[f"dni_{name}_speedup"] = k * s / (s + forwards * u["forward_s"] + u["update_s"] + c)
         best = None
         for m in micro:
             fm = mean("forward_s", [p["micro"][str(m)] for p in parts])

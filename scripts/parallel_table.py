@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if comm:
         print(f"| one message {tuple(comm['shape'])} between 2 processes | {ms(comm['message_s'])} | | | |")
 
-    rows = project(costs, stages=args.stages)
+    rows = project(costs, stages=args.stages, window=setup["max_staleness"])
     micro = list(rows[0]["pipeline_idle_fraction"])
     print("\nProjected speed-up over one process (backprop, one thread), K identical stages on K cores:\n")
     print("| K | DNI full | DNI low-rank | " + " | ".join(f"pipeline M={m} (idle)" for m in micro) + " |")

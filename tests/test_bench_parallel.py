@@ -44,13 +44,15 @@ def test_quick_bench_writes_every_method(tmp_path, monkeypatch, capsys) -> None:
 
 def test_projection_arithmetic() -> None:
     """One unit per forward matmul: a stage of f=1, b=2 (o=0), a same-width utility model (forward 1,
-    update 1) and free messages: DNI runs K stages at K·3/5 of one process; a pipeline with M=4 at
-    K·4/(4+K-1) (micro-batches as efficient as the batch)."""
+    update 1) and free messages: DNI runs K stages at K·3/5 of one process in lockstep, K·3/6 with a window
+    (the late target's fresh prediction); a pipeline with M=4 at K·4/(4+K-1) (micro-batches as efficient
+    as the batch)."""
     micro = {"4": {"forward_s": 0.25, "backward_s": 0.5}}
     stage = {"forward_s": 1.0, "backward_s": 2.0, "optimizer_s": 0.0, "micro": micro}
     costs = {"stages": [stage, stage], "utility": {"full": {"forward_s": 1.0, "update_s": 1.0}},
              "comm": {"message_s": 0.0}}
-    rows = bp.project(costs, stages=(2, 8))
+    rows = bp.project(costs, stages=(2, 8), window=0)
+    assert bp.project(costs, stages=(2,), window=1)[0]["dni_full_speedup"] == pytest.approx(2 * 3 / 6)
     assert rows[0]["dni_full_speedup"] == pytest.approx(2 * 3 / 5)
     assert rows[1]["dni_full_speedup"] == pytest.approx(8 * 3 / 5)
     assert rows[1]["pipeline_m4_speedup"] == pytest.approx(8 * 4 / 11)

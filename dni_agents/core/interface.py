@@ -98,13 +98,6 @@ class Interface:
         return self.mode in ("dni", "cdni")
 
     @property
-    def _reusable(self) -> bool:
-        """Whether a prediction's graph stays valid after the utility model's update: true for one linear
-        map of the (detached) message, whose weight gradient needs only its input, so a late target is
-        regressed through the send-time graph for free; any deeper model must predict again."""
-        return bool(getattr(self.utility, "graph_holds_no_weights", False))
-
-    @property
     def locked(self) -> bool:
         """Whether the sender must wait for the receiver's true gradient before it can update."""
         return self.mode == "backprop" or (self.synthetic and self.lambda_true > 0)
@@ -156,16 +149,17 @@ class Interface:
     ) -> None:
         """After loading a checkpoint: put back the message of ``step`` that was sent before it was written
         and whose target had not come yet, without handing out its gradient again. ``prediction`` (from
-        :meth:`in_flight`) is the value the utility model gave then; the regression keeps that value and takes
-        its gradient through the current model — the same gradient for a linear utility model, whose Jacobian
-        does not depend on its weights, so the run continues exactly."""
+        :meth:`in_flight`) is the value the utility model gave then, kept for the fidelity stats; the
+        regression predicts again with the model as it is when the target comes (what an uninterrupted run
+        does for a target that comes after an update, and gives the same value when none came between), so
+        the run continues exactly."""
         self.messages_sent -= 1 if self.mode != "none" else 0
         self.send(h, step, context)
         record = self._sent.get(step)
         if record is not None and record.prediction is not None and prediction is not None:
             # exactly the saved value (new - new is exactly 0), with the gradient of the current model
             record.prediction = prediction + (record.prediction - record.prediction.detach())
-            record.version = self._utility_updates
+            record.version = -1  # its regression predicts again with the weights of then (the loaded ones)
 
     def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
         if record.prediction is None or record.warm:
@@ -221,9 +215,11 @@ class Interface:
         losses, stats = [], []
         for step, record in ready:
             prediction = record.prediction
-            if record.version != self._utility_updates and prediction.requires_grad and not self._reusable:
+            if record.version != self._utility_updates and prediction.requires_grad:
                 # the model was updated since the send (a target that came back late, from another process):
-                # the old graph saw weights since changed in place, so predict again with the current ones
+                # regress what it predicts now. The send-time graph would give the residual of weights since
+                # changed (costing a two-stage cDNI run ~3 points of test accuracy at a window of 1), and for
+                # a model deeper than one linear map it saw weights since changed in place (autograd raises)
                 prediction = self.utility(record.message, record.context)
             target = record.target * self._units(record.message)
             loss = F.mse_loss(prediction, target)

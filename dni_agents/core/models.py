@@ -82,9 +82,6 @@ class UtilityModel(nn.Module):
             raise ValueError(f"unknown utility model kind {kind!r} (allowed: linear, mlp, conv)")
         _zero(mods[-1])
         self.net = nn.Sequential(*mods)
-        # one linear map: the graph of a prediction saves the input only, never a weight, so it can be
-        # back-propagated after the weights were updated in place (a target that comes back late)
-        self.graph_holds_no_weights = len(mods) == 1 and isinstance(mods[0], nn.Linear)
 
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         batch = h.shape[0]
