@@ -33,9 +33,13 @@ def load_driver(name: str) -> ModuleType:
     return importlib.import_module(f"dni_agents.drivers.{name}")
 
 
+EXTRA_BENCHES = {"parallel": "dni_agents.bench_parallel"}  # benches that span drivers (module per name)
+
+
 def bench_names() -> list[str]:
-    """Benches a user may ask for; every driver may define one, so this is the driver registry."""
-    return list(DRIVERS)
+    """Benches a user may ask for: every driver may define one (the driver registry), plus the benches of
+    :data:`EXTRA_BENCHES`."""
+    return [*DRIVERS, *EXTRA_BENCHES]
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -155,7 +159,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"bench: unknown bench {args.name!r} (available: {', '.join(bench_names())})")
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
-    driver = load_driver(args.name)
+    if args.name in EXTRA_BENCHES:
+        driver = importlib.import_module(EXTRA_BENCHES[args.name])
+    else:
+        driver = load_driver(args.name)
     if not hasattr(driver, "bench"):
         raise ConfigError(f"bench: driver {args.name!r} has no bench yet")
     result = driver.bench(quick=args.quick, out=args.out, seeds=args.seeds, overrides=args.overrides,

@@ -474,8 +474,8 @@ def test_dni_cycle_in_separate_ticks_never_waits_and_each_side_learns_its_utilit
 
 
 def test_a_message_in_flight_survives_a_checkpoint_exactly():
-    """A run checkpointed while a message waits for its target continues as if never interrupted (linear
-    utility model: the regression keeps the send-time prediction, and its gradient is the same)."""
+    """A run checkpointed while a message waits for its target continues as if never interrupted (the
+    regression of a target that comes after an update predicts again, in both runs)."""
 
     def make() -> Interface:
         torch.manual_seed(3)
@@ -511,3 +511,21 @@ def test_a_normalising_utility_model_does_not_grow_with_the_message():
     plain = UtilityModel((6,))
     plain.load_state_dict(u.state_dict())
     assert not torch.allclose(plain(100.0 * h), plain(h))
+
+
+@pytest.mark.parametrize("rank", [None, 4])
+def test_late_targets_train_a_low_rank_utility_model(rank) -> None:
+    """Targets that come back after the utility model has already been updated (a staleness window across
+    processes): the model predicts again with its current weights instead of back-propagating a graph
+    whose weights changed in place (which raised for a low-rank model)."""
+    torch.manual_seed(0)
+    utility = UtilityModel((6,), rank=rank)
+    iface = Interface("a->b", "a", "b", "dni", utility, torch.optim.SGD(utility.parameters(), lr=0.1))
+    for step in range(3):
+        iface.send(torch.randn(5, 6), step)
+    before = [p.detach().clone() for p in utility.parameters()]
+    for step in range(3):  # one target at a time: the model is updated between them
+        iface.transport.put_target("a->b", step, torch.randn(5, 6))
+        stats = iface.collect()
+        assert len(stats) == 1 and torch.isfinite(stats[0]["utility_loss"])
+    assert any(not torch.equal(b, p) for b, p in zip(before, utility.parameters()))
