@@ -6,7 +6,8 @@ and returns ĝ at once, so the sender can update now (update unlocking). Receive
 own backward pass, replies with ``z.grad``: the true gradient, which already contains whatever synthetic
 gradient the receiver itself got from further downstream (bootstrapping, no special code). When that
 target comes back, :meth:`Interface.collect` regresses the prediction made at send time onto it (the
-prediction is reused, never recomputed) and measures how good ĝ was.
+prediction is reused — made again only when the model changed meanwhile and the target came from another
+process or the model is deeper than one linear map) and measures how good ĝ was.
 
 Modes: ``dni`` (ĝ now), ``cdni`` (ĝ from U(h, context)), ``backprop`` (the sender waits for the true
 gradient: the coupled, locked baseline), ``none`` (no gradient crosses). With ``lambda_true > 0`` a
@@ -161,6 +162,15 @@ class Interface:
             record.prediction = prediction + (record.prediction - record.prediction.detach())
             record.version = -1  # its regression predicts again with the weights of then (the loaded ones)
 
+    def _repredict(self) -> bool:
+        """Whether a target that comes after a utility-model update regresses a fresh prediction. In one
+        process with an affine model (one linear map, whose weight gradient does not depend on the weights)
+        the send-time prediction is kept — the semantics every in-process result here was measured with;
+        across processes, or with a deeper model, the prediction is made again."""
+        kind, rank = getattr(self.utility, "kind", "linear"), getattr(self.utility, "rank", None)
+        affine = kind == "linear" and rank is None
+        return not affine or not isinstance(self.transport, InProcess)
+
     def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
         if record.prediction is None or record.warm:
             return None
@@ -215,11 +225,11 @@ class Interface:
         losses, stats = [], []
         for step, record in ready:
             prediction = record.prediction
-            if record.version != self._utility_updates and prediction.requires_grad:
-                # the model was updated since the send (a target that came back late, from another process):
-                # regress what it predicts now. The send-time graph would give the residual of weights since
-                # changed (costing a two-stage cDNI run ~3 points of test accuracy at a window of 1), and for
-                # a model deeper than one linear map it saw weights since changed in place (autograd raises)
+            if record.version != self._utility_updates and prediction.requires_grad and self._repredict():
+                # the model was updated since the send: regress what it predicts now. Across processes the
+                # send-time residual is of weights since changed (it cost a two-stage cDNI run ~3 points of
+                # test accuracy at a window of 1); a model deeper than one linear map saw weights since
+                # changed in place (autograd raises)
                 prediction = self.utility(record.message, record.context)
             target = record.target * self._units(record.message)
             loss = F.mse_loss(prediction, target)

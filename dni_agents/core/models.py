@@ -60,7 +60,7 @@ class UtilityModel(nn.Module):
         self.message_shape = tuple(message_shape)
         self.normalize = normalize
         self.context_dim = context_dim
-        self.kind = kind
+        self.kind, self.rank = kind, rank
         dim = math.prod(self.message_shape)
         if kind == "linear":
             if rank is None:
