@@ -55,6 +55,7 @@ from .launch import launch
 METHODS = ("backprop_2threads", "backprop_1thread", "pipelining", "dni_full", "dni_lowrank")
 REFERENCES = {"dni_full": "dni_full_inprocess", "dni_lowrank": "dni_lowrank_inprocess"}
 MAY_BE_ZERO = ("seed", "max_staleness")
+SLOW_B = "hier_slow_b"  # --only name of the slow-B study
 RECORD_KEYS = ("method", "samples_per_s", "accuracy", "wall_s", "curve")
 
 
@@ -482,14 +483,20 @@ def bench(
     setup = apply_overrides(default_setup(quick), overrides)
     methods = list(METHODS)
     if only:
-        unknown = [m for m in only if m not in METHODS]
+        known = (*METHODS, SLOW_B)
+        unknown = [m for m in only if m not in known]
         if unknown:
-            raise ConfigError(f"--only: {','.join(unknown)} is not a method (methods: {', '.join(METHODS)})")
+            raise ConfigError(f"--only: {','.join(unknown)} is not a method (methods: {', '.join(known)})")
         methods = [m for m in METHODS if m in only]
-    data = load_dataset(setup.dataset)
     records: list[dict] = []
     report: dict = {"benchmark": "parallel", "quick": quick, "overrides": list(overrides),
                     "setup": dataclasses.asdict(setup), "records": records, "references": {}}
+    if not only or SLOW_B in only:
+        report[SLOW_B] = slow_b_study(quick, lambda: write_report(out, report))
+        write_report(out, report)
+    if not methods:
+        return {SLOW_B: report[SLOW_B], "out": str(out) if out else None}
+    data = load_dataset(setup.dataset)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # evaluation only, between runs: nothing else runs then
     with tempfile.TemporaryDirectory(prefix="dni-bench-parallel-") as tmp:
@@ -508,6 +515,26 @@ def bench(
         png = Path(out).with_suffix(".png")
         plot(report, png)
     return {**report["summary"], "out": str(out) if out else None, "png": str(png) if png else None}
+
+
+def slow_b_study(quick: bool, save: Callable[[], None] | None = None) -> dict:
+    """The hierarchical system on 2 processes with a slow B (it sleeps 10 ms per tick): A's updates per
+    second under ``backprop`` (A waits for B every block) against ``dni`` (A waits only when its staleness
+    window of 1 block is full, or never: a window as long as the run). Ratios are dni over backprop."""
+    from .drivers.hier_dist import measure_slow_b
+
+    blocks = 20 if quick else 60
+    runs: list[dict] = []
+    out = {"b_delay_s": 0.01, "blocks": blocks, "runs": runs}
+    for mode, window in (("backprop", None), ("dni", 1), ("dni", None)):
+        runs.append(measure_slow_b(mode, 0.01, blocks=blocks, max_staleness=window))
+        if save is not None:
+            save()
+    bp = runs[0]
+    out["ratios"] = [{"max_staleness": r["max_staleness"],
+                      "updates_per_s": r["updates_per_s"] / bp["updates_per_s"],
+                      "windows_per_s": r["windows_per_s"] / bp["windows_per_s"]} for r in runs[1:]]
+    return out
 
 
 def _bench_seed(setup: Setup, data: ImageDataset, methods: list[str], tmp: Path, report: dict,
