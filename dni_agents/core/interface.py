@@ -169,7 +169,7 @@ class Interface:
         across processes, or with a deeper model, the prediction is made again."""
         kind, rank = getattr(self.utility, "kind", "linear"), getattr(self.utility, "rank", None)
         affine = kind == "linear" and rank is None
-        return not affine or not isinstance(self.transport, InProcess)
+        return not affine or self.transport.is_remote(self.name)
 
     def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
         if record.prediction is None or record.warm:

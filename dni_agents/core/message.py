@@ -47,6 +47,10 @@ class Transport(ABC):
     def take_target(self, interface: str, step: int) -> torch.Tensor | None:
         """Remove and return the target for the message of ``interface`` at ``step``; None if not here yet."""
 
+    def is_remote(self, interface: str) -> bool:
+        """Whether ``interface``'s two halves live in different processes (its targets may come late)."""
+        return False
+
 
 class InProcess(Transport):
     """Direct hand-off inside one process: deterministic, no copies.
