@@ -342,8 +342,10 @@ def test_a_killed_run_resumes_from_the_ranks_common_checkpoint_and_ends_as_if_ne
     reference = ff.train(load_config("ff_digits", overrides), tmp_path / "single", progress=False)
     expected = torch.load(Path(reference["run_dir"]) / ff.CHECKPOINT, weights_only=True)["system"]
     got = merged_state(run)
-    torch.testing.assert_close(got["agents"], expected["agents"], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(got["interfaces"], expected["interfaces"], rtol=1e-6, atol=1e-7)
+    # 400 steps across a kill: equal up to float summation order (one CI run differed by 5e-7 in a bias;
+    # a resume that lost or repeated a step differs by orders of magnitude more)
+    torch.testing.assert_close(got["agents"], expected["agents"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got["interfaces"], expected["interfaces"], rtol=1e-4, atol=1e-5)
     assert ranks[1]["test_accuracy"] == pytest.approx(reference["test_accuracy"])
 
     # the multi-process folder evaluates in one process, from the ranks' checkpoints put together
