@@ -262,3 +262,65 @@ def agree_resume_step(run_dir: Path, rank: int, world_size: int) -> int:
     everyone: list = [None] * world_size
     dist.all_gather_object(everyone, mine)
     return common_checkpoint_step(dict(enumerate(everyone)))
+
+
+def join_process_group(cfg: Config) -> tuple[int, int, torch.device, str]:
+    """This process's rank, the world size, its device (a CUDA device per local rank under torchrun) and
+    the backend (``distributed.backend``; auto: nccl for CUDA, gloo otherwise)."""
+    from ..core.distributed import init_process_group
+
+    dc = cfg.distributed
+    device = resolve_device(cfg.device)
+    backend = dc.backend if dc.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    rank, world = init_process_group(backend=backend, timeout=dc.timeout)
+    return rank, world, device, backend
+
+
+def open_distributed_run(
+    run_dir: Path, resume: Path | None, log: bool, rank: int, world: int, placement: Mapping[str, int],
+    device: torch.device, hint: str,
+) -> tuple[Path, int, dict | None]:
+    """The run folder every rank writes into (rank 0 creates it and the others learn its name; or
+    ``resume``'s), the step to continue from, and this rank's checkpoint of that step (None for a new
+    run). ``hint`` says what must stay the same for a resume."""
+    import torch.distributed as dist
+
+    if resume is not None:
+        run_path = Path(resume)
+        start = agree_resume_step(run_path, rank, world)
+        state = load_checkpoint(rank_checkpoint(run_path, rank, start), device)
+        if state.get("placement") != placement:
+            raise ConfigError(f"--resume: rank {rank} held {state.get('placement')} but now {placement} "
+                              f"(resume with the same {hint})")
+        return run_path, start, state
+    shared = [str(make_run_dir(Path(run_dir).parent, Path(run_dir).name)) if log and rank == 0 else None]
+    dist.broadcast_object_list(shared, src=0)  # one string, between the processes of this run
+    return (Path(shared[0]) if shared[0] else Path(run_dir)), 0, None
+
+
+def plot_against_data_and_time(
+    path: Path, lines: list[tuple[str, list[float], list[float], list[float]]], data_label: str, y_label: str,
+) -> None:
+    """Two panels, one curve per ``(label, data_x, seconds_x, y)``: the metric against how much data was
+    seen and against training seconds (the two ways a method can be faster). PNG, headless."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label, data_x, seconds_x, y in lines:
+        axes[0].plot(data_x, y, label=label)
+        axes[1].plot(seconds_x, y, label=label)
+    axes[0].set_xlabel(data_label)
+    axes[1].set_xlabel("training seconds")
+    for ax in axes:
+        ax.set_ylabel(y_label)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

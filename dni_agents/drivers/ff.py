@@ -17,7 +17,6 @@ too: the synthetic inputs are a training device, never used at evaluation).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -29,19 +28,19 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, agent_names, config_to_yaml, load_config, parse_config
 from ..core import Agent, Message, System
-from ..core.distributed import Route, TorchDistributed, init_process_group
+from ..core.distributed import Route, TorchDistributed
 from ..data import ImageDataset, batches, load_dataset
-from ..logging import RunLogger, make_run_dir
+from ..logging import RunLogger
 from .common import (
-    agree_resume_step,
     build_interface,
+    join_process_group,
     load_checkpoint,
     local_system,
     log_interfaces,
     make_optimizer,
     merge_rank_checkpoints,
+    open_distributed_run,
     open_run,
-    rank_checkpoint,
     rank_files,
     resolve_device,
     save_checkpoint,
@@ -504,31 +503,18 @@ def train_distributed(
     newest step every rank has a checkpoint of. The top layer's rank has the test metrics (of the chain,
     evaluated at the end only)."""
     dc = cfg.distributed
-    device = resolve_device(cfg.device)
-    backend = dc.backend if dc.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    rank, world = init_process_group(backend=backend, timeout=dc.timeout)
+    rank, world, device, backend = join_process_group(cfg)
     placement = placement_for(cfg, world)
     data = data or load_dataset(cfg.ff.dataset, cfg.ff.data_root)
     full = build_system(cfg, data, device)
     chain = list(full.agents)
     routes = [Route(i.name, i.sender, i.receiver, replies=i.mode != "none")
               for i in full.interfaces.values()]
-    system_state, start, first_loss, seconds = None, 0, None, 0.0
-    if resume is not None:
-        run_path = Path(resume)
-        start = agree_resume_step(run_path, rank, world)
-        state = load_checkpoint(rank_checkpoint(run_path, rank, start), device)
-        if state.get("placement") != placement:
-            raise ConfigError(f"--resume: rank {rank} held {state.get('placement')} but now {placement} "
-                              f"(resume with the same --procs and distributed.placement)")
+    run_path, start, state = open_distributed_run(run_dir, resume, log, rank, world, placement, device,
+                                                  "--procs and distributed.placement")
+    system_state, first_loss, seconds = None, None, 0.0
+    if state is not None:
         system_state, first_loss, seconds = state["system"], state.get("first_loss"), state["seconds"]
-    else:
-        shared = [str(make_run_dir(Path(run_dir).parent, Path(run_dir).name)) if log and rank == 0 else None]
-        dist.broadcast_object_list(shared, src=0)  # one string, between the processes of this run
-        run_path = Path(shared[0]) if shared[0] else Path(run_dir)
     transport = TorchDistributed(placement, routes, max_staleness=dc.max_staleness, timeout=dc.timeout,
                                  device=device if backend == "nccl" else "cpu", deliver_to=device)
     system = local_system(full, placement, rank, transport)

@@ -42,6 +42,7 @@ from .common import (
     make_optimizer,
     merge_rank_checkpoints,
     open_run,
+    plot_against_data_and_time,
     rank_files,
     resolve_device,
     save_checkpoint,
@@ -472,27 +473,14 @@ def _mean(records: list[dict], key: str, i: int) -> float:
 
 def plot(records: list[dict], path: Path) -> None:
     """B's held-out accuracy against blocks and against training seconds (seed means of each point)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(r["method"] + ("+temporal" if r["temporal_dni"] else ""), []).append(r)
+    lines = []
     for label, rs in groups.items():
         n = min(len(r["curve"]) for r in rs)
-        acc = [_mean(rs, "b_accuracy", i) for i in range(n)]
-        axes[0].plot([rs[0]["curve"][i]["steps"] for i in range(n)], acc, label=label)
-        axes[1].plot([_mean(rs, "seconds", i) for i in range(n)], acc, label=label)
-    axes[0].set_xlabel("blocks (B updates)")
-    axes[1].set_xlabel("training seconds")
-    for ax in axes:
-        ax.set_ylabel("B accuracy (held-out digits)")
-        ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        lines.append((label, [rs[0]["curve"][i]["steps"] for i in range(n)],
+                      [_mean(rs, "seconds", i) for i in range(n)],
+                      [_mean(rs, "b_accuracy", i) for i in range(n)]))
+    plot_against_data_and_time(path, lines, "blocks (B updates)", "B accuracy (held-out digits)")
 

@@ -20,7 +20,6 @@ none        no gradient crosses; B acknowledges each message so the window bound
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,16 +28,14 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, ConfigError, config_to_yaml
-from ..core.distributed import Route, TorchDistributed, init_process_group
+from ..core.distributed import Route, TorchDistributed
 from ..launch import cli_command, launch
-from ..logging import RunLogger, make_run_dir
+from ..logging import RunLogger
 from .common import (
-    agree_resume_step,
-    load_checkpoint,
+    join_process_group,
     local_system,
     log_interfaces,
-    rank_checkpoint,
-    resolve_device,
+    open_distributed_run,
     save_rank_checkpoint,
     write_report,
 )
@@ -123,12 +120,7 @@ def train_distributed(
     windows per second, timed until its last window (not the final wait for B). No evaluation during
     the run: ``dni-agents eval RUN_DIR`` evaluates the ranks' checkpoints put together."""
     dc, h, tc = cfg.distributed, cfg.hier, cfg.trainer
-    device = resolve_device(cfg.device)
-    backend = dc.backend if dc.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    rank, world = init_process_group(backend=backend, timeout=dc.timeout)
+    rank, world, device, backend = join_process_group(cfg)
     placement = placement_for(cfg, world)
     torch.manual_seed(cfg.seed)  # as hier.train: the same parameters on both ranks and in process
     data, stream, _ = _streams(cfg)
@@ -137,18 +129,9 @@ def train_distributed(
     routes = [Route(MESSAGE, A, B, replies=full.message.mode != "none", block=T * U),
               Route(A_SELF, A, A), Route(B_SELF, B, B)]
     capacity = max(1024, 2 * U * (dc.max_staleness + 2))  # B's buffer holds the whole window's messages
-    start, seconds, ckpt = 0, 0.0, None
-    if resume is not None:
-        run_path = Path(resume)
-        start = agree_resume_step(run_path, rank, world)
-        ckpt = load_checkpoint(rank_checkpoint(run_path, rank, start), device)
-        if ckpt.get("placement") != placement:
-            raise ConfigError(f"--resume: rank {rank} held {ckpt.get('placement')} but now {placement} "
-                              f"(resume with the same distributed.placement)")
-    else:
-        shared = [str(make_run_dir(Path(run_dir).parent, Path(run_dir).name)) if log and rank == 0 else None]
-        dist.broadcast_object_list(shared, src=0)
-        run_path = Path(shared[0]) if shared[0] else Path(run_dir)
+    run_path, start, ckpt = open_distributed_run(run_dir, resume, log, rank, world, placement, device,
+                                                 "distributed.placement")
+    seconds = 0.0
     transport = TorchDistributed(placement, routes, max_staleness=dc.max_staleness, timeout=dc.timeout,
                                  capacity=capacity, device=device if backend == "nccl" else "cpu",
                                  deliver_to=device)

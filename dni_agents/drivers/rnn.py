@@ -39,6 +39,7 @@ from .common import (
     log_interfaces,
     make_optimizer,
     open_run,
+    plot_against_data_and_time,
     resolve_device,
     save_checkpoint,
     write_report,
@@ -523,25 +524,9 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
 
 def plot_wallclock(records: list[dict], path: Path) -> None:
     """Validation BPC against characters seen and against seconds, one line per (method, T)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in records if r["study"] == "wallclock" and r["curve"]]
     if not rows:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for r in rows:
-        label = f"{r['method']} T={r['T']}"
-        axes[0].plot([p["chars"] for p in r["curve"]], [p["valid_bpc"] for p in r["curve"]], label=label)
-        axes[1].plot([p["seconds"] for p in r["curve"]], [p["valid_bpc"] for p in r["curve"]], label=label)
-    axes[0].set_xlabel("characters seen")
-    axes[1].set_xlabel("training seconds")
-    for ax in axes:
-        ax.set_ylabel("validation bits per character")
-        ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    lines = [(f"{r['method']} T={r['T']}", [p["chars"] for p in r["curve"]],
+              [p["seconds"] for p in r["curve"]], [p["valid_bpc"] for p in r["curve"]]) for r in rows]
+    plot_against_data_and_time(path, lines, "characters seen", "validation bits per character")
