@@ -218,6 +218,9 @@ class HierConfig(_Strict):
     b_hidden: PosInt = 64
     message_size: PosInt = 64  # A -> B: a linear read of A's state, summed over the window
     target_digit: Annotated[int, Field(ge=0, le=9)] = 3  # what B counts
+    # what a cdni utility model on A -> B sees besides the message: B's label at that tick (the paper's cDNI)
+    # or the target digit's count in the message's own window (an oracle of what the message must carry)
+    cdni_context: Literal["label", "window"] = "label"
     eval_streams: PosInt = 256  # test-digit streams scored per evaluation
     eval_blocks: PosInt = 16  # blocks per evaluation stream
     b_delay_s: NonNegFloat = 0.0  # B sleeps this long per tick: a slow B, to measure who waits for whom

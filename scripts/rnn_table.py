@@ -1,6 +1,7 @@
 """Markdown tables from `dni-agents bench rnn --out FILE` JSON (the numbers in docs/benchmarks.md): the
 Table 1 shape (rows task × method, columns T) and the wall-clock study. Several files (e.g. `--only`
-parts run side by side) make one table.
+parts run side by side) make one table; a file run with overrides gets its own rows, its method named
+with them (``dni [interface_defaults.utility.lr=0.0001]``).
 
     python scripts/rnn_table.py docs/results/rnn_copy.json docs/results/rnn_repeat_copy.json …
 """
@@ -16,17 +17,23 @@ TASKS = {"copy": "Copy (longest length solved)", "repeat_copy": "Repeat Copy (lo
 
 
 def main(paths: list[str]) -> None:
-    rows = []
+    rows, methods = [], []
     for path in paths:
         with open(path) as f:
-            rows += json.load(f)["results"]
+            report = json.load(f)
+        suffix = f" [{' '.join(report['overrides'])}]" if report.get("overrides") else ""
+        for r in report["results"]:
+            rows.append({**r, "method": r["method"] + suffix})
+            if r["study"] == "table1" and rows[-1]["method"] not in methods:
+                methods.append(rows[-1]["method"])
+    methods.sort(key=lambda m: (METHODS.index(m.split(" [")[0]), m))
     table = [r for r in rows if r["study"] == "table1"]
     Ts = sorted({r["T"] for r in table})
     if table:
         print("| task | method | " + " | ".join(f"T={t}" for t in Ts) + " |")
         print("|---|---|" + "---|" * len(Ts))
     for task, title in TASKS.items():
-        for method in METHODS:
+        for method in methods:
             cells = []
             for t in Ts:
                 vs = [r["value"] for r in table if (r["task"], r["method"], r["T"]) == (task, method, t)]

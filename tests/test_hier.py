@@ -114,6 +114,27 @@ def test_backprop_gives_a_the_true_gradient_of_both_losses_and_none_only_its_own
     assert not torch.allclose(grads["backprop"][-2], grads["none"][-2])  # the message head learns from B
 
 
+@pytest.mark.parametrize("context", ["label", "window"])
+def test_cdni_utility_model_sees_b_label_or_the_window_count(tmp_path, context):
+    cfg = small(tmp_path, "interfaces.0.mode=cdni", f"hier.cdni_context={context}", "hier.b_truncation=2")
+    h, stream = built(cfg)
+    seen: list[torch.Tensor] = []
+    utility_forward = h.message.utility.forward
+
+    def forward(message, ctx=None):
+        seen.append(ctx.clone())
+        return utility_forward(message, ctx)
+
+    h.message.utility.forward = forward  # type: ignore[method-assign]
+    block = stream.block(torch.Generator().manual_seed(1))
+    hier.train_block(h, block, 0, hier.Carry(torch.zeros(8, 16), torch.zeros(8, 16)), cfg.hier.period)
+    labels = block.count if context == "label" else block.window_count
+    classes = cfg.hier.period * cfg.hier.memory + 1
+    for j in range(2):  # one send per window (the regression reuses the send-time prediction)
+        assert torch.equal(seen[j], torch.nn.functional.one_hot(labels[:, j], classes).float())
+    assert not torch.equal(block.count, block.window_count)  # the two contexts differ on this block
+
+
 def test_b_target_counts_the_digit_over_the_last_t_times_k_digits_across_blocks(tmp_path):
     cfg = small(tmp_path, "hier.period=3", "hier.memory=3", "hier.b_truncation=2")
     _, stream = built(cfg)
@@ -254,8 +275,9 @@ def test_quick_bench_runs_every_method_and_writes_records(tmp_path):
     result = hier.bench(quick=True, out=out, seeds=1, overrides=tiny)
     report = json.loads(out.read_text())
     labels = {(r["method"], r["temporal_dni"]) for r in report["results"]}
-    assert labels == {("none", False), ("backprop", False), ("dni", False), ("cdni", False), ("dni", True)}
+    assert labels == {("none", False), ("backprop", False), ("dni", False), ("cdni", False),
+                      ("cdni_window", False), ("dni", True)}
     for r in report["results"]:
         assert {"method", "T", "K", "a_accuracy", "b_accuracy", "steps", "wall_s"} <= set(r)
         assert 0.0 <= r["b_accuracy"] <= 1.0
-    assert len(result["summary"]) == 5 and out.with_suffix(".png").is_file()
+    assert len(result["summary"]) == 6 and out.with_suffix(".png").is_file()

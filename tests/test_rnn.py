@@ -258,3 +258,23 @@ def test_dni_aux_trains_a_head_to_predict_the_windows_synthetic_gradient(tmp_pat
     aux_grads = [g for n, g in zip(names, steps[0]) if n.startswith("aux.")]
     assert aux_grads and all(g.abs().sum() > 0 for g in aux_grads)
     assert all(torch.equal(a, p) for a, p in zip(aux_before, core.aux.parameters()))  # optimizer was stubbed
+
+
+def test_bench_only_selects_tasks_and_methods_together(monkeypatch, tmp_path):
+    """``--only repeat_copy,dni`` runs Repeat Copy's dni column and nothing else; unknown names fail."""
+    ran: list[tuple[str, str]] = []
+
+    def fake_run(base: str, method: str, extra: list[str]) -> dict:
+        task = next((e.split("=")[1] for e in extra if e.startswith("rnn.task=")), base)
+        ran.append((task, method))
+        return {"solved_length": 1, "test_bpc": 2.0, "valid_bpc": 2.0, "chars_per_s": 1.0, "wall_s": 0.0,
+                "curve": []}
+
+    monkeypatch.setattr(rnn, "_run", fake_run)
+    rnn.bench(only=["repeat_copy", "dni"], out=tmp_path / "r.json")
+    assert ran == [("repeat_copy", "dni")] * 5  # T = 2, 3, 4, 5, 8
+    ran.clear()
+    rnn.bench(only=["wallclock", "dni"])
+    assert ran == [("charlm", "dni")]
+    with pytest.raises(ConfigError, match="--only: dnii is neither a task"):
+        rnn.bench(only=["dnii"])

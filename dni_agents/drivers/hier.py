@@ -13,7 +13,9 @@ none        A learns from its own task only; B reads whatever A's state happens 
 backprop    B's error flows into A: A's windows and B's unroll form one tick, so A waits for B
 dni         A updates at the end of every window with ĝ from the utility model; B's true gradient for
             the message arrives when B updates, and trains the utility model
-cdni        dni, the utility model also seeing B's label for that tick (one-hot count)
+cdni        dni, the utility model also seeing B's label for that tick (one-hot count); with
+            ``hier.cdni_context=window`` it sees the count in the message's own window instead: an oracle
+            of what the message has to carry, which shows what a utility model of the message alone lacks
 ==========  ============================================================================================
 
 Both agents may also talk to their own future selves across their truncation boundaries (``A -> A``,
@@ -59,6 +61,7 @@ METHODS: dict[str, list[str]] = {
     "backprop": ["interfaces.0.mode=backprop"],
     "dni": ["interfaces.0.mode=dni"],
     "cdni": ["interfaces.0.mode=cdni"],
+    "cdni_window": ["interfaces.0.mode=cdni", "hier.cdni_context=window"],
 }
 TEMPORAL: dict[str, list[str]] = {
     "off": ["interfaces.1.mode=none", "interfaces.2.mode=none"],
@@ -131,6 +134,7 @@ class Hier:
     message: Interface
     a_self: Interface
     b_self: Interface
+    cdni_context: str = "label"  # what a cdni utility model sees: B's label, or the window's own count
 
     @property
     def joint(self) -> bool:
@@ -170,7 +174,7 @@ def build(cfg: Config, in_dim: int, device: torch.device) -> Hier:
     message = build_interface(cfg, A, B, (h.message_size,), device, context_dim=T * K + 1)
     a_self = build_interface(cfg, A, A, (h.a_hidden,), device)
     b_self = build_interface(cfg, B, B, (h.b_hidden,), device)
-    return Hier(System(agents, [message, a_self, b_self]), a, b, message, a_self, b_self)
+    return Hier(System(agents, [message, a_self, b_self]), a, b, message, a_self, b_self, h.cdni_context)
 
 
 def tick_step(window: int, T: int) -> int:
@@ -195,7 +199,8 @@ def a_window(hier: Hier, tick: Tick, block: Block, steps: list[int], j: int, fir
     logits, final, message = hier.a(block.x[:, j], start)
     loss = F.cross_entropy(logits, block.odd[:, j])
     tick.add_loss(loss)
-    context = F.one_hot(block.count[:, j], hier.b.readout.out_features).float()
+    labels = block.window_count if hier.cdni_context == "window" else block.count
+    context = F.one_hot(labels[:, j], hier.b.readout.out_features).float()
     tick.send(hier.message, message, context=context, step=steps[j])
     tick.send(hier.a_self, final, step=steps[j])
     carry.a_state = final.detach()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config, load_config
+from ..config import Config, ConfigError, load_config
 from ..core import Agent, Interface, System
 from ..data import load_text
 from .common import (
@@ -457,13 +457,25 @@ def _run(base: str, method: str, extra: list[str]) -> dict:
     return result
 
 
+def _split_only(only: list[str] | None) -> tuple[set[str], set[str]]:
+    """``--only`` names as (tasks, methods); an unknown name is a user error that lists the known ones."""
+    tasks = {"copy", "repeat_copy", "charlm", "wallclock"}
+    unknown = [n for n in only or [] if n not in tasks and n not in METHODS]
+    if unknown:
+        raise ConfigError(f"--only: {','.join(unknown)} is neither a task ({', '.join(sorted(tasks))}) "
+                          f"nor a method ({', '.join(METHODS)})")
+    return {n for n in only or [] if n in tasks}, {n for n in only or [] if n in METHODS}
+
+
 def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None, overrides: list[str] = (),
           only: list[str] | None = None) -> dict:
     """``dni-agents bench rnn``: the paper's Table 1 shape — Copy and Repeat Copy (longest length solved
     within the same window budget) and the char-LM (test BPC), for bptt / dni / dni_aux at several T — and
     the wall-clock study: bptt at T = 8, 20, 40 against dni at T = 8 on the char-LM, validation BPC against
-    characters seen and seconds (JSON, and a PNG beside it). ``only`` keeps the tasks or methods it names
-(``copy``, ``charlm``, ``dni``, …); ``wallclock`` names the wall-clock study."""
+    characters seen and seconds (JSON, and a PNG beside it). ``only`` names tasks (``copy``,
+    ``repeat_copy``, ``charlm``, ``wallclock``: the wall-clock study) and/or methods (``bptt``, ``dni``,
+    ``dni_aux``): a run is kept when its task and its method are both named, or their kind is not named at
+    all (``--only repeat_copy,dni``: Repeat Copy's dni column only)."""
     seeds = seeds or 1
     Ts = [3, 5] if quick else [2, 3, 4, 5, 8]
     copy_steps = 2000 if quick else 20000
@@ -471,7 +483,9 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
     lm_eval = ["trainer.eval_every=100" if quick else "trainer.eval_every=500",
                "rnn.eval_chars=20000" if quick else "rnn.eval_chars=100000"]
     tasks = ["copy"] if quick else ["copy", "repeat_copy", "charlm"]
-    keep = lambda *names: not only or any(n in only for n in names)  # noqa: E731
+    only_tasks, only_methods = _split_only(only)
+    keep = lambda task, method=None: (not only_tasks or task in only_tasks) and (  # noqa: E731
+        method is None or not only_methods or method in only_methods)
     records: list[dict] = []
     report = {"benchmark": "rnn", "quick": quick, "overrides": list(overrides), "results": records}
     bar = tqdm(desc="bench rnn", unit="run", leave=False)
@@ -503,6 +517,8 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
         if keep("wallclock"):
             per_row = lm_steps * 8  # characters each of the batch's streams reads, the same for every run
             for method, T in (("bptt", 8), ("bptt", 20), ("bptt", 40), ("dni", 8)):
+                if not keep("wallclock", method):
+                    continue
                 extra = [f"rnn.truncation={T}", f"trainer.steps={per_row // T}", *lm_eval,
                          f"trainer.eval_every={max(1, (per_row // T) // (3 if quick else 12))}"]
                 res = _run("charlm", method, [*extra, *overrides, f"seed={seed}", "name=bench_wallclock"])
