@@ -43,15 +43,17 @@ SETTINGS = {  # name: overrides of the copy config
 }
 
 
+def r2(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """1 − SSE / SST, SST about the target's own per-dimension mean."""
+    return float(1 - (prediction - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum())
+
+
 def held_out_r2(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                 ridge: float = 1e-3) -> float:
     """R² on (x_test, y_test) of a ridge least-squares map (with bias) fitted on (x_fit, y_fit)."""
     xb = torch.cat([x_fit, torch.ones(len(x_fit), 1, dtype=x_fit.dtype)], 1)
     w = torch.linalg.solve(xb.T @ xb + ridge * torch.eye(xb.shape[1], dtype=x_fit.dtype), xb.T @ y_fit)
-    pred = torch.cat([x_test, torch.ones(len(x_test), 1, dtype=x_test.dtype)], 1) @ w
-    sse = (pred - y_test).pow(2).sum()
-    sst = (y_test - y_test.mean(0)).pow(2).sum()
-    return float(1 - sse / sst)
+    return r2(torch.cat([x_test, torch.ones(len(x_test), 1, dtype=x_test.dtype)], 1) @ w, y_test)
 
 
 def measure(overrides: list[str], windows: int, task: str, truncation: int, seed: int, chunk: int,
@@ -86,9 +88,8 @@ def measure(overrides: list[str], windows: int, task: str, truncation: int, seed
                 torch.cat([m for m, _, _ in odd]), torch.cat([t for _, t, _ in odd]))
 
     fit, test = torch.cat([t for _, t, _ in late[0::2]]), torch.cat([t for _, t, _ in late[1::2]])
-    constant = float(1 - (test - fit.mean(0)).pow(2).sum() / (test - test.mean(0)).pow(2).sum())
-    targets, predictions = torch.cat([t for _, t, _ in late]), torch.cat([p for _, _, p in late])
-    utility = float(1 - (predictions - targets).pow(2).sum() / (targets - targets.mean(0)).pow(2).sum())
+    constant = r2(fit.mean(0).expand_as(test), test)
+    utility = r2(torch.cat([p for _, _, p in late]), torch.cat([t for _, t, _ in late]))
     local = [held_out_r2(*split(late[i:i + chunk])) for i in range(0, len(late) - chunk + 1, chunk)]
     return {"overrides": overrides, "task": task, "T": truncation, "windows": windows, "seed": seed,
             "online_cosine": float(cos.mean()), "global_r2": held_out_r2(*split(late)),
