@@ -11,6 +11,8 @@ import importlib
 import json
 import os
 import pathlib
+import shlex
+import signal
 import sys
 import traceback
 from types import ModuleType
@@ -21,6 +23,7 @@ import yaml
 from dni_agents import __version__
 from dni_agents.config import DRIVERS, ConfigError, bundled_configs, find_config, load_config
 from dni_agents.core.distributed import PeerError
+from dni_agents.drivers.stop import Interrupted, StopRequest
 from dni_agents.launch import cli_command, launch
 
 PROG = "dni-agents"
@@ -130,28 +133,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
         argv = ["train", args.config, *args.overrides, *where]
         dc = cfg.distributed
         return launch(cli_command(argv), args.procs, dc.addr, grace=dc.timeout + 10)
-    if world > 1:  # a child of --procs, or started by torchrun
+    with StopRequest() as stop:  # Ctrl-C / SIGTERM: a checkpoint at the next step boundary, then exit
+        if world > 1:  # a child of --procs, or started by torchrun
+            try:
+                metrics = driver.train_distributed(cfg, run_dir=run_dir, resume=args.resume, stop=stop)
+            except BaseException as exc:  # noqa: BLE001 - reported here, then a hard exit (below)
+                _exit_now(exc, args, cfg)
+            _print_json(metrics)
+            return 0
         try:
-            metrics = driver.train_distributed(cfg, run_dir=run_dir, resume=args.resume)
-        except BaseException as exc:  # noqa: BLE001 - reported here, then a hard exit (below)
-            _exit_now(exc)
-        _print_json(metrics)
-        return 0
-    metrics = load_driver(cfg.driver).train(cfg, run_dir=run_dir, resume=args.resume)
+            metrics = load_driver(cfg.driver).train(cfg, run_dir=run_dir, resume=args.resume, stop=stop)
+        except Interrupted as exc:
+            print(_stopped(exc, args, cfg), file=sys.stderr)
+            return exc.exit_status
     _print_json(metrics)
     return 0
 
 
-def _exit_now(exc: BaseException) -> NoReturn:
-    """Report a failed distributed child and end it at once: its receiving threads may still be inside
-    torch.distributed, waiting on a live peer, and tearing the process group down then aborts or hangs."""
-    if isinstance(exc, PeerError) or is_user_error(exc):
+def _stopped(exc: Interrupted, args: argparse.Namespace, cfg: Any) -> str:
+    """The one line a stopped run prints: where it stopped, its checkpoint and the command to go on."""
+    name = signal.Signals(exc.signum).name
+    where = f"checkpoint {exc.checkpoint}" if exc.checkpoint is not None else "no checkpoint (logging is off)"
+    line = f"{PROG}: stopped by {name} at step {exc.step} of {cfg.trainer.steps}; {where}"
+    if exc.checkpoint is not None:
+        procs = ["--procs", str(args.procs)] if args.procs > 1 else []
+        again = [PROG, "train", args.config, *args.overrides, *procs, "--resume", str(exc.checkpoint.parent)]
+        line += f"; resume with: {shlex.join(again)}"
+    return line
+
+
+def _exit_now(exc: BaseException, args: argparse.Namespace, cfg: Any) -> NoReturn:
+    """Report a failed or stopped distributed child and end it at once: its receiving threads may still be
+    inside torch.distributed, waiting on a live peer, and tearing the process group down then aborts or
+    hangs. A stopped run is reported once, by rank 0."""
+    if isinstance(exc, Interrupted):
+        if int(os.environ.get("RANK", "0")) == 0:
+            args.procs = int(os.environ.get("WORLD_SIZE", "1")) if args.procs == 1 else args.procs
+            print(_stopped(exc, args, cfg), file=sys.stderr)
+    elif isinstance(exc, PeerError) or is_user_error(exc):
         print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
     else:
         traceback.print_exception(exc)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(2 if is_user_error(exc) else 1)
+    os._exit(exc.exit_status if isinstance(exc, Interrupted) else 2 if is_user_error(exc) else 1)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

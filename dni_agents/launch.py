@@ -3,14 +3,17 @@
 Each child gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` (127.0.0.1
 by default) and a free ``MASTER_PORT``. When one child fails, the others get ``grace`` seconds to notice
 (their transport times out or sees the dead peer and exits with an error naming it); whoever is still
-running then is killed. The exit status is the first failure's, or 0.
+running then is killed. The exit status is the first failure's, or 0. SIGINT and SIGTERM are passed on
+to the children, which stop together with a checkpoint (exit status 130 / 143).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -32,6 +35,17 @@ def launch(command: Sequence[str], procs: int, addr: str = "127.0.0.1", grace: f
     port = free_port(addr)
     children = [subprocess.Popen(list(command), env=child_env(r, procs, addr, port)) for r in range(procs)]
     status, deadline = 0, None
+
+    def forward(signum: int, frame: object) -> None:
+        """Ctrl-C / SIGTERM: every child stops at one step boundary with a checkpoint (they agree on it),
+        so pass the signal on (from a terminal they have it already; a second one changes nothing) and
+        keep waiting for them."""
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         while None in [c.poll() for c in children]:  # a list: poll every child, each time
             failed = [c.returncode for c in children if c.returncode not in (None, 0)]
@@ -41,7 +55,9 @@ def launch(command: Sequence[str], procs: int, addr: str = "127.0.0.1", grace: f
                 break
             time.sleep(0.05)
     finally:
-        for child in children:  # stragglers after a failure, or everyone on Ctrl-C
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for child in children:  # stragglers after a failure
             if child.poll() is None:
                 child.kill()
                 child.wait()

@@ -11,6 +11,9 @@ waits for anybody's backward pass, except as far as the staleness window asks:
   ``block`` b > 1, of every step in blocks ``<= s // b - N - 1``). N = 0 is lockstep (with
   a ``System.settle()`` between steps, the run equals the in-process one bit for bit); larger N lets the
   stages of a pipeline overlap at the price of older targets.
+* **stopping together**: a rank that must stop (a signal) proposes the boundary it is at to every rank
+  (:meth:`TorchDistributed.propose_stop`, passed on from peer to peer); a rank that hears a proposal
+  proposes its own at once, and all stop at the largest (``agreed_stop``), so their checkpoints fit.
 * **timeouts**: whoever waits (for a message, a target, or room in the window) waits at most ``timeout``
   seconds, then raises :class:`PeerError` naming the peer rank and what was awaited. A peer that dies is
   noticed as soon as its socket closes (gloo), and reported the same way. Nothing hangs.
@@ -46,11 +49,12 @@ MAX_NDIM = 8
 # header: kind, interface id, step, has_context, then (dtype code, ndim, shape[MAX_NDIM]) for the message
 # tensor and for the context
 HEADER_LEN = 4 + 2 * (2 + MAX_NDIM)
-KIND_MESSAGE, KIND_TARGET, KIND_CLOSE, KIND_ACK = 1, 2, 3, 4
+KIND_MESSAGE, KIND_TARGET, KIND_CLOSE, KIND_ACK, KIND_STOP = 1, 2, 3, 4, 5
 DTYPES: tuple[torch.dtype, ...] = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8,
     torch.bool,
 )
+FINISHED = 2**62  # the stop proposal of a rank that has run to the end
 _FOREVER = datetime.timedelta(days=365)  # a gloo wait that times out poisons the group: never let it
 
 
@@ -169,6 +173,10 @@ class TorchDistributed(Transport):
         self._dead: dict[int, str] = {}  # peer -> why it is gone (error text or "closed")
         self._closed = False
         self.max_in_flight = 0  # most messages of one interface ever awaiting their targets at once
+        self.world_size = dist.get_world_size()
+        self.next_boundary = 0  # the boundary this rank is at, or reaches next: what it would propose
+        self.stop_proposals: dict[int, int] = {}  # rank -> the boundary it proposed to stop at
+        self.stop_signal: int | None = None  # the signal that started it (passed on with the proposals)
         ends = [(self.placement[r.sender], self.placement[r.receiver]) for r in self.routes.values()]
         self.peers = sorted(({b for a, b in ends if a == self.rank} | {a for a, b in ends if b == self.rank})
                             - {self.rank})
@@ -280,6 +288,9 @@ class TorchDistributed(Transport):
                 if kind == KIND_ACK:
                     self._inbox.put((kind, peer, (names[iface_id], step)))
                     continue
+                if kind == KIND_STOP:  # iface_id: the proposing rank; rest[0]: the signal
+                    self._inbox.put((kind, peer, (iface_id, step, rest[0])))
+                    continue
                 tensors = []
                 for part in range(1 + has_context):
                     code, ndim, *shape = rest[part * (2 + MAX_NDIM): (part + 1) * (2 + MAX_NDIM)]
@@ -310,6 +321,13 @@ class TorchDistributed(Transport):
         elif kind == KIND_ACK:
             name, step = body
             self._awaiting.get(name, set()).discard(step)
+        elif kind == KIND_STOP:
+            origin, step, signum = body
+            if origin not in self.stop_proposals:
+                self.stop_proposals[origin] = step
+                self._flood_stop(origin, step, signum, exclude=peer)
+            if not self.stop_proposed:
+                self.propose_stop(signum)
 
     def poll(self) -> None:
         """File everything that has arrived so far, without waiting."""
@@ -402,12 +420,57 @@ class TorchDistributed(Transport):
                 f"the targets of {name} up to {what} (staleness window {self.max_staleness})", timeout,
             )
 
+    # ----------------------------------------------------------------------------------------- stopping
+    @property
+    def stop_proposed(self) -> bool:
+        return self.rank in self.stop_proposals
+
+    @property
+    def stopping(self) -> bool:
+        """Whether some rank has proposed to stop."""
+        return bool(self.stop_proposals)
+
+    def propose_stop(self, signum: int) -> None:
+        """Propose to stop at :attr:`next_boundary` (once), and tell every rank."""
+        if self.stop_proposed:
+            return
+        self.stop_signal = self.stop_signal or signum
+        self.stop_proposals[self.rank] = self.next_boundary
+        self._flood_stop(self.rank, self.next_boundary, signum)
+
+    def _flood_stop(self, origin: int, step: int, signum: int, exclude: int | None = None) -> None:
+        """Pass a proposal on to every peer (ranks not joined by an interface hear it through others)."""
+        self.stop_signal = self.stop_signal or signum
+        if self._closed:
+            return
+        for peer in self.peers:
+            if peer != exclude and peer not in self._dead and peer not in self._send_errors:
+                header = torch.zeros(HEADER_LEN, dtype=torch.int64, device=self.device)
+                header[:5] = torch.tensor([KIND_STOP, origin, step, 0, signum])
+                self._sends[peer].put(([dist.isend(header, dst=peer)], [header]))
+
+    def agreed_stop(self) -> int | None:
+        """The boundary every rank stops at, once every rank has proposed one (their largest)."""
+        if len(self.stop_proposals) < self.world_size:
+            return None
+        return max(self.stop_proposals.values())
+
+    def wait_stop_agreement(self, timeout: float | None = None) -> None:
+        """Block until every rank has proposed (a :class:`PeerError` if a peer dies or stays silent)."""
+        silent = [r for r in range(self.world_size) if r not in self.stop_proposals]
+        peer = next((r for r in silent if r in self.peers), self.peers[0] if self.peers else self.rank)
+        self._wait_until(lambda: self.agreed_stop() is not None, peer,
+                         f"every rank's stop proposal (have {sorted(self.stop_proposals)})", timeout)
+
     # ------------------------------------------------------------------------------------------ closing
     def close(self, timeout: float | None = None) -> None:
         """Tell every peer we are done, let our sends finish and wait (bounded) until every peer said the
         same. Items that arrive meanwhile are dropped. Peers already gone are not waited for."""
         if self._closed:
             return
+        if not self.stop_proposed:  # a rank that closes has run to the end: a peer stopping goes on too
+            self.next_boundary = FINISHED
+            self.propose_stop(self.stop_signal or 0)
         self._closed = True
         for peer in self.peers:
             if peer not in self._send_errors:

@@ -41,12 +41,14 @@ from .common import (
     merge_rank_checkpoints,
     open_distributed_run,
     open_run,
+    rank_checkpoint,
     rank_files,
     resolve_device,
     save_checkpoint,
     save_rank_checkpoint,
     write_report,
 )
+from .stop import StopRequest
 
 METHODS: dict[str, list[str]] = {
     "backprop": ["interface_defaults.mode=backprop"],
@@ -191,8 +193,10 @@ def train(
     log: bool = True,
     progress: bool = True,
     stop_at: int | None = None,
+    stop: StopRequest | None = None,
 ) -> dict:
-    """Train ``cfg`` and return the final metrics. ``stop_at`` ends early (as a crash would), for tests."""
+    """Train ``cfg`` and return the final metrics. ``stop_at`` ends early (as a crash would), for tests;
+    ``stop`` (the CLI's): on SIGINT/SIGTERM checkpoint at the next step boundary and raise Interrupted."""
     device = resolve_device(cfg.device)
     data = data or load_dataset(cfg.ff.dataset, cfg.ff.data_root)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -207,9 +211,18 @@ def train(
     tc = cfg.trainer
     stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    bar = tqdm(range(start, end), desc=cfg.name, disable=not progress, leave=False, unit="step")
+    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="step")
+    stop = stop or StopRequest()
+
+    def save(step: int) -> Path | None:
+        if not log:
+            return None
+        save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": step, "system": system.state_dict()})
+        return Path(run_dir) / CHECKPOINT
+
     t0 = time.perf_counter()
-    for step in bar:
+    for step in range(start, end):
+        stop.check(step, save, bar, logger)
         x, y = next(stream)
         log_now = step % cfg.log.every == 0 or step == tc.steps - 1
         system.track_stats = log and log_now
@@ -226,8 +239,9 @@ def train(
                 logger.message_histogram(name, message, step)
         if log and tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
             logger.scalars("eval", evaluate_chain(system, x_test, y_test), step)
-        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and log:
-            save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": step + 1, "system": system.state_dict()})
+        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+            save(step + 1)
+        bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0
     if end < tc.steps:  # stopped early on purpose: leave it as a crash would
@@ -491,6 +505,7 @@ def train_distributed(
     log: bool = True,
     progress: bool = True,
     resume: Path | None = None,
+    stop: StopRequest | None = None,
 ) -> dict:
     """This process's share of a run whose layers are spread over the ranks of a process group (started
     by ``dni-agents train CONFIG --procs N`` or ``torchrun``; RANK/WORLD_SIZE/MASTER_* in the environment).
@@ -501,7 +516,8 @@ def train_distributed(
     ``trainer.checkpoint_every`` steps and at the end, each after a :func:`drain`) and
     ``metrics.rank{r}.json``, and logs under ``rank{r}``. ``resume``: continue that run folder from the
     newest step every rank has a checkpoint of. The top layer's rank has the test metrics (of the chain,
-    evaluated at the end only)."""
+    evaluated at the end only). ``stop``: on a signal to any rank, all stop at one step boundary with a
+    checkpoint each (:meth:`StopRequest.check_ranks`)."""
     dc = cfg.distributed
     rank, world, device, backend = join_process_group(cfg)
     placement = placement_for(cfg, world)
@@ -526,8 +542,8 @@ def train_distributed(
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     tc = cfg.trainer
     stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
-    bar = tqdm(range(start, tc.steps), desc=f"{cfg.name} rank {rank}", disable=not progress or rank != 0,
-               leave=False, unit="step")
+    bar = tqdm(total=tc.steps, initial=start, desc=f"{cfg.name} rank {rank}",
+               disable=not progress or rank != 0, leave=False, unit="step")
     losses: list[float] = []
     keep = world + 1
 
@@ -537,8 +553,20 @@ def train_distributed(
             "first_loss": losses[0] if losses and first_loss is None else first_loss,
         }, keep)
 
+    def finish(step: int) -> Path | None:  # stopped by a signal at this boundary, on every rank
+        nonlocal seconds
+        if step > start:  # nothing was sent yet by this process otherwise
+            drain(system, transport, step - 1)
+        seconds += time.perf_counter() - t0
+        if not log:
+            return None
+        save(step)
+        return rank_checkpoint(run_path, rank)
+
+    stop = stop or StopRequest()
     t0 = time.perf_counter()
-    for step in bar:
+    for step in range(start, tc.steps):
+        stop.check_ranks(step, transport, finish, bar, logger)
         x, y = next(stream)
         log_now = log and (step % cfg.log.every == 0 or step == tc.steps - 1)
         system.track_stats = log_now
@@ -556,6 +584,8 @@ def train_distributed(
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             save(step + 1)
+        bar.update(1)
+    bar.close()
     if tc.steps:
         drain(system, transport, tc.steps - 1)  # the last targets, and real inputs Î learns from
     seconds += time.perf_counter() - t0

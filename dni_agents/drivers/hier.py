@@ -51,6 +51,7 @@ from .common import (
     write_report,
 )
 from .rnn import Core
+from .stop import StopRequest
 
 A, B = "A", "B"
 MESSAGE, A_SELF, B_SELF = "A->B", "A->A", "B->B"
@@ -304,10 +305,11 @@ def _streams(cfg: Config):
 
 def train(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
-    stop_at: int | None = None,
+    stop_at: int | None = None, stop: StopRequest | None = None,
 ) -> dict:
     """Train for ``trainer.steps`` blocks (B updates); evaluate on held-out digits every
-    ``trainer.eval_every`` blocks and at the end. ``stop_at`` ends early (as a crash would), for tests."""
+    ``trainer.eval_every`` blocks and at the end. ``stop_at`` ends early (as a crash would), for tests;
+    ``stop``: on SIGINT/SIGTERM checkpoint at the next block boundary and raise Interrupted."""
     device = resolve_device(cfg.device)
     h, tc = cfg.hier, cfg.trainer
     torch.manual_seed(cfg.seed)
@@ -337,16 +339,21 @@ def train(
         logger.scalars("test", metrics, step)
         return {"point": point, "messages": messages, "labels": labels}
 
-    def save(step: int) -> None:
+    def save(step: int) -> Path | None:
+        if not log:
+            return None
         last = tick_step(step * U - 1, T)
         save_checkpoint(Path(run_dir) / CHECKPOINT, {
             "step": step, "system": hier.system.state_dict(), "stream": stream.state_dict(),
             "seconds": seconds, "curve": curve, "a_state": carry.a_state, "b_state": carry.b_state,
             "a_prediction": hier.a_self.in_flight(last), "b_prediction": hier.b_self.in_flight(last),
         })
+        return Path(run_dir) / CHECKPOINT
 
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="block")
+    stop = stop or StopRequest()
     for step in range(start, end):
+        stop.check(step, save, bar, logger)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         t0 = time.perf_counter()
         block = stream.block(generator)
@@ -387,11 +394,11 @@ def train(
 
 
 def train_distributed(cfg: Config, run_dir: Path, log: bool = True, progress: bool = True,
-                      resume: Path | None = None) -> dict:
+                      resume: Path | None = None, stop: StopRequest | None = None) -> dict:
     """A on one process, B on another (``--procs 2``): see :mod:`dni_agents.drivers.hier_dist`."""
     from .hier_dist import train_distributed as on_two_ranks  # it imports this module
 
-    return on_two_ranks(cfg, run_dir, log=log, progress=progress, resume=resume)
+    return on_two_ranks(cfg, run_dir, log=log, progress=progress, resume=resume, stop=stop)
 
 
 def evaluate(run_dir: Path) -> dict:

@@ -36,6 +36,7 @@ from .common import (
     local_system,
     log_interfaces,
     open_distributed_run,
+    rank_checkpoint,
     save_rank_checkpoint,
     write_report,
 )
@@ -55,6 +56,7 @@ from .hier import (
     build,
     tick_step,
 )
+from .stop import StopRequest
 
 
 def placement_for(cfg: Config, world_size: int) -> dict[str, int]:
@@ -112,7 +114,8 @@ def drain(hier: Hier, transport: TorchDistributed, blocks: int, T: int, U: int) 
 
 
 def train_distributed(
-    cfg: Config, run_dir: Path, log: bool = True, progress: bool = True, resume: Path | None = None
+    cfg: Config, run_dir: Path, log: bool = True, progress: bool = True, resume: Path | None = None,
+    stop: StopRequest | None = None,
 ) -> dict:
     """This process's share of a hier run on two ranks (``dni-agents train hier --procs 2`` or
     ``torchrun``). Rank r writes ``checkpoint.rank{r}.pt`` (every ``trainer.checkpoint_every`` blocks,
@@ -161,8 +164,20 @@ def train_distributed(
     bar = tqdm_blocks(cfg, start, rank, progress)
     first: dict = {}
     last: dict = {}
+    def finish(step: int) -> Path | None:  # stopped by a signal at this boundary, on both ranks
+        nonlocal seconds
+        drain(hier, transport, step, T, U)
+        seconds += time.perf_counter() - t0
+        bar.close()
+        if not log:
+            return None
+        save(step)
+        return rank_checkpoint(run_path, rank)
+
+    stop = stop or StopRequest()
     t0 = time.perf_counter()
     for step in range(start, tc.steps):
+        stop.check_ranks(step, transport, finish, logger)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         block = stream.block(generator)
         block = Block(*(t.to(device) for t in (block.x, block.odd, block.count, block.window_count)))

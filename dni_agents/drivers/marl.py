@@ -50,6 +50,7 @@ from .common import (
     save_checkpoint,
     write_report,
 )
+from .stop import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 1_000_003  # evaluation episodes never reuse training seeds
@@ -829,20 +830,22 @@ def episode_metrics(cfg: Config, ep: Episode, groups: list[Group]) -> dict[str, 
 # ------------------------------------------------------------------------------------------ train / eval
 def train(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
-    stop_at: int | None = None,
+    stop_at: int | None = None, stop: StopRequest | None = None,
 ) -> dict:
-    """Train ``cfg``; return the final evaluation. ``stop_at`` ends early (as a crash would), for tests."""
+    """Train ``cfg``; return the final evaluation. ``stop_at`` ends early (as a crash would), for tests;
+    ``stop``: on SIGINT/SIGTERM checkpoint at the next update boundary and raise Interrupted."""
     threads = torch.get_num_threads()
     if cfg.marl.threads:  # small policy networks: more intra-op threads cost more than they give
         torch.set_num_threads(cfg.marl.threads)
     try:
-        return _train(cfg, run_dir, resume, log, progress, stop_at)
+        return _train(cfg, run_dir, resume, log, progress, stop_at, stop or StopRequest())
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(
-    cfg: Config, run_dir: Path, resume: Path | None, log: bool, progress: bool, stop_at: int | None
+    cfg: Config, run_dir: Path, resume: Path | None, log: bool, progress: bool, stop_at: int | None,
+    stop: StopRequest,
 ) -> dict:
     device = resolve_device(cfg.device)
     mc, tc = cfg.marl, cfg.trainer
@@ -856,9 +859,18 @@ def _train(
         start, clock = int(state["update"]), int(state["clock"])
     private_agent = mc.private_info.agent if mc.private_info else None
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    bar = tqdm(range(start, end), desc=cfg.name, disable=not progress, leave=False, unit="update")
+    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="update")
     env_steps, seconds, recent = 0, 0.0, []
-    for update in bar:
+
+    def save(update: int) -> Path | None:
+        if not log:
+            return None
+        save_checkpoint(Path(run_dir) / CHECKPOINT,
+                        {"update": update, "clock": clock, "system": system.state_dict()})
+        return Path(run_dir) / CHECKPOINT
+
+    for update in range(start, end):
+        stop.check(update, save, bar, logger)
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + update)
         ep = player.play(seed=(cfg.seed * 100_000 + update) * mc.num_envs, generator=generator)
@@ -884,9 +896,9 @@ def _train(
         if log and update % cfg.log.histogram_every == 0:
             for name, msgs in ep.messages.items():
                 logger.message_histogram(name, msgs[ep.alive], update)
-        if log and tc.checkpoint_every and (update + 1) % tc.checkpoint_every == 0:
-            save_checkpoint(Path(run_dir) / CHECKPOINT,
-                            {"update": update + 1, "clock": clock, "system": system.state_dict()})
+        if tc.checkpoint_every and (update + 1) % tc.checkpoint_every == 0:
+            save(update + 1)
+        bar.update(1)
     bar.close()
     if end < tc.steps:
         logger.close()
@@ -897,8 +909,7 @@ def _train(
         logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
         if cfg.log.embedding_samples and "_episode" in result:
             _log_projector(cfg, logger, result["_episode"], channels, tc.steps)
-        save_checkpoint(Path(run_dir) / CHECKPOINT,
-                        {"update": tc.steps, "clock": clock, "system": system.state_dict()})
+        save(tc.steps)
         result["run_dir"] = str(run_dir)
     result.pop("_episode", None)
     logger.close()

@@ -44,6 +44,7 @@ from .common import (
     save_checkpoint,
     write_report,
 )
+from .stop import StopRequest
 
 METHODS: dict[str, list[str]] = {
     "bptt": ["interface_defaults.mode=none", "rnn.aux=false"],
@@ -272,12 +273,14 @@ def _task(cfg: Config) -> CopyTask:
 
 def train(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
-    stop_at: int | None = None,
+    stop_at: int | None = None, stop: StopRequest | None = None,
 ) -> dict:
     """Train ``cfg`` for ``trainer.steps`` windows; return the result. ``stop_at`` ends early (as a crash
-    would), for tests."""
+    would), for tests; ``stop``: on SIGINT/SIGTERM checkpoint at the next window boundary and raise
+    Interrupted."""
+    stop = stop or StopRequest()
     if cfg.rnn.task == "charlm":
-        return train_lm(cfg, run_dir, resume, log, progress, stop_at)
+        return train_lm(cfg, run_dir, resume, log, progress, stop_at, stop)
     device = resolve_device(cfg.device)
     r, tc = cfg.rnn, cfg.trainer
     task = _task(cfg)
@@ -298,7 +301,14 @@ def train(
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
     B, T = tc.batch_size, r.truncation
     seconds, error = 0.0, float("nan")
+
+    def save(step: int) -> Path | None:
+        if log:
+            _save(run_dir, system, iface, step, cur, stream, sent, bits, scored)
+        return Path(run_dir) / CHECKPOINT if log else None
+
     for step in range(start, end):
+        stop.check(step, save, bar, logger)
         t0 = time.perf_counter()
         seq = stream.window(T, cur.n, cur.r, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         seq = Sequence(seq.inputs.to(device), seq.targets.to(device), seq.mask.to(device))
@@ -349,7 +359,7 @@ def _save(run_dir: Path, system: System, iface: Interface, step: int, cur: Curri
 
 def train_lm(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
-    stop_at: int | None = None,
+    stop_at: int | None = None, stop: StopRequest | None = None,
 ) -> dict:
     """The character-level language model: ``B`` streams of text in windows of ``T``; validation bits per
     character every ``trainer.eval_every`` windows; the best validation model is scored on the test split."""
@@ -375,13 +385,18 @@ def train_lm(
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
     B, T = tc.batch_size, r.truncation
 
-    def save(step: int) -> None:
+    def save(step: int) -> Path | None:
+        if not log:
+            return None
         save_checkpoint(Path(run_dir) / CHECKPOINT, {
             "step": step, "system": system.state_dict(), "stream": stream.state_dict(), "sent": sent,
             "prediction": iface.in_flight(step - 1), "seconds": seconds, "best": best, "curve": curve,
         })
+        return Path(run_dir) / CHECKPOINT
 
+    stop = stop or StopRequest()
     for step in range(start, end):
+        stop.check(step, save, bar, logger)
         t0 = time.perf_counter()
         x, y = (t.to(device) for t in stream.window(T))
         _, sent, loss = window(
