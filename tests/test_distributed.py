@@ -164,14 +164,17 @@ WORKER = textwrap.dedent("""
 
     rank, world = init_process_group(backend="gloo", timeout=10)
     transport = TorchDistributed({"a": 0, "b": 1}, [Route("a->b", "a", "b")], timeout=float(sys.argv[1]))
-    if rank == 0:
-        time.sleep(float(sys.argv[1]) + 2)  # alive but silent, longer than the peer's timeout
+    if rank == 0:  # alive but silent until the peer has timed out (however slow the machine is)
+        deadline = time.monotonic() + 60
+        while not os.path.exists("timed-out") and time.monotonic() < deadline:
+            time.sleep(0.05)
     else:
         t0 = time.monotonic()
         try:
             transport.wait_message("a->b", 0)
         except PeerError as exc:
-            print(f"ERROR after {time.monotonic() - t0:.1f}s peer={exc.peer}: {exc}", flush=True)
+            print(f"ERROR after {time.monotonic() - t0:.2f}s peer={exc.peer}: {exc}", flush=True)
+        open("timed-out", "w").close()
     transport.close(timeout=10)  # rank 0 never sent anything; both say goodbye
     dist.destroy_process_group()
     print("CLEAN", flush=True)
@@ -182,7 +185,7 @@ def test_a_silent_peer_times_out_with_an_error_naming_its_rank(tmp_path):
     outs = run_pair(WORKER, tmp_path, "2")
     waited = outs[1][0]
     assert "peer=0" in waited and "timed out after 2 s" in waited
-    assert 1.5 < float(waited.split("after ")[1].split("s ")[0]) < 5
+    assert float(waited.split("after ")[1].split("s ")[0]) >= 2.0  # never early (late only if the machine is)
     assert "the message of a->b at step 0 from rank 0" in waited
     assert all("CLEAN" in out for out, _ in outs)
 
@@ -191,17 +194,17 @@ def test_a_silent_peer_times_out_with_an_error_naming_its_rank(tmp_path):
 def test_a_killed_rank_ends_the_other_with_an_error_naming_it(tmp_path, victim):
     port = free_port()
     argv = ["train", "ff_digits", *TINY, "trainer.steps=1000000", "distributed.timeout=5",
-            f"log.dir={tmp_path}", "--run-dir", str(tmp_path / "run")]
+            "trainer.checkpoint_every=5", f"log.dir={tmp_path}", "--run-dir", str(tmp_path / "run")]
     procs = [
         subprocess.Popen(cli_command(argv), env=env_for(r, 2, port), cwd=tmp_path, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
         for r in (0, 1)
     ]
     try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "run" / "rank1").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)  # every rank has built its part and started training
-        time.sleep(1.0)
+        deadline = time.monotonic() + 120
+        started = [tmp_path / "run" / f"checkpoint.rank{r}.step5.pt" for r in (0, 1)]
+        while not all(f.exists() for f in started) and time.monotonic() < deadline:
+            time.sleep(0.05)  # both ranks are training (each wrote its first checkpoint)
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
         os.kill(procs[victim].pid, signal.SIGKILL)
         t0 = time.monotonic()
@@ -215,7 +218,9 @@ def test_a_killed_rank_ends_the_other_with_an_error_naming_it(tmp_path, victim):
                 p.wait()
     assert survivor.returncode == 1, err
     assert f"rank {victim} is gone" in err and "Traceback" not in err
-    assert took < 5 + 5  # the transport's timeout, plus room for a busy machine
+    # a dead peer is seen when its socket closes (at once), at worst after the transport's 5 s timeout;
+    # the bound catches a hang, with room for a machine busy with other work
+    assert took < 5 + 15
     assert all(p.poll() is not None for p in procs)  # nobody left behind
 
 
@@ -264,7 +269,7 @@ SILENT_STAGE = textwrap.dedent("""
 
     init_process_group(backend="gloo", timeout=10)
     dist.broadcast_object_list([None], src=0)  # joins the run, then never answers
-    time.sleep(20)
+    time.sleep(120)  # (killed by the test once the trainer has given up)
 """)
 
 
