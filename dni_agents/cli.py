@@ -144,8 +144,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _exit_now(exc: BaseException) -> NoReturn:
     """Report a failed distributed child and end it at once: its receiving threads may still be inside
-    torch.distributed, waiting on a live peer, and tearing the process group down then aborts or hangs."""
-    if isinstance(exc, PeerError) or is_user_error(exc):
+    torch.distributed, waiting on a live peer, and tearing the process group down then aborts or hangs.
+    A user error another rank reports (``quiet``) is not printed again: the run says it once."""
+    if getattr(exc, "quiet", False) is True and is_user_error(exc):
+        pass
+    elif isinstance(exc, PeerError) or is_user_error(exc):
         print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
     else:
         traceback.print_exception(exc)
