@@ -165,11 +165,14 @@ def _stopped(exc: Interrupted, args: argparse.Namespace, cfg: Any) -> str:
 def _exit_now(exc: BaseException, args: argparse.Namespace, cfg: Any) -> NoReturn:
     """Report a failed or stopped distributed child and end it at once: its receiving threads may still be
     inside torch.distributed, waiting on a live peer, and tearing the process group down then aborts or
-    hangs. A stopped run is reported once, by rank 0."""
+    hangs. A stopped run is reported once, by rank 0; a user error another rank reports (``quiet``) is not
+    printed again."""
     if isinstance(exc, Interrupted):
         if int(os.environ.get("RANK", "0")) == 0:
             args.procs = int(os.environ.get("WORLD_SIZE", "1")) if args.procs == 1 else args.procs
             print(_stopped(exc, args, cfg), file=sys.stderr)
+    elif getattr(exc, "quiet", False) is True and is_user_error(exc):
+        pass
     elif isinstance(exc, PeerError) or is_user_error(exc):
         print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
     else:

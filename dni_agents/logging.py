@@ -25,22 +25,37 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["RunLogger", "make_run_dir", "read_histogram_tags", "read_projector", "read_scalars", "read_texts"]
+__all__ = [
+    "RunDirError", "RunLogger", "make_run_dir", "read_histogram_tags", "read_projector", "read_scalars",
+    "read_texts",
+]
 
 _SIZE_GUIDANCE = {"scalars": 0, "histograms": 0, "tensors": 0}  # 0 = keep every event
 
 
-def make_run_dir(log_dir: str | Path, name: str, resume: bool = False) -> Path:
+class RunDirError(Exception):
+    """The run folder cannot be created (a parent is a file, no permission, ...): a user error, reported
+    in one line before any training, naming the config key that chose the folder."""
+
+    user_error = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def make_run_dir(log_dir: str | Path, name: str, resume: bool = False, key: str = "log.dir") -> Path:
     """Return ``log_dir/name`` (or ``name-2``, ``name-3``, ...) so an existing run is never overwritten.
 
     The directory is claimed with an exclusive ``mkdir`` so concurrent launches cannot pick the same one.
-    With ``resume=True`` the run must already exist and is returned as is.
+    With ``resume=True`` the run must already exist and is returned as is. A folder that cannot be made
+    is a :class:`RunDirError` naming ``key`` (the setting that chose it), not a traceback mid-start.
     """
     if not name or name in (".", "..") or Path(name).name != name:
         raise ValueError(f"run name must be a single path component, got {name!r}")
@@ -50,7 +65,10 @@ def make_run_dir(log_dir: str | Path, name: str, resume: bool = False) -> Path:
         if not run.is_dir():
             raise FileNotFoundError(f"cannot resume: run directory {run} does not exist")
         return run
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"{key}: cannot create the run folder {root / name}: {_why(exc, root)}") from exc
     candidate, i = name, 1
     while True:
         try:
@@ -59,6 +77,28 @@ def make_run_dir(log_dir: str | Path, name: str, resume: bool = False) -> Path:
         except FileExistsError:
             i += 1
             candidate = f"{name}-{i}"
+        except OSError as exc:
+            raise RunDirError(
+                f"{key}: cannot create the run folder {root / candidate}: {_why(exc, root)}"
+            ) from exc
+
+
+def _why(exc: OSError, root: Path) -> str:
+    """``mkdir -p`` on a path that is a file says "File exists"; say what is wrong instead."""
+    if isinstance(exc, FileExistsError) and not root.is_dir():
+        return f"{root} is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
+def _after_existing_events(run_dir: Path) -> None:
+    """Wait, if need be, until a new event file's name sorts after the folder's existing ones. TensorBoard
+    reads a folder's files in name order, and a name starts with the second the file was made: a resumed
+    run's file made in the same second as the crashed run's could be read first, and then the crashed
+    run's events would purge the resumed run's instead (a resume within a second: tests, mostly)."""
+    stamps = [p.name.split(".")[3] for p in run_dir.glob("events.out.tfevents.*")]
+    newest = max((int(s) for s in stamps if s.isdigit()), default=None)
+    if newest is not None and (wait := newest + 1 - time.time()) > 0:
+        time.sleep(wait)
 
 
 def _clean(cell: Any) -> str:
@@ -75,7 +115,8 @@ class RunLogger:
     """Write scalars, histograms, text and projector embeddings for one run.
 
     With ``enabled=False`` nothing is created on disk and every method is a no-op, so benchmark code
-    can keep its logging calls without paying for them.
+    can keep its logging calls without paying for them. ``purge_step``: the step a resumed run continues
+    logging from (events of the earlier run at or after it are dropped by TensorBoard).
     """
 
     def __init__(
@@ -84,6 +125,7 @@ class RunLogger:
         config_yaml: str | None = None,
         hparams: Mapping[str, Any] | None = None,
         enabled: bool = True,
+        purge_step: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
@@ -95,13 +137,18 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter  # imported lazily: disabled loggers skip it
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._writer = SummaryWriter(log_dir=str(self.run_dir))
+        # purge_step (a resume): TensorBoard drops the events the crashed run wrote from that step on, so
+        # every step shows once, with the values of the run that continued.
+        if purge_step is not None:
+            _after_existing_events(self.run_dir)
+        self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
+        first = purge_step or 0  # a resumed run's config is shown at the step it continued from
         if config_yaml is not None:
             self._write_atomic(self.run_dir / "config.yaml", config_yaml)
             # Indented = markdown code block, so TensorBoard keeps the YAML layout.
-            self._writer.add_text("config", "\n".join("    " + ln for ln in config_yaml.splitlines()), 0)
+            self._writer.add_text("config", "\n".join("    " + ln for ln in config_yaml.splitlines()), first)
         if hparams:
-            self._writer.add_text("hparams", _hparams_markdown(hparams), 0)
+            self._writer.add_text("hparams", _hparams_markdown(hparams), first)
 
     @staticmethod
     def _write_atomic(path: Path, text: str) -> None:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from ..config import Config, ConfigError, config_to_yaml, interface_config
 from ..core import Interface, SyntheticInputModel, System, Transport, UtilityModel
-from ..logging import RunLogger, make_run_dir
+from ..logging import RunDirError, RunLogger, make_run_dir
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,28 +126,199 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read, or that does not fit the system this config builds: a user error
+    (the CLI prints the one-line message and exits 2), raised before anything is written to the run."""
+
+    user_error = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+class ReportedByPeer(Exception):
+    """A user error that another rank of the run reports: this rank exits with the same status without
+    printing it again (one line on stderr for the whole run)."""
+
+    user_error = True
+    quiet = True
+
+
+class StateMismatch(ValueError):
+    """A part of a checkpoint that does not fit what the config built (raised inside a ``restore``;
+    :func:`apply_checkpoint` names the file)."""
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """The checkpoint at ``path``; a file that is not one (cut short, corrupted, another kind of torch
+    file) is a :class:`CheckpointError` naming it, not an unpickling traceback."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no checkpoint to resume from", str(path))
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load of a bad file raises almost anything
+        raise CheckpointError(
+            f"{path}: not a dni-agents checkpoint (truncated or corrupted: {_load_failure(exc)})"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a dni-agents checkpoint (it holds a {type(state).__name__}, "
+                              "not a dict of run state)")
+    return state
+
+
+def _load_failure(exc: BaseException) -> str:
+    """A few words on why torch.load failed (its weights-only message is a page long)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
+        return "unreadable data: " + detail.split(" was not an allowed", 1)[0].splitlines()[0][:80]
+    if isinstance(exc, EOFError):
+        return "the file ends early"
+    lines = text.strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:80]}" if lines else type(exc).__name__
+
+
+def state_mismatch(expected: Any, found: Any, where: str = "") -> str | None:
+    """The first way ``found`` (from a checkpoint) does not fit ``expected`` (the fresh object's
+    ``state_dict()``): a missing or extra key, or a tensor of another shape; None when it fits.
+    Optimizers are compared by their parameter groups (their per-parameter state is empty until they
+    step); plain values (counters, positions) fit whatever they hold."""
+    at = where or "the state"
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(found, torch.Tensor):
+            return f"{at} is a {type(found).__name__} in the checkpoint, a tensor in the config"
+        if found.shape != expected.shape:
+            return (f"{at} has shape {list(found.shape)} in the checkpoint, {list(expected.shape)} "
+                    "in the config")
+        return None
+    if not isinstance(expected, Mapping):
+        return None
+    if not isinstance(found, Mapping):
+        return f"{at} is a {type(found).__name__} in the checkpoint, a dict in the config"
+    if set(expected) == {"state", "param_groups"}:
+        return _optimizer_mismatch(expected, found, at)
+    prefix = f"{where}." if where else ""
+    for key in expected:
+        if key not in found:
+            return f"{prefix}{key} is not in the checkpoint"
+    for key in found:
+        if key not in expected:
+            return f"the checkpoint has {prefix}{key}, which this config does not"
+    for key in expected:
+        if (problem := state_mismatch(expected[key], found[key], f"{prefix}{key}")) is not None:
+            return problem
+    return None
+
+
+def _optimizer_mismatch(expected: Mapping, found: Mapping, at: str) -> str | None:
+    """Parameter groups of another size or kind (adam vs sgd) would load and then fail at the first step.
+    Settings a newer torch fills in itself (flags: bools and None) may be absent from the checkpoint."""
+    groups, saved = expected["param_groups"], found.get("param_groups")
+    if not isinstance(saved, list) or len(saved) != len(groups):
+        return f"{at} has other parameter groups in the checkpoint"
+    for group, old in zip(groups, saved, strict=True):
+        if not isinstance(old, Mapping) or len(old.get("params", ())) != len(group["params"]):
+            n = len(old.get("params", ())) if isinstance(old, Mapping) else "?"
+            return f"{at} steps {n} parameters in the checkpoint, {len(group['params'])} in the config"
+        for key, value in group.items():
+            if key not in old and not (value is None or isinstance(value, bool)):
+                return f"{at} has no {key!r} setting in the checkpoint (another optimizer?)"
+    return None
+
+
+def check_like(part: str, expected: Any, found: Any) -> None:
+    """Raise :class:`StateMismatch` when ``found`` does not fit ``expected`` (see :func:`state_mismatch`)."""
+    if (problem := state_mismatch(expected, found)) is not None:
+        raise StateMismatch(f"{part}: {problem}")
+
+
+def system_mismatch(system: System, state: Any) -> str | None:
+    """The first agent or interface of ``system`` the checkpoint's system state lacks, has in excess, or
+    holds in another shape; None when it fits."""
+    if not isinstance(state, Mapping) or not isinstance(state.get("agents"), Mapping) or not isinstance(
+        state.get("interfaces"), Mapping
+    ):
+        return "it holds no system state (agents and interfaces)"
+    expected = system.state_dict()
+    parts = (("agents", "agent"), ("interfaces", "interface"))
+    for kind, label in parts:
+        want, have = expected[kind], state[kind]
+        for name in want:
+            if name not in have:
+                return f"{label} {name} is not in the checkpoint (it has {', '.join(have) or 'none'})"
+        for name in have:
+            if name not in want:
+                builds = ", ".join(want)
+                return f"the checkpoint has {label} {name}, which this config does not (it builds {builds})"
+    for kind, label in parts:
+        for name, part in expected[kind].items():
+            if (problem := state_mismatch(part, state[kind][name])) is not None:
+                return f"{label} {name}: {problem}"
+    return None
+
+
+def load_system(system: System, state: Any) -> None:
+    """Load a checkpoint's system state after checking that it fits: a checkpoint of another config is
+    named by its first differing part instead of failing half-way through the load."""
+    if (problem := system_mismatch(system, state)) is not None:
+        raise StateMismatch(problem)
+    system.load_state_dict(state)
+
+
+RESTORE_ERRORS = (StateMismatch, KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError)
+
+
+def apply_checkpoint(path: Path, state: dict, restore: Callable[[dict], T], hint: str) -> T:
+    """Run ``restore(state)``; a checkpoint that does not fit (a missing entry, a part of another shape) is
+    a one-line :class:`CheckpointError` naming ``path`` and ending with ``hint`` (what to do)."""
+    try:
+        return restore(state)
+    except (ConfigError, CheckpointError):
+        raise
+    except RESTORE_ERRORS as exc:
+        if isinstance(exc, KeyError):
+            reason = f"it has no {exc.args[0]!r} entry" if exc.args else "an entry is missing"
+        else:
+            lines = str(exc).strip().splitlines()
+            reason = lines[0][:200] if lines else type(exc).__name__
+        raise CheckpointError(f"{path} does not match this config: {reason} ({hint})") from exc
+
+
+def run_dir_key(cfg: Config, run_dir: Path) -> str:
+    """The setting that chose ``run_dir``, for error messages: ``log.dir`` or the CLI's ``--run-dir``."""
+    return "log.dir" if Path(run_dir).parent == Path(cfg.log.dir) else "--run-dir"
 
 
 def open_run(
-    cfg: Config, run_dir: Path, resume: Path | None, log: bool, device: torch.device, checkpoint: str
-) -> tuple[Path, RunLogger, dict | None]:
-    """The run folder (new, or ``resume``'s), its logger with the config and hyperparameters, and the
-    checkpoint to continue from (None for a new run). Prints where the TensorBoard run is."""
-    state = None
+    cfg: Config, run_dir: Path, resume: Path | None, log: bool, device: torch.device, checkpoint: str,
+    restore: Callable[[dict], int],
+) -> tuple[Path, RunLogger]:
+    """The run folder (new, or ``resume``'s) and its logger with the config and hyperparameters. Prints
+    where the TensorBoard run is.
+
+    On a resume, ``restore`` puts the checkpoint into the driver's system and returns the first step the
+    continued run logs at; it runs before anything is written, so a checkpoint that cannot be read or
+    does not fit this config (:class:`CheckpointError`) leaves the run folder exactly as it was."""
+    purge_step = None
     if resume is not None:
         run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
-        state = load_checkpoint(run_dir / checkpoint, device)
+        path = run_dir / checkpoint
+        state = load_checkpoint(path, device)
+        hint = f"resume with the run's own config, {run_dir / 'config.yaml'}"
+        purge_step = apply_checkpoint(path, state, restore, hint)
     elif log:
-        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name)
-    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log)
+        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name, key=run_dir_key(cfg, run_dir))
+    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log,
+                       purge_step=purge_step)
     if log:
         print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
-    return run_dir, logger, state
+    return run_dir, logger
+
+
+def eval_hint(run_dir: Path) -> str:
+    """What to check when a finished run's checkpoint does not fit its own config."""
+    return f"was {Path(run_dir) / 'config.yaml'} edited?"
 
 
 def write_report(out: Path | None, report: dict) -> None:
@@ -160,9 +333,12 @@ def write_report(out: Path | None, report: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ several processes (ranks)
-def local_system(full: System, placement: Mapping[str, int], rank: int, transport: Transport) -> System:
+def local_system(
+    full: System, placement: Mapping[str, int], rank: int, transport: Transport | None
+) -> System:
     """This rank's part of ``full`` (built identically on every rank from the seed): its agents, and every
-    interface with at least one end here, all on ``transport``."""
+    interface with at least one end here, all on ``transport`` (None: a view of the same agents and
+    interfaces, to load a checkpoint into before the transport exists)."""
     mine = [a for name, a in full.agents.items() if placement[name] == rank]
     names = {a.name for a in mine}
     ifaces = [i for i in full.interfaces.values() if i.sender in names or i.receiver in names]
@@ -233,6 +409,13 @@ def merge_rank_checkpoints(run_dir: Path, device: torch.device | str = "cpu") ->
     if not files:
         raise FileNotFoundError(2, "no checkpoint (checkpoint.pt or checkpoint.rank*.pt)", str(run_dir))
     states = {r: load_checkpoint(p, device) for r, p in files.items()}
+    for r, s in states.items():
+        system = s.get("system")
+        if "step" not in s or not isinstance(system, Mapping) or not all(
+            isinstance(system.get(k), Mapping) for k in ("agents", "interfaces")
+        ):
+            raise CheckpointError(f"{files[r]}: not a dni-agents checkpoint of a run on several processes "
+                                  "(it has no step or no system state)")
     steps = {r: int(s["step"]) for r, s in states.items()}
     if len(set(steps.values())) != 1:
         raise ConfigError(f"eval: the ranks' checkpoints are of different steps {steps} (finish the run "
@@ -280,25 +463,59 @@ def join_process_group(cfg: Config) -> tuple[int, int, torch.device, str]:
 
 
 def open_distributed_run(
-    run_dir: Path, resume: Path | None, log: bool, rank: int, world: int, placement: Mapping[str, int],
-    device: torch.device, hint: str,
+    cfg: Config, run_dir: Path, resume: Path | None, log: bool, rank: int, world: int,
+    placement: Mapping[str, int], device: torch.device, hint: str, restore: Callable[[dict], None],
 ) -> tuple[Path, int, dict | None]:
     """The run folder every rank writes into (rank 0 creates it and the others learn its name; or
     ``resume``'s), the step to continue from, and this rank's checkpoint of that step (None for a new
-    run). ``hint`` says what must stay the same for a resume."""
+    run). ``hint`` says what must stay the same for a resume.
+
+    On a resume every rank loads its checkpoint and applies it with ``restore`` before anything is
+    written; the ranks then tell each other whether that worked, so a bad checkpoint on any rank ends
+    every rank (one line, from the rank that found it) and leaves the run folder as it was. Likewise a
+    run folder rank 0 cannot create."""
     import torch.distributed as dist
 
     if resume is not None:
         run_path = Path(resume)
         start = agree_resume_step(run_path, rank, world)
-        state = load_checkpoint(rank_checkpoint(run_path, rank, start), device)
-        if state.get("placement") != placement:
-            raise ConfigError(f"--resume: rank {rank} held {state.get('placement')} but now {placement} "
-                              f"(resume with the same {hint})")
+        path = rank_checkpoint(run_path, rank, start)
+        state, problem = None, None
+        try:
+            state = load_checkpoint(path, device)
+            if state.get("placement") != placement:
+                raise ConfigError(f"--resume: rank {rank} held {state.get('placement')} but now {placement} "
+                                  f"(resume with the same {hint})")
+            apply_checkpoint(path, state, restore, f"resume with the run's own config and the same {hint}")
+        except (CheckpointError, ConfigError, FileNotFoundError) as exc:
+            problem = exc
+        _agree(problem, rank, world)
         return run_path, start, state
-    shared = [str(make_run_dir(Path(run_dir).parent, Path(run_dir).name)) if log and rank == 0 else None]
-    dist.broadcast_object_list(shared, src=0)  # one string, between the processes of this run
+    shared: list = [None]  # the run folder's name, or the error that says why rank 0 could not make it
+    if log and rank == 0:
+        try:
+            shared[0] = str(make_run_dir(Path(run_dir).parent, Path(run_dir).name,
+                                         key=run_dir_key(cfg, run_dir)))
+        except RunDirError as exc:
+            shared[0] = exc
+    dist.broadcast_object_list(shared, src=0)  # one object, between the processes of this run
+    if isinstance(shared[0], RunDirError):
+        raise shared[0] if rank == 0 else ReportedByPeer(str(shared[0]))
     return (Path(shared[0]) if shared[0] else Path(run_dir)), 0, None
+
+
+def _agree(problem: Exception | None, rank: int, world: int) -> None:
+    """All ranks learn whether any rank failed to restore its checkpoint (a collective, before any
+    point-to-point traffic); the lowest such rank raises its error, the others end quietly with it."""
+    import torch.distributed as dist
+
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, None if problem is None else str(problem))
+    first = next((r for r, p in enumerate(everyone) if p is not None), None)
+    if first == rank and problem is not None:
+        raise problem
+    if first is not None:
+        raise ReportedByPeer(everyone[first])
 
 
 def plot_against_data_and_time(

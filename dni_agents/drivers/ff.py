@@ -32,9 +32,12 @@ from ..core.distributed import Route, TorchDistributed
 from ..data import ImageDataset, batches, load_dataset
 from ..logging import RunLogger
 from .common import (
+    apply_checkpoint,
     build_interface,
+    eval_hint,
     join_process_group,
     load_checkpoint,
+    load_system,
     local_system,
     log_interfaces,
     make_optimizer,
@@ -203,10 +206,14 @@ def train(
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     system = build_system(cfg, data, device)
     start = 0
-    run_dir, logger, state = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
-    if state is not None:
-        system.load_state_dict(state["system"])
+
+    def restore(state: dict) -> int:
+        nonlocal start
+        load_system(system, state["system"])
         start = int(state["step"])
+        return start  # steps are logged at ``step``: the crashed run's from here on are dropped
+
+    run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
 
     tc = cfg.trainer
     stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
@@ -270,12 +277,18 @@ def evaluate(run_dir: Path) -> dict:
     data = load_dataset(cfg.ff.dataset, cfg.ff.data_root)
     system = build_system(cfg, data, device)
     if not (run_dir / CHECKPOINT).is_file() and rank_files(run_dir):
-        state = merge_rank_checkpoints(run_dir, device)
+        path, state = run_dir / "checkpoint.rank*.pt", merge_rank_checkpoints(run_dir, device)
     else:
-        state = load_checkpoint(run_dir / CHECKPOINT, device)
-    system.load_state_dict(state["system"])
+        path = run_dir / CHECKPOINT
+        state = load_checkpoint(path, device)
+
+    def restore(state: dict) -> int:
+        load_system(system, state["system"])
+        return int(state["step"])
+
+    step = apply_checkpoint(path, state, restore, eval_hint(run_dir))
     metrics = evaluate_chain(system, data.x_test.to(device), data.y_test.to(device))
-    return {"run_dir": str(run_dir), "step": int(state["step"]), **metrics}
+    return {"run_dir": str(run_dir), "step": step, **metrics}
 
 
 # ------------------------------------------------------------------------------------------ benchmark
@@ -526,18 +539,21 @@ def train_distributed(
     chain = list(full.agents)
     routes = [Route(i.name, i.sender, i.receiver, replies=i.mode != "none")
               for i in full.interfaces.values()]
-    run_path, start, state = open_distributed_run(run_dir, resume, log, rank, world, placement, device,
-                                                  "--procs and distributed.placement")
-    system_state, first_loss, seconds = None, None, 0.0
-    if state is not None:
-        system_state, first_loss, seconds = state["system"], state.get("first_loss"), state["seconds"]
+    first_loss, seconds = None, 0.0
+
+    def restore(state: dict) -> None:  # into this rank's agents and interfaces, before the transport exists
+        nonlocal first_loss, seconds
+        load_system(local_system(full, placement, rank, None), state["system"])
+        first_loss, seconds = state.get("first_loss"), state["seconds"]
+
+    run_path, start, _ = open_distributed_run(cfg, run_dir, resume, log, rank, world, placement, device,
+                                              "--procs and distributed.placement", restore)
     transport = TorchDistributed(placement, routes, max_staleness=dc.max_staleness, timeout=dc.timeout,
                                  device=device if backend == "nccl" else "cpu", deliver_to=device)
     system = local_system(full, placement, rank, transport)
-    if system_state is not None:
-        system.load_state_dict(system_state)
     log_dir = run_path if rank == 0 else run_path / f"rank{rank}"
-    logger = RunLogger(log_dir, config_to_yaml(cfg) if rank == 0 else None, enabled=log)
+    logger = RunLogger(log_dir, config_to_yaml(cfg) if rank == 0 else None, enabled=log,
+                       purge_step=start if resume is not None else None)  # logged at ``step``
 
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     tc = cfg.trainer

@@ -38,8 +38,12 @@ from ..config import Config, ConfigError, interface_config, load_config
 from ..core import Agent, Interface, System, Tick
 from ..data import load_dataset
 from .common import (
+    apply_checkpoint,
     build_interface,
+    check_like,
+    eval_hint,
     load_checkpoint,
+    load_system,
     log_interfaces,
     make_optimizer,
     merge_rank_checkpoints,
@@ -303,6 +307,17 @@ def _streams(cfg: Config):
     return data, make(data.x_train, data.y_train, cfg.trainer.batch_size), make
 
 
+def check_carried(cfg: Config, stream: DigitStream, ckpt: dict, device: torch.device) -> None:
+    """What a checkpoint carries across blocks (the stream's window counts, A's and B's states) must have
+    this config's shapes (trainer.batch_size streams, hier.memory windows, the agents' hidden sizes), or
+    the first block after the resume would fail."""
+    h, n = cfg.hier, cfg.trainer.batch_size
+    check_like("stream", stream.state_dict(), ckpt["stream"])
+    for key, hidden in (("a_state", h.a_hidden), ("b_state", h.b_hidden)):
+        if ckpt[key] is not None:
+            check_like(key, torch.zeros(n, hidden, device=device), ckpt[key])
+
+
 def train(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
     stop_at: int | None = None, stop: StopRequest | None = None,
@@ -317,15 +332,20 @@ def train(
     hier = build(cfg, data.input_dim, device)
     T, U = h.period, h.b_truncation
     start, seconds, carry, curve = 0, 0.0, Carry(), []
-    run_dir, logger, ckpt = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
-    if ckpt is not None:
-        hier.system.load_state_dict(ckpt["system"])
+
+    def restore(ckpt: dict) -> int:
+        nonlocal start, seconds, carry, curve
+        load_system(hier.system, ckpt["system"])
+        check_carried(cfg, stream, ckpt, device)
         stream.load_state_dict(ckpt["stream"])
         start, seconds, curve = int(ckpt["step"]), float(ckpt["seconds"]), ckpt["curve"]
         carry = Carry(ckpt["a_state"], ckpt["b_state"])
         last = tick_step(start * U - 1, T)  # the step both states were sent at
         hier.a_self.restore_in_flight(carry.a_state, last, prediction=ckpt["a_prediction"])
         hier.b_self.restore_in_flight(carry.b_state, last, prediction=ckpt["b_prediction"])
+        return start + 1  # blocks are logged at ``step + 1``: the one at ``start`` came before the save
+
+    run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     if carry.a_state is None:
         carry = Carry(torch.zeros(tc.batch_size, h.a_hidden, device=device),
@@ -407,15 +427,21 @@ def evaluate(run_dir: Path) -> dict:
     cfg = load_config(str(run_dir / "config.yaml"))
     device = resolve_device(cfg.device)
     if not (run_dir / CHECKPOINT).is_file() and rank_files(run_dir):  # a run on several processes
-        state = merge_rank_checkpoints(run_dir, device)
+        path, state = run_dir / "checkpoint.rank*.pt", merge_rank_checkpoints(run_dir, device)
     else:
-        state = load_checkpoint(run_dir / CHECKPOINT, device)
+        path = run_dir / CHECKPOINT
+        state = load_checkpoint(path, device)
     data, _, make_stream = _streams(cfg)
     hier = build(cfg, data.input_dim, device)
-    hier.system.load_state_dict(state["system"])
+
+    def restore(state: dict) -> int:
+        load_system(hier.system, state["system"])
+        return int(state["step"])
+
+    steps = apply_checkpoint(path, state, restore, eval_hint(run_dir))
     test = make_stream(data.x_test, data.y_test, cfg.hier.eval_streams)
     metrics, _, _ = evaluate_stream(hier, test, cfg.hier.eval_blocks, cfg.seed + 999, device)
-    return {"run_dir": str(run_dir), "steps": int(state["step"]), **metrics}
+    return {"run_dir": str(run_dir), "steps": steps, **metrics}
 
 
 # ------------------------------------------------------------------------------------------------ benchmark

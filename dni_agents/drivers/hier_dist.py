@@ -33,6 +33,7 @@ from ..launch import cli_command, launch
 from ..logging import RunLogger
 from .common import (
     join_process_group,
+    load_system,
     local_system,
     log_interfaces,
     open_distributed_run,
@@ -54,6 +55,7 @@ from .hier import (
     b_unroll,
     block_metrics,
     build,
+    check_carried,
     tick_step,
 )
 from .stop import StopRequest
@@ -132,9 +134,20 @@ def train_distributed(
     routes = [Route(MESSAGE, A, B, replies=full.message.mode != "none", block=T * U),
               Route(A_SELF, A, A), Route(B_SELF, B, B)]
     capacity = max(1024, 2 * U * (dc.max_staleness + 2))  # B's buffer holds the whole window's messages
-    run_path, start, ckpt = open_distributed_run(run_dir, resume, log, rank, world, placement, device,
-                                                 "distributed.placement")
-    seconds = 0.0
+    seconds, prediction = 0.0, None
+    carry = Carry(torch.zeros(tc.batch_size, h.a_hidden, device=device),
+                  torch.zeros(tc.batch_size, h.b_hidden, device=device))
+
+    def restore(ckpt: dict) -> None:  # before the transport exists; the state in flight goes back below
+        nonlocal seconds, carry, prediction
+        load_system(local_system(full.system, placement, rank, None), ckpt["system"])
+        check_carried(cfg, stream, ckpt, device)
+        stream.load_state_dict(ckpt["stream"])
+        seconds, carry = float(ckpt["seconds"]), Carry(ckpt["a_state"], ckpt["b_state"])
+        prediction = ckpt["prediction"]
+
+    run_path, start, _ = open_distributed_run(cfg, run_dir, resume, log, rank, world, placement, device,
+                                              "distributed.placement", restore)
     transport = TorchDistributed(placement, routes, max_staleness=dc.max_staleness, timeout=dc.timeout,
                                  capacity=capacity, device=device if backend == "nccl" else "cpu",
                                  deliver_to=device)
@@ -142,17 +155,12 @@ def train_distributed(
     hier = Hier(system, full.a, full.b, full.message, full.a_self, full.b_self)
     mine = next(iter(system.agents))
     own_self = hier.a_self if mine == A else hier.b_self
-    carry = Carry(torch.zeros(tc.batch_size, h.a_hidden, device=device),
-                  torch.zeros(tc.batch_size, h.b_hidden, device=device))
-    if ckpt is not None:
-        system.load_state_dict(ckpt["system"])
-        stream.load_state_dict(ckpt["stream"])
-        seconds, carry = float(ckpt["seconds"]), Carry(ckpt["a_state"], ckpt["b_state"])
-        if start:  # the state this rank's agent sent to its own next block (in process, as hier.train)
-            own_self.restore_in_flight(ckpt[f"{mine}_state".lower()], tick_step(start * U - 1, T),
-                                       prediction=ckpt["prediction"])
+    if resume is not None and start:  # the state this rank's agent sent to its own next block (as hier.train)
+        own_self.restore_in_flight(carry.a_state if mine == A else carry.b_state, tick_step(start * U - 1, T),
+                                   prediction=prediction)
     log_dir = run_path if rank == 0 else run_path / f"rank{rank}"
-    logger = RunLogger(log_dir, config_to_yaml(cfg) if rank == 0 else None, enabled=log)
+    logger = RunLogger(log_dir, config_to_yaml(cfg) if rank == 0 else None, enabled=log,
+                       purge_step=start + 1 if resume is not None else None)  # logged at ``step + 1``
 
     def save(step: int) -> None:
         save_rank_checkpoint(run_path, rank, step, {

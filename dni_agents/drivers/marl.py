@@ -41,8 +41,11 @@ from ..config import Config, ConfigError, interface_config, load_config
 from ..core import Agent, Interface, System
 from ..logging import RunLogger
 from .common import (
+    apply_checkpoint,
     build_interface,
+    eval_hint,
     load_checkpoint,
+    load_system,
     log_interfaces,
     make_optimizer,
     open_run,
@@ -303,6 +306,7 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
             raise ConfigError(f"agents: {name} shares parameters across {group} whose spaces differ")
         obs_dims[name] = int(np.prod(next(iter(obs))))
         act_spaces[name] = env.action_space(group[0])
+    _check_private_info(cfg, obs_dims)
 
     env_slices = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "comm_slice", None) or {}
     specs: list[tuple[str, str, str, int, tuple[int, int] | None]] = []
@@ -372,6 +376,21 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
         channels.append(ch)
     system = System([g.agent for g in groups.values()], [c.interface for c in channels if c.interface])
     return system, list(groups.values()), channels
+
+
+def _check_private_info(cfg: Config, obs_dims: dict[str, int]) -> None:
+    """``marl.private_info.obs_argmax`` must lie inside its agent's observation: a range past its end
+    slices nothing, and the mutual information would be reported from an empty slice."""
+    private = cfg.marl.private_info
+    if private is None or private.obs_argmax is None:
+        return
+    lo, hi = private.obs_argmax
+    size = obs_dims[private.agent]  # a config agent (config.py), so it has environment agents (above)
+    if not 0 <= lo < hi <= size:
+        raise ConfigError(
+            f"marl.private_info.obs_argmax: {[lo, hi]} is outside {private.agent}'s observation of size "
+            f"{size} (allowed: [start, stop) with 0 <= start < stop <= {size})"
+        )
 
 
 def _context_size(group: Group) -> int:
@@ -853,10 +872,14 @@ def _train(
     system, groups, channels = build(cfg, env, device)
     player = Player(cfg, groups, channels, device, mc.num_envs)
     start, clock = 0, 0
-    run_dir, logger, state = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
-    if state is not None:
-        system.load_state_dict(state["system"])
+
+    def restore(state: dict) -> int:
+        nonlocal start, clock
+        load_system(system, state["system"])
         start, clock = int(state["update"]), int(state["clock"])
+        return start  # updates are logged at ``update``: the crashed run's from here on are dropped
+
+    run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
     private_agent = mc.private_info.agent if mc.private_info else None
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="update")
@@ -964,10 +987,15 @@ def evaluate(run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     system, groups, channels = build(cfg, make_env(cfg), device)
     state = load_checkpoint(run_dir / CHECKPOINT, device)
-    system.load_state_dict(state["system"])
+
+    def restore(state: dict) -> int:
+        load_system(system, state["system"])
+        return int(state["update"])
+
+    update = apply_checkpoint(run_dir / CHECKPOINT, state, restore, eval_hint(run_dir))
     result = evaluate_system(cfg, groups, channels, device, episodes=cfg.marl.eval_episodes)
     result.pop("_episode", None)
-    return {"run_dir": str(run_dir), "update": int(state["update"]), **result}
+    return {"run_dir": str(run_dir), "update": update, **result}
 
 
 # ------------------------------------------------------------------------------------------ benchmark

@@ -34,8 +34,12 @@ from ..config import Config, ConfigError, load_config
 from ..core import Agent, Interface, System
 from ..data import load_text
 from .common import (
+    apply_checkpoint,
     build_interface,
+    check_like,
+    eval_hint,
     load_checkpoint,
+    load_system,
     log_interfaces,
     make_optimizer,
     open_run,
@@ -289,14 +293,20 @@ def train(
     stream = CopyStream(task, tc.batch_size)
     cur = Curriculum(r.start_length, 1)
     start, sent, bits, scored = 0, None, 0.0, 0.0  # sent: the state the last window sent
-    run_dir, logger, ckpt = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
-    if ckpt is not None:
-        system.load_state_dict(ckpt["system"])
+
+    def restore(ckpt: dict) -> int:
+        nonlocal start, sent, bits, scored, cur
+        load_system(system, ckpt["system"])
+        if ckpt["sent"] is not None:  # the state crossing into the next window: trainer.batch_size rows
+            check_like("sent", core.initial_state(tc.batch_size, device), ckpt["sent"])
         stream.load_state_dict(ckpt["stream"])
         start, bits, scored = int(ckpt["step"]), float(ckpt["bits"]), float(ckpt["scored"])
         cur = Curriculum(**ckpt["curriculum"])
         sent = ckpt["sent"]
         iface.restore_in_flight(sent, start - 1, prediction=ckpt["prediction"])
+        return start + 1  # windows are logged at ``step + 1``: the one at ``start`` came before the save
+
+    run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
     B, T = tc.batch_size, r.truncation
@@ -374,13 +384,19 @@ def train_lm(
     start, sent, seconds = 0, None, 0.0
     best: dict = {"bpc": float("inf"), "step": 0, "module": None}
     curve: list[dict] = []  # validation BPC against windows, characters and seconds
-    run_dir, logger, ckpt = open_run(cfg, run_dir, resume, log, device, CHECKPOINT)
-    if ckpt is not None:
-        system.load_state_dict(ckpt["system"])
+
+    def restore(ckpt: dict) -> int:
+        nonlocal start, sent, seconds, best, curve
+        load_system(system, ckpt["system"])
+        if ckpt["sent"] is not None:  # the state crossing into the next window: trainer.batch_size rows
+            check_like("sent", core.initial_state(tc.batch_size, device), ckpt["sent"])
         stream.load_state_dict(ckpt["stream"])
         start, sent, seconds = int(ckpt["step"]), ckpt["sent"], float(ckpt["seconds"])
         best, curve = ckpt["best"], ckpt["curve"]
         iface.restore_in_flight(sent, start - 1, prediction=ckpt["prediction"])
+        return start + 1  # windows are logged at ``step + 1``: the one at ``start`` came before the save
+
+    run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
     B, T = tc.batch_size, r.truncation
@@ -446,21 +462,33 @@ def evaluate(run_dir: Path) -> dict:
     state = load_checkpoint(run_dir / CHECKPOINT, device)
     if cfg.rnn.task == "charlm":  # the best validation model, on the test split
         corpus = load_text(cfg.rnn.corpus, cfg.rnn.data_root)
-        _, core, _ = build(cfg, cfg.rnn.embed, len(corpus.vocab), len(corpus.vocab), device)
-        core.load_state_dict(state["best"]["module"] or state["system"]["agents"][AGENT]["module"])
-        return {"run_dir": str(run_dir), "task": "charlm", "valid_bpc": state["best"]["bpc"],
-                "test_bpc": bits_per_char(core, corpus.test, device), "windows": int(state["step"])}
+        system, core, _ = build(cfg, cfg.rnn.embed, len(corpus.vocab), len(corpus.vocab), device)
+
+        def best_model(state: dict) -> tuple[int, float]:
+            load_system(system, state["system"])
+            if state["best"]["module"] is not None:
+                check_like("best.module", core.state_dict(), state["best"]["module"])
+                core.load_state_dict(state["best"]["module"])
+            return int(state["step"]), float(state["best"]["bpc"])
+
+        windows, valid_bpc = apply_checkpoint(run_dir / CHECKPOINT, state, best_model, eval_hint(run_dir))
+        return {"run_dir": str(run_dir), "task": "charlm", "valid_bpc": valid_bpc,
+                "test_bpc": bits_per_char(core, corpus.test, device), "windows": windows}
     task = _task(cfg)
-    _, core, _ = build(cfg, task.in_dim, task.out_dim, None, device)
-    core.load_state_dict(state["system"]["agents"][AGENT]["module"])
-    cur = Curriculum(**state["curriculum"])
+    system, core, _ = build(cfg, task.in_dim, task.out_dim, None, device)
+
+    def restore(state: dict) -> tuple[int, Curriculum]:
+        load_system(system, state["system"])
+        return int(state["step"]), Curriculum(**state["curriculum"])
+
+    windows, cur = apply_checkpoint(run_dir / CHECKPOINT, state, restore, eval_hint(run_dir))
     n, rr = (cur.solved_n, cur.solved_r) if cur.solved_n else (cur.n, cur.r)
     seq = task.sample(256, n, rr, torch.Generator().manual_seed(12345))
     with torch.no_grad():
         out, _, _ = core(seq.inputs.to(device), core.initial_state(256, device))
         bits = float(task.loss_sum(out, seq, 0, seq.inputs.shape[1]) / seq.mask.sum()) / math.log(2)
     return {"run_dir": str(run_dir), "task": cfg.rnn.task, "solved_length": cur.solved(task.repeat),
-            "eval_length": cur.length(task.repeat, n, rr), "error_bits": bits, "windows": int(state["step"])}
+            "eval_length": cur.length(task.repeat, n, rr), "error_bits": bits, "windows": windows}
 
 
 # ------------------------------------------------------------------------------------------------ benchmark
