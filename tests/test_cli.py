@@ -26,7 +26,7 @@ def fake_driver(calls: list[tuple[str, Any]], **extra: Any) -> types.ModuleType:
     """A driver module that records its calls instead of training."""
     module = types.ModuleType("dni_agents.drivers.fake")
 
-    def train(cfg: Config, run_dir: pathlib.Path, resume: pathlib.Path | None) -> dict[str, Any]:
+    def train(cfg: Config, run_dir: pathlib.Path, resume: pathlib.Path | None, stop=None) -> dict[str, Any]:
         calls.append(("train", (cfg, run_dir, resume)))
         return {"accuracy": 0.5, "steps": cfg.trainer.steps}
 
@@ -186,7 +186,7 @@ def test_bench_driver_without_bench(monkeypatch, capsys) -> None:
 
 
 def test_driver_user_error_is_one_line(monkeypatch, exp, capsys) -> None:
-    def train(cfg: Config, run_dir: pathlib.Path, resume: pathlib.Path | None) -> dict[str, Any]:
+    def train(cfg: Config, run_dir: pathlib.Path, resume: pathlib.Path | None, stop=None) -> dict[str, Any]:
         raise DataMissing("dataset mnist not found under /data\n(pass ff.data_root=...)")
 
     module = fake_driver([], train=train)
@@ -196,7 +196,7 @@ def test_driver_user_error_is_one_line(monkeypatch, exp, capsys) -> None:
 
 
 def test_other_exceptions_propagate(monkeypatch, exp) -> None:
-    def train(cfg: Config, run_dir: pathlib.Path, resume: pathlib.Path | None) -> dict[str, Any]:
+    def train(cfg: Config, run_dir: pathlib.Path, resume: pathlib.Path | None, stop=None) -> dict[str, Any]:
         raise RuntimeError("a bug")
 
     module = fake_driver([], train=train)
