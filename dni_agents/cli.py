@@ -22,6 +22,7 @@ import yaml
 
 from dni_agents import __version__
 from dni_agents.config import DRIVERS, ConfigError, bundled_configs, find_config, load_config
+from dni_agents.core import NonFiniteError
 from dni_agents.core.distributed import PeerError
 from dni_agents.drivers.stop import Interrupted, StopRequest
 from dni_agents.launch import cli_command, launch
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except PeerError as exc:  # a peer process died or went silent: not a bug here, and not the user's
         print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
+        return 1
+    except NonFiniteError as exc:  # the run diverged (trainer.on_nonfinite=stop): say where and when
+        print(f"{PROG}: error: {exc} (trainer.on_nonfinite=stop; the last checkpoint is kept)",
+              file=sys.stderr)
         return 1
     except Exception as exc:
         if not is_user_error(exc):

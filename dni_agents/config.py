@@ -60,6 +60,7 @@ class TrainerConfig(_Strict):
     weight_decay: NonNegFloat = 0.0
     eval_every: NonNegInt = 0  # 0: evaluate only at the end
     checkpoint_every: NonNegInt = 0  # 0: checkpoint only at the end
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss, ĝ, target or gradient: stop, or skip it
 
 
 class LogConfig(_Strict):

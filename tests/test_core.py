@@ -240,6 +240,7 @@ def test_linear_utility_model_learns_the_true_gradient_of_a_linear_toy():
     iface = Interface("enc->head", "enc", "head", "dni", utility, opt)
     system = System([Agent("enc", encoder), Agent("head", readout)], [iface])  # frozen agents
     for step in range(1500):
+        system.track_stats = step == 1499  # fidelity measured on the step we look at
         x = torch.randn(32, 4)
         with system.tick("enc", step) as t:
             t.send(iface, encoder(x))
@@ -529,3 +530,80 @@ def test_late_targets_train_a_low_rank_utility_model(rank) -> None:
         stats = iface.collect()
         assert len(stats) == 1 and torch.isfinite(stats[0]["utility_loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, utility.parameters()))
+
+
+# ---------------------------------------------------------------------------------------- fidelity stats
+def _two_agents(seed: int = 0) -> System:
+    torch.manual_seed(seed)
+    enc, head = nn.Linear(4, 8), nn.Linear(8, 2)
+    u = UtilityModel((8,))
+    iface = Interface("enc->head", "enc", "head", "dni", u, torch.optim.Adam(u.parameters(), lr=1e-3))
+    return System([Agent("enc", enc, sgd(enc)), Agent("head", head, sgd(head))], [iface])
+
+
+def _two_agent_step(system: System, step: int, x: torch.Tensor) -> None:
+    enc, head = system.agents["enc"].module, system.agents["head"].module
+    with system.tick("enc", step) as t:
+        t.send("enc->head", enc(x))
+    with system.tick("head", step) as t:
+        t.add_loss(head(t.receive("enc->head")).pow(2).mean())
+    system.settle()
+
+
+def test_stats_memory_stays_bounded_in_a_long_loop_that_never_drains():
+    """A user loop that never calls drain_stats (the README's) must not grow with the number of steps."""
+    import tracemalloc
+
+    system = _two_agents()
+    system.track_stats = True  # the worst case: every step measured, the biggest records
+    x = torch.randn(4, 4)
+    tracemalloc.start()
+    try:
+        for step in range(3000):
+            _two_agent_step(system, step, x)
+            if step == 999:
+                at_1000 = tracemalloc.get_traced_memory()[0]
+        at_3000 = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # unbounded, 2000 more records held 1.7 MB here (0.6 MB untracked); bounded, it stays flat
+    assert at_3000 - at_1000 < 100_000, at_3000 - at_1000
+    records = system.drain_stats()["enc->head"]
+    assert 0 < len(records) <= 1024 and records[-1]["step"] == 2999  # the newest are kept
+
+
+def test_fidelity_is_measured_only_on_tracked_steps():
+    system = _two_agents()
+    x = torch.randn(4, 4)
+    for step in range(6):
+        if step >= 3:  # steps 0-2: the default
+            system.track_stats = step == 3
+        _two_agent_step(system, step, x)
+    records = system.drain_stats()["enc->head"]
+    assert [r["step"] for r in records] == list(range(6))
+    assert all("utility_loss" in r for r in records)  # cheap, already computed: always there
+    fidelity = ("grad_cosine", "grad_rel_error", "target_norm", "synthetic_norm", "message_norm")
+    assert [s for s in range(6) if any(k in records[s] for k in fidelity)] == [3]
+    assert all(k in records[3] for k in fidelity)
+
+
+def test_a_zero_target_has_no_cosine_or_relative_error():
+    """At step 0 a bootstrapped target is exactly zero (the receiver's own ĝ is 0): cosine and relative
+    error are undefined, and must not read as a perfect 0.0; so is the cosine of a zero prediction."""
+    mods = make_modules(seed=1)
+    system = build_chain(mods, "dni", utility=lambda i: UtilityModel((DIMS[i + 1],)))
+    system.track_stats = True
+    chain_step(system, 0, *data(0))
+    stats = {name: records[0] for name, records in system.drain_stats().items()}
+    low = stats["a0->a1"]  # target: a1's gradient, made of a1's ĝ = 0
+    assert float(low["target_norm"]) == 0.0 and float(low["synthetic_norm"]) == 0.0
+    assert "grad_cosine" not in low and "grad_rel_error" not in low
+    assert float(low["utility_loss"]) == 0.0 and "message_norm" in low
+    top = stats["a2->a3"]  # a true target (the top's loss), but the prediction is exactly 0
+    assert float(top["target_norm"]) > 0 and float(top["synthetic_norm"]) == 0.0
+    assert "grad_cosine" not in top
+    assert float(top["grad_rel_error"]) == pytest.approx(1.0)
+    for step in range(1, 4):  # once both are nonzero, everything is measured
+        chain_step(system, step, *data(step))
+    later = system.drain_stats()["a0->a1"][-1]
+    assert float(later["target_norm"]) > 0 and {"grad_cosine", "grad_rel_error"} <= set(later)

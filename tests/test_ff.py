@@ -40,14 +40,18 @@ def test_dni_run_learns_and_logs_everything_tensorboard_promises(tmp_path, digit
     run = Path(metrics["run_dir"])
     assert metrics["test_accuracy"] > 0.85
     scalars = read_scalars(run)
+    logged = list(range(0, 200, 10)) + [199]
+    # at step 0 ĝ is exactly 0 (no cosine) and layer0->layer1's bootstrapped target too (no error either)
+    defined_at_0 = {("layer1->layer2", "grad_rel_error")}
     for iface in ("layer0->layer1", "layer1->layer2"):
-        for key in ("utility_loss", "grad_cosine", "grad_rel_error", "message_norm"):
+        for key in ("utility_loss", "grad_cosine", "grad_rel_error", "message_norm", "synthetic_norm"):
             points = scalars[f"interface/{iface}/{key}"]
-            assert [s for s, _ in points] == list(range(0, 200, 10)) + [199]
+            undefined_at_0 = key in ("grad_cosine", "grad_rel_error") and (iface, key) not in defined_at_0
+            assert [s for s, _ in points] == (logged[1:] if undefined_at_0 else logged)
     loss = [v for _, v in scalars["agent/layer2/loss"]]
     assert sum(loss[-5:]) / 5 < 0.5 * sum(loss[:2]) / 2  # the learning curve goes down
+    assert scalars["interface/layer1->layer2/synthetic_norm"][0] == (0, 0.0)  # ĝ is exactly zero at first
     cos = [v for _, v in scalars["interface/layer1->layer2/grad_cosine"]]
-    assert cos[0] == 0.0  # ĝ is exactly zero before learning
     assert sum(cos[-5:]) / 5 > 0.3  # then it points where the true gradient does
     hist = read_histogram_tags(run)
     assert hist["interface/layer0->layer1/message"] == 10

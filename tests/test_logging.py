@@ -175,3 +175,35 @@ def test_read_projector_without_embeddings(tmp_path: Path) -> None:
     with RunLogger(tmp_path / "r") as log:
         log.scalar("x", 1.0, 0)
     assert read_projector(tmp_path / "r") == []
+
+
+def test_mean_stats_averages_each_key_over_the_records_that_carry_it() -> None:
+    from dni_agents.drivers.common import mean_stats
+
+    records = [{"step": 0, "utility_loss": torch.tensor(1.0)},  # untracked, or a zero target
+               {"step": 1, "utility_loss": torch.tensor(3.0), "grad_cosine": torch.tensor(0.5)}]
+    assert mean_stats(records) == {"utility_loss": 2.0, "grad_cosine": 0.5}  # not (0 + 0.5) / 2
+    assert mean_stats(records[:1]) == {"utility_loss": 1.0}  # no grad_cosine at all: nothing to log
+
+
+def test_an_undefined_fidelity_stat_is_never_logged_as_zero(tmp_path: Path) -> None:
+    """ff, DNI: at step 0 layer0->layer1's target is exactly zero (layer1's own ĝ from a zero-initialised
+    utility model): no cosine or relative error may be logged there (a 0.0 would read as perfect)."""
+    from dni_agents.config import load_config
+    from dni_agents.drivers import ff
+
+    cfg = load_config("ff_digits", [f"log.dir={tmp_path}", "ff.hidden=32", "trainer.steps=30", "log.every=1",
+                                    "trainer.eval_every=0", "log.embedding_samples=0"])
+    assert cfg.interface_defaults.mode == "dni"
+    metrics = ff.train(cfg, tmp_path / cfg.name, progress=False)
+    scalars = read_scalars(Path(metrics["run_dir"]))
+    for iface in ("layer0->layer1", "layer1->layer2"):
+        target_norm = dict(scalars[f"interface/{iface}/target_norm"])
+        assert sorted(target_norm) == list(range(30))  # every step measured (log.every=1)
+        zero = {step for step, norm in target_norm.items() if norm == 0.0}
+        for key in ("grad_rel_error", "grad_cosine"):
+            steps = {step for step, _ in scalars[f"interface/{iface}/{key}"]}
+            assert not steps & zero, (iface, key, sorted(steps & zero))
+            assert len(steps) >= 25  # measured wherever it is defined
+    assert dict(scalars["interface/layer0->layer1/target_norm"])[0] == 0.0  # the case this is about
+    assert 0 not in {s for s, _ in scalars["interface/layer1->layer2/grad_cosine"]}  # ĝ = 0: no direction

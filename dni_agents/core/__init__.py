@@ -3,7 +3,7 @@
 Pure torch. Nothing here imports a driver, an environment, a data set or the CLI.
 """
 
-from .interface import MODES, Interface, Mode
+from .interface import MODES, Interface, Mode, NonFiniteError, OnNonFinite
 from .message import InProcess, Message, Transport
 from .models import SyntheticInputModel, UtilityModel
 from .system import Agent, System, Tick
@@ -15,6 +15,8 @@ __all__ = [
     "Interface",
     "Message",
     "Mode",
+    "NonFiniteError",
+    "OnNonFinite",
     "SyntheticInputModel",
     "System",
     "Tick",

@@ -13,6 +13,9 @@ Modes: ``dni`` (ĝ now), ``cdni`` (ĝ from U(h, context)), ``backprop`` (the sen
 gradient: the coupled, locked baseline), ``none`` (no gradient crosses). With ``lambda_true > 0`` a
 synthetic mode also waits and applies ``λ·true + (1-λ)·ĝ`` (BP(λ)).
 
+Non-finite numbers: a NaN or Inf target or prediction is never regressed onto. The system's policy
+(``on_nonfinite``) decides whether it stops the run (:class:`NonFiniteError`) or is skipped and counted.
+
 Units: gradients of a batch-mean loss are 1/B of per-example gradients, so with ``per_example=True``
 (default) the utility model predicts per-example gradients (targets are multiplied by the batch size B,
 ĝ is divided by it when applied). Its scale then does not depend on the batch size.
@@ -20,6 +23,7 @@ Units: gradients of a batch-mean loss are 1/B of per-example gradients, so with 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +35,31 @@ from .message import InProcess, Message, Transport
 
 Mode = Literal["dni", "cdni", "backprop", "none"]
 MODES: tuple[str, ...] = ("dni", "cdni", "backprop", "none")
+OnNonFinite = Literal["stop", "skip"]
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or Inf that would poison training: ``what`` of ``where`` at clock ``step``, where ``what`` is
+    'loss' or 'gradient' (of its parameters) of an agent, 'synthetic gradient' or 'target' of an interface.
+    Raised when the policy is ``stop``."""
+
+    def __init__(self, where: str, what: str, step: int) -> None:
+        kind = "agent" if what in ("loss", "gradient") else "interface"
+        super().__init__(f"non-finite {what} of {kind} {where} at step {step}")
+        self.where, self.what, self.step = where, what, step
+
+
+def first_nonfinite(tensors: list[torch.Tensor]) -> int | None:
+    """The index of the first tensor holding a NaN or Inf, or None. Cheap: a NaN or Inf survives a sum, so
+    one sum per tensor (a twentieth of what ``isfinite`` costs on a CPU) and one device sync for all;
+    only then is each tensor checked element by element (a sum of huge finite values may overflow)."""
+    if not tensors:
+        return None
+    device = tensors[0].device
+    sums = torch.stack([t.detach().sum(dtype=torch.float32).to(device) for t in tensors])
+    if math.isfinite(float(sums.sum())):
+        return None
+    return next((i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())), None)
 
 
 @dataclass
@@ -92,6 +121,7 @@ class Interface:
         self._predicted_inputs: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._synthetic_input_updates = 0
         self._utility_updates = 0
+        self.skipped = 0  # targets not regressed onto because they (or their prediction) were not finite
 
     @property
     def synthetic(self) -> bool:
@@ -201,10 +231,14 @@ class Interface:
             del self._sent[step]
         return gradient
 
-    def collect(self, track: bool = True) -> list[dict[str, float | torch.Tensor]]:
+    def collect(
+        self, track: bool = True, on_nonfinite: OnNonFinite = "stop"
+    ) -> list[dict[str, float | torch.Tensor]]:
         """Learn from every target that has arrived: regress the utility model's send-time predictions onto
         them (one optimizer step for all that arrived together) and (``track``) measure ĝ against each.
-        Returns one stats dict per target, values as 0-d tensors."""
+        Returns one stats dict per target (``step`` and ``utility_loss``, plus the fidelity stats when
+        tracked), values as 0-d tensors. A non-finite target or prediction raises :class:`NonFiniteError`
+        (``stop``) or is left out and counted in :attr:`skipped` (``skip``)."""
         ready: list[tuple[int, _Sent]] = []
         for step in list(self._sent):
             record = self._sent[step]
@@ -215,9 +249,25 @@ class Interface:
             record.learned = True
             if not self.locked or record.consumed:
                 del self._sent[step]
+        ready = self._finite(ready, on_nonfinite) if ready else []
         stats = self._learn_utility(ready, track) if ready else []
         self._learn_synthetic_inputs()
         return stats
+
+    def _finite(self, ready: list[tuple[int, _Sent]], on_nonfinite: OnNonFinite) -> list[tuple[int, _Sent]]:
+        """The records whose target and prediction are finite (one check for all of them)."""
+        if first_nonfinite([t for _, r in ready for t in (r.target, r.prediction)]) is None:
+            return ready
+        kept = []
+        for step, record in ready:
+            bad = first_nonfinite([record.target, record.prediction])
+            if bad is None:
+                kept.append((step, record))
+            elif on_nonfinite == "stop":
+                raise NonFiniteError(self.name, ("target", "synthetic gradient")[bad], step)
+            else:
+                self.skipped += 1
+        return kept
 
     def _learn_utility(
         self, ready: list[tuple[int, _Sent]], track: bool
@@ -236,14 +286,7 @@ class Interface:
             losses.append(loss)
             out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": loss.detach()}
             if track:
-                with torch.no_grad():
-                    p, t = record.prediction.detach().flatten(), target.flatten()
-                    t_norm = t.norm()
-                    out["grad_cosine"] = F.cosine_similarity(p, t, dim=0, eps=1e-20)
-                    out["grad_rel_error"] = (p - t).norm() / t_norm.clamp_min(1e-20)
-                    out["target_norm"] = t_norm / record.message.shape[0] ** 0.5
-                    out["synthetic_norm"] = p.norm() / record.message.shape[0] ** 0.5
-                    out["message_norm"] = record.message.flatten(1).norm(dim=1).mean()
+                out.update(self._fidelity(record.prediction.detach(), target, record.message))
             stats.append(out)
         trainable = [loss for loss in losses if loss.requires_grad]
         if self.learn and self.utility_optimizer is not None and trainable:
@@ -252,6 +295,23 @@ class Interface:
             self.utility_optimizer.step()
             self._utility_updates += 1
         return stats
+
+    @staticmethod
+    @torch.no_grad()
+    def _fidelity(prediction: torch.Tensor, target: torch.Tensor, message: torch.Tensor) -> dict:
+        """How good ĝ was. Only what is defined: a zero target (bootstrapped from a ĝ that is still 0) has
+        no relative error nor cosine, a zero prediction no cosine; a 0.0 there would read as perfect."""
+        p, t = prediction.flatten(), target.flatten()
+        p_norm, t_norm = p.norm(), t.norm()
+        rows = message.shape[0] ** 0.5
+        out = {"target_norm": t_norm / rows, "synthetic_norm": p_norm / rows,
+               "message_norm": message.flatten(1).norm(dim=1).mean()}
+        p_nonzero, t_nonzero = (torch.stack([p_norm, t_norm]) > 0).tolist()  # one sync, tracked steps only
+        if t_nonzero:
+            out["grad_rel_error"] = (p - t).norm() / t_norm
+            if p_nonzero:
+                out["grad_cosine"] = F.cosine_similarity(p, t, dim=0)
+        return out
 
     # ------------------------------------------------------------------ receiver half
     def receive(self, step: int, source: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,12 +336,17 @@ class Interface:
         self._bound(self._received)
         return z
 
-    def reply(self, step: int) -> None:
-        """After the receiver's backward pass: send ``z.grad`` back as the target (zeros if unused)."""
+    def reply(self, step: int, usable: bool = True) -> None:
+        """After the receiver's backward pass: send ``z.grad`` back as the target (zeros if unused).
+        ``usable=False`` (the receiver's update was skipped: no gradient this step) replies NaNs, so the
+        sender skips what depended on it instead of reading a zero as 'the loss ignores this message'."""
         z = self._received.pop(step, None)
         if z is None:
             return
-        target = z.grad if z.grad is not None else torch.zeros_like(z)
+        if not usable:
+            target = torch.full_like(z, float("nan"))
+        else:
+            target = z.grad if z.grad is not None else torch.zeros_like(z)
         self.transport.put_target(self.name, step, target)
 
     def _learn_synthetic_inputs(self) -> None:

@@ -98,11 +98,13 @@ def mean_stats(records: list[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def log_interfaces(logger: RunLogger, system: System, step: int) -> dict[str, dict[str, float]]:
-    """Drain the system's fidelity stats and log their means under ``interface/<name>/…``."""
+    """Drain the system's fidelity stats and log their means under ``interface/<name>/…``, and what
+    ``trainer.on_nonfinite=skip`` skipped so far under ``skipped/<agent or interface>``."""
     out = {}
     for name, records in system.drain_stats().items():
         out[name] = mean_stats(records)
         logger.interface(name, out[name], step)
+    logger.scalars("skipped", system.skipped, step)
     return out
 
 
@@ -342,7 +344,8 @@ def local_system(
     mine = [a for name, a in full.agents.items() if placement[name] == rank]
     names = {a.name for a in mine}
     ifaces = [i for i in full.interfaces.values() if i.sender in names or i.receiver in names]
-    return System(mine, ifaces, transport, remote=[n for n in full.agents if n not in names])
+    return System(mine, ifaces, transport, remote=[n for n in full.agents if n not in names],
+                  on_nonfinite=full.on_nonfinite)
 
 
 def rank_checkpoint(run_dir: Path, rank: int, step: int | None = None) -> Path:

@@ -128,7 +128,7 @@ def build_system(cfg: Config, data: ImageDataset, device: torch.device) -> Syste
                     context_dim=data.num_classes, source_shape=data.input_shape,
                 )
             )
-    return System(agents, interfaces)
+    return System(agents, interfaces, on_nonfinite=cfg.trainer.on_nonfinite)
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -179,7 +179,8 @@ def build(cfg: Config, in_dim: int, device: torch.device) -> Hier:
     message = build_interface(cfg, A, B, (h.message_size,), device, context_dim=T * K + 1)
     a_self = build_interface(cfg, A, A, (h.a_hidden,), device)
     b_self = build_interface(cfg, B, B, (h.b_hidden,), device)
-    return Hier(System(agents, [message, a_self, b_self]), a, b, message, a_self, b_self, h.cdni_context)
+    system = System(agents, [message, a_self, b_self], on_nonfinite=cfg.trainer.on_nonfinite)
+    return Hier(system, a, b, message, a_self, b_self, h.cdni_context)
 
 
 def tick_step(window: int, T: int) -> int:
@@ -378,6 +379,7 @@ def train(
         t0 = time.perf_counter()
         block = stream.block(generator)
         block = Block(*(t.to(device) for t in (block.x, block.odd, block.count, block.window_count)))
+        hier.system.track_stats = log and (step + 1) % cfg.log.every == 0
         metrics = train_block(hier, block, step * U, carry, T, h.b_delay_s)
         seconds += time.perf_counter() - t0
         bar.update(1)

@@ -189,6 +189,7 @@ def train_distributed(
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         block = stream.block(generator)
         block = Block(*(t.to(device) for t in (block.x, block.odd, block.count, block.window_count)))
+        system.track_stats = log and (step + 1) % cfg.log.every == 0
         last = train_block_rank(hier, transport, block, step * U, carry, T, h.b_delay_s)
         first = first or last
         bar.update(1)

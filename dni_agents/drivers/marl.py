@@ -374,7 +374,8 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
         groups[sender].outbound.append(ch)
         groups[receiver].inbound.append(ch)
         channels.append(ch)
-    system = System([g.agent for g in groups.values()], [c.interface for c in channels if c.interface])
+    system = System([g.agent for g in groups.values()], [c.interface for c in channels if c.interface],
+                    on_nonfinite=cfg.trainer.on_nonfinite)
     return system, list(groups.values()), channels
 
 

@@ -216,7 +216,7 @@ def build(cfg: Config, in_dim: int, out_dim: int, vocab: int | None, device: tor
     optimizer = make_optimizer(cfg.trainer.optimizer, core.parameters(), cfg.trainer.lr)
     agent = Agent(AGENT, core, optimizer, max_grad_norm=r.max_grad_norm)
     iface = build_interface(cfg, AGENT, AGENT, (core.state_size,), device)
-    return System([agent], [iface]), core, iface
+    return System([agent], [iface], on_nonfinite=cfg.trainer.on_nonfinite), core, iface
 
 
 def window(
@@ -322,6 +322,7 @@ def train(
         t0 = time.perf_counter()
         seq = stream.window(T, cur.n, cur.r, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         seq = Sequence(seq.inputs.to(device), seq.targets.to(device), seq.mask.to(device))
+        system.track_stats = log and (step + 1) % cfg.log.every == 0
         _, sent, loss = window(
             system, core, iface, step, seq.inputs, lambda o, seq=seq: task.loss_sum(o, seq, 0, T) / (B * T),
             sent if sent is not None else core.initial_state(B, device), first=sent is None, last=False,
@@ -415,6 +416,7 @@ def train_lm(
         stop.check(step, save, bar, logger)
         t0 = time.perf_counter()
         x, y = (t.to(device) for t in stream.window(T))
+        system.track_stats = log and (step + 1) % cfg.log.every == 0
         _, sent, loss = window(
             system, core, iface, step, x,
             lambda o, y=y: F.cross_entropy(o.reshape(-1, V), y.reshape(-1), reduction="sum") / (B * T),
