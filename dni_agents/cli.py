@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
         return 1
     except NonFiniteError as exc:  # the run diverged (trainer.on_nonfinite=stop): say where and when
-        print(f"{PROG}: error: {exc} (trainer.on_nonfinite=stop; the last checkpoint is kept)",
-              file=sys.stderr)
+        print(_diverged(exc), file=sys.stderr)
         return 1
     except Exception as exc:
         if not is_user_error(exc):
@@ -155,6 +154,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diverged(exc: NonFiniteError) -> str:
+    return f"{PROG}: error: {exc} (trainer.on_nonfinite=stop; the last checkpoint is kept)"
+
+
 def _stopped(exc: Interrupted, args: argparse.Namespace, cfg: Any) -> str:
     """The one line a stopped run prints: where it stopped, its checkpoint and the command to go on."""
     name = signal.Signals(exc.signum).name
@@ -178,6 +181,8 @@ def _exit_now(exc: BaseException, args: argparse.Namespace, cfg: Any) -> NoRetur
             print(_stopped(exc, args, cfg), file=sys.stderr)
     elif getattr(exc, "quiet", False) is True and is_user_error(exc):
         pass
+    elif isinstance(exc, NonFiniteError):
+        print(_diverged(exc), file=sys.stderr)
     elif isinstance(exc, PeerError) or is_user_error(exc):
         print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
     else:
