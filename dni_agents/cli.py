@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import yaml
+from tqdm import tqdm
 
 from dni_agents import __version__
 from dni_agents.config import DRIVERS, ConfigError, bundled_configs, find_config, load_config
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage or --version
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        return args.handler(args)
+        return _run(args)
     except PeerError as exc:  # a peer process died or went silent: not a bug here, and not the user's
         print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
         return 1
@@ -118,6 +119,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {user_message(exc)}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command; if it ends in an error, close the progress bars it left open first, so the error's
+    one line stands on a line of its own."""
+    try:
+        return args.handler(args)
+    except BaseException:
+        _close_progress_bars()
+        raise
+
+
+def _close_progress_bars() -> None:
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -175,6 +191,7 @@ def _exit_now(exc: BaseException, args: argparse.Namespace, cfg: Any) -> NoRetur
     inside torch.distributed, waiting on a live peer, and tearing the process group down then aborts or
     hangs. A stopped run is reported once, by rank 0; a user error another rank reports (``quiet``) is not
     printed again."""
+    _close_progress_bars()
     if isinstance(exc, Interrupted):
         if int(os.environ.get("RANK", "0")) == 0:
             args.procs = int(os.environ.get("WORLD_SIZE", "1")) if args.procs == 1 else args.procs
