@@ -533,12 +533,12 @@ def test_late_targets_train_a_low_rank_utility_model(rank) -> None:
 
 
 # ---------------------------------------------------------------------------------------- fidelity stats
-def _two_agents(seed: int = 0) -> System:
+def _two_agents(seed: int = 0, **system_kwargs) -> System:
     torch.manual_seed(seed)
     enc, head = nn.Linear(4, 8), nn.Linear(8, 2)
     u = UtilityModel((8,))
     iface = Interface("enc->head", "enc", "head", "dni", u, torch.optim.Adam(u.parameters(), lr=1e-3))
-    return System([Agent("enc", enc, sgd(enc)), Agent("head", head, sgd(head))], [iface])
+    return System([Agent("enc", enc, sgd(enc)), Agent("head", head, sgd(head))], [iface], **system_kwargs)
 
 
 def _two_agent_step(system: System, step: int, x: torch.Tensor) -> None:
@@ -554,22 +554,22 @@ def test_stats_memory_stays_bounded_in_a_long_loop_that_never_drains():
     """A user loop that never calls drain_stats (the README's) must not grow with the number of steps."""
     import tracemalloc
 
-    system = _two_agents()
+    system = _two_agents(stats_capacity=100)  # a small store, so a short loop fills it
     system.track_stats = True  # the worst case: every step measured, the biggest records
     x = torch.randn(4, 4)
     tracemalloc.start()
     try:
-        for step in range(3000):
+        for step in range(1200):
             _two_agent_step(system, step, x)
-            if step == 999:
-                at_1000 = tracemalloc.get_traced_memory()[0]
-        at_3000 = tracemalloc.get_traced_memory()[0]
+            if step == 399:
+                at_400 = tracemalloc.get_traced_memory()[0]
+        at_1200 = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    # unbounded, 2000 more records held 1.7 MB here (0.6 MB untracked); bounded, it stays flat
-    assert at_3000 - at_1000 < 100_000, at_3000 - at_1000
+    # unbounded, 800 more records hold ~0.7 MB (0.85 kB each, tracked); bounded, it stays flat
+    assert at_1200 - at_400 < 100_000, at_1200 - at_400
     records = system.drain_stats()["enc->head"]
-    assert 0 < len(records) <= 1024 and records[-1]["step"] == 2999  # the newest are kept
+    assert len(records) == 100 and records[-1]["step"] == 1199  # the newest are kept
 
 
 def test_fidelity_is_measured_only_on_tracked_steps():
