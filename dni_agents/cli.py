@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as exc:  # the run diverged (trainer.on_nonfinite=stop): say where and when
         print(_diverged(exc), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (bench, eval): a bench has kept its JSON
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         if not is_user_error(exc):
             raise

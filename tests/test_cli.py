@@ -235,3 +235,13 @@ def test_overrides_may_follow_options(calls, tmp_path) -> None:
 def test_stray_argument_is_a_usage_error(capsys) -> None:
     assert cli.main(["configs", "oops"]) == 2
     assert "unrecognized arguments: oops" in capsys.readouterr().err
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line_and_130(monkeypatch, capsys) -> None:
+    def bench(**kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    module = fake_driver([], bench=bench)
+    monkeypatch.setattr(cli, "load_driver", lambda name: module)
+    assert cli.main(["bench", "ff", "--quick"]) == 130
+    assert capsys.readouterr().err == "dni-agents: interrupted\n"
