@@ -21,10 +21,15 @@ from .core.distributed import free_port
 
 
 def child_env(rank: int, world_size: int, addr: str, port: int) -> dict[str, str]:
+    """The environment of rank ``rank``. Unless ``OMP_NUM_THREADS`` is set, each child gets its share of
+    the cores (as torchrun sets 1): N processes of torch's default thread count each oversubscribe the
+    machine, and a run beside other work then slows down many times over."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // world_size))
     return {
         **os.environ,
         "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
         "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": threads,
     }
 
 

@@ -368,3 +368,12 @@ def test_resume_needs_a_step_every_rank_has(tmp_path):
     assert common_checkpoint_step({0: [10, 20, 30], 1: [10, 20]}) == 20
     with pytest.raises(ConfigError, match="no checkpoint step that every rank has.*rank 1: none"):
         common_checkpoint_step({0: [10], 1: []})
+
+
+def test_the_launcher_gives_each_child_its_share_of_the_cores_unless_told(monkeypatch):
+    share = max(1, (os.cpu_count() or 1) // 2)
+    check = "import os, sys; sys.exit(os.environ['OMP_NUM_THREADS'] != sys.argv[1])"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert launch([sys.executable, "-c", check, str(share)], 2) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
+    assert launch([sys.executable, "-c", check, "3"], 2) == 0
