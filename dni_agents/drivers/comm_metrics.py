@@ -1,0 +1,62 @@
+"""Communication metrics of the multi-agent driver: how many bits a channel's messages carry, and how many
+of them are about the sender's private information (entropy and mutual information of discretised
+messages). Pure torch; the marl driver logs them under ``comm/<channel>/``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def message_symbols(x: torch.Tensor, resolution: float) -> torch.Tensor:
+    """Discretise continuous messages: each dimension rounded to a grid of width ``resolution``, each
+    distinct cell one symbol. Entropy and mutual information are then those of a receiver that cannot tell
+    apart messages closer than ``resolution`` (otherwise any deterministic message of a 3-valued goal would
+    score the full log2 3 bits, however tiny its differences)."""
+    cells = torch.floor(x.float().flatten(1) / resolution).long()
+    return torch.unique(cells, dim=0, return_inverse=True)[1]
+
+
+def entropy_bits(labels: torch.Tensor) -> float:
+    p = torch.bincount(labels).float()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def mutual_information_bits(symbols: torch.Tensor, labels: torch.Tensor) -> float:
+    """Plug-in I(symbol; label) = H(symbol) + H(label) − H(symbol, label), in bits."""
+    joint = symbols * (int(labels.max()) + 1) + labels
+    return entropy_bits(symbols) + entropy_bits(labels) - entropy_bits(joint)
+
+
+def comm_metrics(ep: Any, channels: Sequence[Any], private_agent: str | None,
+                 resolution: float) -> dict[str, dict[str, float]]:
+    """Per channel (``marl.Channel``) of an episode (``marl.Episode``): message entropy (bits, after
+    discretisation) and, if the sender holds the private information, the mutual information between
+    message and that information."""
+    out: dict[str, dict[str, float]] = {}
+    alive = ep.alive[..., None]
+    for c in channels:
+        if c.interface is None or c.name not in ep.messages:
+            continue
+        msgs = ep.messages[c.name]  # (T, E, n, size)
+        keep = alive.expand(msgs.shape[:3])
+        symbols = message_symbols(msgs[keep], resolution)
+        metrics = {"message_entropy_bits": entropy_bits(symbols)}
+        if private_agent == c.sender and ep.private is not None:
+            labels = ep.private[keep]
+            valid = labels >= 0
+            metrics["mi_bits"] = mutual_information_bits(symbols[valid], labels[valid])
+        out[c.name] = metrics
+    if private_agent is not None and ep.private is not None:
+        for c in channels:  # rial: the message is the sender's discrete action
+            if c.interface is None and c.sender == private_agent:
+                acts = ep.actions[c.sender]
+                keep = alive.expand(acts.shape[:3])
+                symbols, labels = acts[keep].long(), ep.private[keep]
+                valid = labels >= 0
+                out[c.name] = {"message_entropy_bits": entropy_bits(symbols),
+                               "mi_bits": mutual_information_bits(symbols[valid], labels[valid])}
+    return out
