@@ -38,7 +38,8 @@ def load_driver(name: str) -> ModuleType:
     return importlib.import_module(f"dni_agents.drivers.{name}")
 
 
-EXTRA_BENCHES = {"parallel": "dni_agents.bench_parallel"}  # benches that span drivers (module per name)
+# benches that span drivers (module per name)
+EXTRA_BENCHES = {"parallel": "dni_agents.bench_parallel", "comm": "dni_agents.benches.comm"}
 
 
 def bench_names() -> list[str]:
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a finished run")
     ev.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR")
+    ev.add_argument("--ablate", choices=("permute", "zero"), default=None,
+                    help="marl: replay with every channel's messages shuffled across environment copies "
+                         "(permute) or silenced (zero)")
     ev.set_defaults(handler=_cmd_eval)
     return parser
 
@@ -252,7 +256,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not config_file.is_file():
         raise FileNotFoundError(2, "run has no config.yaml", str(config_file))
     cfg = load_config(str(config_file))
-    result = load_driver(cfg.driver).evaluate(run_dir)
+    if args.ablate is not None:
+        if cfg.driver != "marl":
+            raise ConfigError(f"eval --ablate: only marl runs ablate messages (this run: {cfg.driver})")
+        result = load_driver(cfg.driver).evaluate(run_dir, ablate=args.ablate)
+    else:
+        result = load_driver(cfg.driver).evaluate(run_dir)
     if result is not None:
         _print_json(result)
     return 0

@@ -90,6 +90,8 @@ class UtilityConfig(_Strict):
     layers: PosInt = 2
     rank: PosInt | None = None  # low-rank linear utility model
     normalize: bool = False  # layer-norm the message first (RNN states whose scale drifts)
+    gate: bool = False  # cdni: the context's last entry (marl: the receiver's advantage) multiplies ĝ
+    squash_input: bool = False  # the model sees tanh(message): bounded input for unbounded messages
     optimizer: Optimizer = "adam"
     lr: PosFloat | None = None  # None: trainer.lr
 
@@ -103,6 +105,15 @@ class SyntheticInputConfig(_Strict):
     lr: PosFloat | None = None
 
 
+class ChannelConfig(_Strict):
+    """What the channel does to a message (DIAL's discretise/regularise unit) and when it is heard."""
+
+    noise: NonNegFloat = 0.0  # std of Gaussian noise on the message in training
+    discretize: bool = False  # training: tanh(message + noise); evaluation: one of `levels` values exactly
+    levels: Annotated[int, Field(ge=2)] = 2
+    delay: Literal[0, 1] = 1  # 0: heard in the step it is sent (the sender acts first); 1: the next step
+
+
 class InterfaceConfig(_Strict):
     mode: ChannelMode = "dni"
     scale: NonNegFloat = 1.0  # synthetic gradient is multiplied by this before use
@@ -110,6 +121,7 @@ class InterfaceConfig(_Strict):
     warmup_steps: NonNegInt = 0  # utility model learns but its gradient is not applied yet
     utility: UtilityConfig = Field(default_factory=UtilityConfig)
     synthetic_input: SyntheticInputConfig | None = None
+    channel: ChannelConfig = Field(default_factory=ChannelConfig)  # marl: noise, discretisation, delay
 
 
 class InterfaceOverride(_Strict):
@@ -129,6 +141,7 @@ class InterfaceOverride(_Strict):
     warmup_steps: NonNegInt | None = None
     utility: dict[str, Any] | None = None
     synthetic_input: dict[str, Any] | None = None
+    channel: dict[str, Any] | None = None
 
 
 class FFConfig(_Strict):
@@ -164,6 +177,9 @@ class MarlConfig(_Strict):
     # utility model that sees only the message needs the goals' messages apart from the start (see
     # docs/benchmarks.md); a fixed code this faint is not decoded by a receiver on its own (mode none).
     message_init_gain: NonNegFloat = 0.1
+    # The frozen control: scale every message head once at the start so that the messages of the first
+    # observations have this RMS per component (a fixed random code at the scale trained codes reach)
+    message_rms: PosFloat | None = None
     hidden: PosInt = 64
     recurrent: bool = False  # GRU policies
     time_feature: bool = True  # append t / max_steps to every input (time-aware value estimates)

@@ -1,6 +1,7 @@
 """Our own PettingZoo environments (import name: dni_envs)."""
 
+from dni_envs.digits_referential import DigitsReferential
 from dni_envs.referential import ReferentialGame
 from dni_envs.switch_riddle import SwitchRiddle
 
-__all__ = ["ReferentialGame", "SwitchRiddle"]
+__all__ = ["DigitsReferential", "ReferentialGame", "SwitchRiddle"]

@@ -3,6 +3,7 @@
 Pure torch. Nothing here imports a driver, an environment, a data set or the CLI.
 """
 
+from .channel import ChannelModel
 from .interface import MODES, Interface, Mode, NonFiniteError, OnNonFinite
 from .message import InProcess, Message, Transport
 from .models import SyntheticInputModel, UtilityModel
@@ -11,6 +12,7 @@ from .system import Agent, System, Tick
 __all__ = [
     "MODES",
     "Agent",
+    "ChannelModel",
     "InProcess",
     "Interface",
     "Message",

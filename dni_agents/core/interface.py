@@ -197,8 +197,7 @@ class Interface:
         process with an affine model (one linear map, whose weight gradient does not depend on the weights)
         the send-time prediction is kept — the semantics every in-process result here was measured with;
         across processes, or with a deeper model, the prediction is made again."""
-        kind, rank = getattr(self.utility, "kind", "linear"), getattr(self.utility, "rank", None)
-        affine = kind == "linear" and rank is None
+        affine = bool(getattr(self.utility, "affine", False))  # a module that does not say is not affine
         return not affine or self.transport.is_remote(self.name)
 
     def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
@@ -309,6 +308,11 @@ class Interface:
         p_nonzero, t_nonzero = (torch.stack([p_norm, t_norm]) > 0).tolist()  # one sync, tracked steps only
         if t_nonzero:
             out["grad_rel_error"] = (p - t).norm() / t_norm
+            # R²: the share of the target's variance across examples that ĝ explains (1 perfect, 0 = the mean)
+            rows_t = target.reshape(target.shape[0], -1)
+            spread = (rows_t - rows_t.mean(0)).pow(2).sum()
+            if bool(spread > 0):
+                out["grad_r2"] = 1 - (prediction.reshape(rows_t.shape) - rows_t).pow(2).sum() / spread
             if p_nonzero:
                 out["grad_cosine"] = F.cosine_similarity(p, t, dim=0)
         return out

@@ -33,9 +33,13 @@ def mutual_information_bits(symbols: torch.Tensor, labels: torch.Tensor) -> floa
 
 def comm_metrics(ep: Any, channels: Sequence[Any], private_agent: str | None,
                  resolution: float) -> dict[str, dict[str, float]]:
-    """Per channel (``marl.Channel``) of an episode (``marl.Episode``): message entropy (bits, after
-    discretisation) and, if the sender holds the private information, the mutual information between
-    message and that information."""
+    """Per channel (``marl.Channel``) of an episode (``marl.Episode``): the entropy of what the sender said
+    (bits, after discretisation) and, if the sender holds the private information, the mutual information
+    between it and what the receiver actually *heard* (``mi_bits``: through the channel's noise and delay,
+    silence included: a message that arrives after the receiver has acted carries nothing) and what the
+    sender *said* (``sent_mi_bits``)."""
+    from .marl_comm import heard_labels, heard_symbols
+
     out: dict[str, dict[str, float]] = {}
     alive = ep.alive[..., None]
     for c in channels:
@@ -48,7 +52,15 @@ def comm_metrics(ep: Any, channels: Sequence[Any], private_agent: str | None,
         if private_agent == c.sender and ep.private is not None:
             labels = ep.private[keep]
             valid = labels >= 0
-            metrics["mi_bits"] = mutual_information_bits(symbols[valid], labels[valid])
+            metrics["sent_mi_bits"] = mutual_information_bits(symbols[valid], labels[valid])
+            heard = getattr(ep, "heard", {}).get(c.name)
+            if heard is not None:
+                keep = alive.expand(heard.shape[:3])
+                labels = heard_labels(ep, c, private_agent)[keep]
+                symbols = heard_symbols(c, heard[keep], resolution)
+                valid = labels >= 0
+                metrics["mi_bits"] = (mutual_information_bits(symbols[valid], labels[valid])
+                                      if bool(valid.any()) else 0.0)
         out[c.name] = metrics
     if private_agent is not None and ep.private is not None:
         for c in channels:  # rial: the message is the sender's discrete action

@@ -53,6 +53,11 @@ def build_interface(
     utility = utility_optimizer = None
     if icfg.mode in ("dni", "cdni"):
         u = icfg.utility
+        if u.gate and (icfg.mode != "cdni" or context_dim < 2):
+            raise ConfigError(
+                f"interfaces: {sender}->{receiver}.utility.gate needs mode cdni and a context this driver "
+                f"gives (mode {icfg.mode}, context size {context_dim})"
+            )
         utility = UtilityModel(
             message_shape,
             context_dim=context_dim if icfg.mode == "cdni" else 0,
@@ -61,6 +66,8 @@ def build_interface(
             layers=u.layers,
             rank=u.rank,
             normalize=u.normalize,
+            gate=u.gate,
+            squash_input=u.squash_input,
         ).to(device)
         utility_optimizer = make_optimizer(u.optimizer, utility.parameters(), u.lr or cfg.trainer.lr)
     synthetic_input = synthetic_input_optimizer = None

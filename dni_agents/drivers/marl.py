@@ -21,7 +21,6 @@ Nothing here knows what DNI is beyond ``tick.send`` / ``tick.receive``: the mech
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import math
 import time
 from contextlib import ExitStack
@@ -31,14 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
-from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 from torch import nn
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, interface_config, load_config
-from ..core import Agent, Interface, System
+from ..core import Agent, ChannelModel, Interface, System
 from ..logging import RunLogger
 from .comm_metrics import comm_metrics, entropy_bits, message_symbols, mutual_information_bits  # noqa: F401
 from .common import (
@@ -49,74 +46,30 @@ from .common import (
     load_system,
     log_interfaces,
     make_optimizer,
+    mean_stats,
     open_run,
     resolve_device,
     save_checkpoint,
     write_report,
 )
+from .marl_comm import (
+    FidelityHistory,
+    ablation_permutation,
+    calibrate_messages,
+    channel_model,
+    channel_stats,
+    context_size,
+    hear,
+    normalized_advantages,
+    route,  # noqa: F401 (marl.route: tests)
+    sender_context,
+    speaking_order,
+)
+from .marl_env import DirectParallel, make_env  # noqa: F401 (DirectParallel: tests)
 from .stop import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 1_000_003  # evaluation episodes never reuse training seeds
-
-
-# ------------------------------------------------------------------------------------------ environment
-def make_env(cfg: Config) -> Any:
-    """``marl.env`` is a module with ``parallel_env()`` (``mpe2.simple_speaker_listener_v4``,
-    ``dni_envs.referential``) or ``module:callable``."""
-    spec = cfg.marl.env
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"marl.env: cannot import {module_name!r} ({exc})") from None
-    factory = getattr(module, attr or "parallel_env", None)
-    if not callable(factory):
-        raise ConfigError(f"marl.env: {spec!r} has no callable {attr or 'parallel_env'!r}")
-    try:
-        env = factory(**cfg.marl.env_kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"marl.env_kwargs: {spec} rejects {cfg.marl.env_kwargs} ({exc})") from None
-    return DirectParallel(env) if isinstance(env, aec_to_parallel_wrapper) else env
-
-
-class DirectParallel:
-    """PettingZoo's AEC→parallel conversion (how ``mpe2`` builds its parallel envs), stepping the raw AEC
-    environment directly. The stock wrapper computes every agent's observation before each agent's turn
-    (``last()``) and throws it away, and routes every attribute through two checking wrappers; together that
-    was half of speaker–listener's training time. Same observations, rewards and flags
-    (tests/test_marl.py compares them step by step); the actions are ours, hence already in bounds."""
-
-    def __init__(self, env: aec_to_parallel_wrapper) -> None:
-        self.wrapped = env
-        self.raw = env.aec_env.unwrapped
-        self.possible_agents = list(env.possible_agents)
-        self.agents: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:  # spaces, metadata, comm_slice, ...
-        return getattr(self.wrapped, name)
-
-    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
-        observations, infos = self.wrapped.reset(seed=seed, options=options)
-        self.agents = list(self.wrapped.agents)
-        return observations, infos
-
-    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        raw = self.raw
-        rewards = dict.fromkeys(raw.agents, 0.0)
-        for agent in list(raw.agents):
-            if agent != raw.agent_selection:
-                raise RuntimeError(f"{agent} is not the agent to act ({raw.agent_selection}): the agents "
-                                   "of a parallel environment must step in a cycle")
-            raw.step(actions[agent])
-            for a in raw.agents:
-                rewards[a] = rewards.get(a, 0.0) + raw.rewards[a]
-        terminations, truncations, infos = dict(raw.terminations), dict(raw.truncations), dict(raw.infos)
-        observations = {a: raw.observe(a) for a in raw.agents}
-        while raw.agents and (raw.terminations[raw.agent_selection] or raw.truncations[raw.agent_selection]):
-            raw.step(None)
-        self.agents = list(raw.agents)
-        return observations, rewards, terminations, truncations, infos
 
 
 @dataclass
@@ -144,6 +97,7 @@ class Channel:
     size: int
     obs_slice: tuple[int, int] | None  # None: appended to the receiver's observation
     interface: Interface | None  # None for rial (the environment carries the message)
+    model: ChannelModel = field(default_factory=ChannelModel)  # noise, discretisation, delay
 
 
 class PolicyNet(nn.Module):
@@ -164,10 +118,11 @@ class PolicyNet(nn.Module):
     def __init__(
         self, in_dim: int, hidden: int, recurrent: bool, action_space: spaces.Space | None,
         message_sizes: dict[str, int], candidates: tuple[int, int] | None = None, squash: bool = True,
-        message_gain: float = 0.1,
+        message_gain: float = 0.1, raw_channels: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.hidden, self.recurrent, self.candidates, self.squash = hidden, recurrent, candidates, squash
+        self.raw = {_key(k) for k in raw_channels}  # discretised channels squash the message themselves
         self.actor_width = hidden * (candidates[0] if candidates else 1)
         scored_dim = in_dim - candidates[0] * candidates[1] + candidates[1] if candidates else in_dim
         self.actor_body = _body(scored_dim, hidden)
@@ -216,7 +171,10 @@ class PolicyNet(nn.Module):
         if self.candidates:
             fa = fa.reshape(len(fa), -1, self.hidden).mean(1)
         message = self.messages[_key(channel)](fa)
-        return torch.tanh(message) if self.squash else message
+        return torch.tanh(message) if self.squash and _key(channel) not in self.raw else message
+
+    def head(self, channel: str) -> nn.Linear:
+        return self.messages[_key(channel)]
 
     def dist(self, features: torch.Tensor) -> torch.distributions.Distribution:
         fa = features[..., : self.actor_width]
@@ -354,10 +312,12 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
                 f"agents: {name}.candidates {list(candidates)} must be [n, features] with a Discrete(n) "
                 f"action, n*features <= its observation size ({obs_dims[name]}) and marl.recurrent false"
             )
+        raw = tuple(k for k in out_sizes if channel_model(cfg, *k.split("->")).discretize)
         net = PolicyNet(
             obs_dims[name] + in_extra, cfg.marl.hidden, cfg.marl.recurrent,
             act_spaces[name] if a.policy else None, out_sizes, candidates,
             squash=cfg.marl.message_activation == "tanh", message_gain=cfg.marl.message_init_gain,
+            raw_channels=raw,
         ).to(device)
         optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr)
         agent = Agent(name, net, optimizer, period=a.period, max_grad_norm=cfg.marl.max_grad_norm)
@@ -367,11 +327,11 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
     channels: list[Channel] = []
     for sender, receiver, mode, size, obs_slice in specs:
         name = f"{sender}->{receiver}"
-        iface = None
+        ch = Channel(name, sender, receiver, mode, size, obs_slice, None,
+                     channel_model(cfg, sender, receiver))
         if mode != "rial":
-            context_dim = len(groups[receiver].members) * _context_size(groups[receiver])
-            iface = build_interface(cfg, sender, receiver, (size,), device, context_dim=context_dim)
-        ch = Channel(name, sender, receiver, mode, size, obs_slice, iface)
+            context_dim = context_size(ch, groups[receiver])
+            ch.interface = build_interface(cfg, sender, receiver, (size,), device, context_dim=context_dim)
         groups[sender].outbound.append(ch)
         groups[receiver].inbound.append(ch)
         channels.append(ch)
@@ -395,13 +355,6 @@ def _check_private_info(cfg: Config, obs_dims: dict[str, int]) -> None:
         )
 
 
-def _context_size(group: Group) -> int:
-    """cDNI context per receiving member: its observation, its action (one-hot) and its advantage."""
-    space = group.action_space
-    n_act = int(space.n) if isinstance(space, spaces.Discrete) else int(np.prod(space.shape))
-    return group.obs_dim + (n_act + 1 if group.policy else 0)
-
-
 # ------------------------------------------------------------------------------------------ playing
 @dataclass
 class Episode:
@@ -417,6 +370,8 @@ class Episode:
     messages: dict[str, torch.Tensor]  # channel -> (T, E, n_senders, size), as sent
     private: torch.Tensor | None  # (T, E, n_senders) private info of the private_info agent
     steps: int  # environment steps played (alive copies only)
+    noise: dict[str, torch.Tensor] = field(default_factory=dict)  # noisy channel -> ε of each message sent
+    heard: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (T, E, n_receivers, size)
 
     @property
     def length(self) -> int:
@@ -435,6 +390,7 @@ class Player:
         self.cfg, self.groups, self.channels, self.device = cfg, groups, channels, device
         self.envs = [make_env(cfg) for _ in range(num_envs)]
         self.routing = callable(getattr(self.envs[0], "message_sources", None))
+        self.order = speaking_order(groups, channels)
         self.by_name = {g.name: g for g in groups}
         self._member_index = {g.name: {m: i for i, m in enumerate(g.members)} for g in groups}
 
@@ -469,8 +425,12 @@ class Player:
         return out
 
     @torch.no_grad()
-    def play(self, seed: int, generator: torch.Generator | None, greedy: bool = False) -> Episode:
+    def play(self, seed: int, generator: torch.Generator | None, greedy: bool = False,
+             ablate: str | None = None) -> Episode:
+        """One episode in every copy; ``greedy``: most likely actions and clean (discrete) channels;
+        ``ablate``: every channel's messages shuffled across copies (``permute``) or silenced (``zero``)."""
         cfg, T, E = self.cfg, self.cfg.marl.max_steps, len(self.envs)
+        perm = ablation_permutation(E, seed) if ablate == "permute" else None
         groups, channels = self.groups, self.channels
         raw = [env.reset(seed=seed + i) for i, env in enumerate(self.envs)]
         obs_np = [o for o, _ in raw]
@@ -484,25 +444,34 @@ class Player:
         hidden: dict[str, torch.Tensor | None] = {g.name: None for g in groups}
         held: dict[str, dict[str, torch.Tensor]] = {g.name: {} for g in groups}
         sent: dict[str, torch.Tensor] = {}
+        noise: dict[str, torch.Tensor | None] = {}
+        noises: dict[str, list[torch.Tensor]] = {c.name: [] for c in channels if c.model.noise and not greedy}
+        heard_rows: dict[str, list[torch.Tensor]] = {c.name: [] for c in channels if c.interface is not None}
         steps = 0
         for t in range(T):
             if not alive.any():
                 break
             alive_rows.append(torch.as_tensor(alive.copy()))
             obs_t = {g.name: self._stack_obs(obs_np, g) for g in groups}
-            src_t = {c.name: torch.as_tensor([self._sources(self.envs[e], c, t == 0) if alive[e] else
-                                              [-1] * len(self.by_name[c.receiver].members) for e in range(E)])
-                     for c in channels}
+            src_t = {c.name: torch.as_tensor([self._sources(self.envs[e], c, t < c.model.delay) if alive[e]
+                                              else [-1] * len(self.by_name[c.receiver].members)
+                                              for e in range(E)]) for c in channels}
             for c in channels:
                 sources[c.name].append(src_t[c.name])
             if cfg.marl.private_info is not None:
                 silent = [-1] * len(self.by_name[cfg.marl.private_info.agent].members)
                 private.append(torch.as_tensor([self._private(obs_np[e], infos[e]) if alive[e] else silent
                                                 for e in range(E)]))
-            out = {}
-            heard = {c.name: route(sent.get(c.name), src_t[c.name], c.size, E, self.device)  # sent at t-1
-                     for c in channels if c.interface is not None}
-            for g in groups:
+            out, heard = {}, {}
+            before, noise_before = dict(sent), dict(noise)  # what was sent at t-1 (delay 1)
+            for g in self.order:
+                for c in g.inbound:
+                    if c.interface is not None:
+                        early = c.model.delay == 1
+                        heard[c.name] = hear(c, (before if early else sent).get(c.name),
+                                             (noise_before if early else noise).get(c.name), src_t[c.name], E,
+                                             not greedy, ablate, perm, self.device)
+                        heard_rows[c.name].append(heard[c.name])
                 x = self.inputs(g, obs_t[g.name], heard, t)
                 if t % g.period == 0:
                     features, hidden[g.name] = g.net(x.flatten(0, 1), hidden[g.name])
@@ -528,6 +497,9 @@ class Player:
                     if c.interface is not None:
                         sent[c.name] = held[g.name][c.name]
                         messages[c.name].append(held[g.name][c.name])
+                        if c.name in noises:
+                            noise[c.name] = c.model.sample_noise(tuple(sent[c.name].shape), generator)
+                            noises[c.name].append(noise[c.name])
             actions = self._env_actions(out, alive)
             rewards = {g.name: torch.zeros(E, len(g.members)) for g in groups}
             for e in range(E):
@@ -559,6 +531,8 @@ class Player:
             torch.stack(alive_rows), {c: torch.stack(v) for c, v in sources.items()},
             {c: torch.stack(v) for c, v in messages.items()},
             torch.stack(private) if private else None, steps,
+            {c: torch.stack(v) for c, v in noises.items()},
+            {c: torch.stack(v) for c, v in heard_rows.items()},
         )
 
     def _stack_obs(self, obs_np: list[dict], g: Group) -> torch.Tensor:
@@ -611,19 +585,6 @@ class Player:
         return actions
 
 
-def route(
-    messages: torch.Tensor | None, sources: torch.Tensor, size: int, batch: int,
-    device: torch.device | None = None,
-) -> torch.Tensor:
-    """What each receiving member hears: the message of the sender member ``sources`` names (-1: silence).
-    A gather, so gradients flow back to exactly the message that was heard."""
-    if messages is None:
-        return torch.zeros(batch, sources.shape[1], size, device=device)
-    padded = torch.cat([messages, messages.new_zeros(messages.shape[0], 1, size)], 1)
-    index = torch.where(sources < 0, messages.shape[1], sources).to(messages.device)
-    return padded.gather(1, index.unsqueeze(-1).expand(-1, -1, size))
-
-
 # ------------------------------------------------------------------------------------------ learning
 def advantages(ep: Episode, g: Group, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over the network's decision steps (every ``period`` env steps; rewards in between are summed)."""
@@ -646,10 +607,11 @@ def advantages(ep: Episode, g: Group, gamma: float, lam: float) -> tuple[torch.T
 
 def ppo_update(
     cfg: Config, system: System, groups: list[Group], player: Player,
-    ep: Episode, generator: torch.Generator, clock: int,
+    ep: Episode, generator: torch.Generator, clock: int, track: bool = False,
 ) -> tuple[dict[str, dict[str, float]], int]:
     """PPO epochs over minibatches of environment copies; each minibatch is one tick of every network,
-    replaying the episode so that messages cross the channels' interfaces with gradients."""
+    replaying the episode so that messages cross the channels' interfaces with gradients. ``track``:
+    measure ĝ's fidelity in the first epoch (held out: no utility model has seen this episode's targets)."""
     mc = cfg.marl
     gae = {g.name: advantages(ep, g, mc.gamma, mc.gae_lambda) for g in groups if g.policy}
     for g in groups:
@@ -658,9 +620,12 @@ def ppo_update(
     E, T = ep.alive.shape[1], ep.length
     stats: dict[str, dict[str, list[float]]] = {g.name: {} for g in groups if g.policy}
     ticking = system.coupled()  # networks joined by backprop channels update in one tick
-    for _ in range(mc.epochs):
+    for epoch in range(mc.epochs):
+        system.track_stats = track and epoch == 0
         order = torch.randperm(E, generator=generator)
         for mb in order.chunk(min(mc.minibatches, E)):
+            norm_adv = {g.name: normalized_advantages(gae[g.name][0][:, mb], ep.alive[ep.decisions(g.period)][
+                :, mb].float().unsqueeze(-1).expand_as(gae[g.name][0][:, mb])) for g in groups if g.policy}
             clock += 1
             base = clock * (T + 1)
             with ExitStack() as stack:
@@ -668,7 +633,7 @@ def ppo_update(
                 for members in ticking:
                     t_ = stack.enter_context(system.tick(members, clock))
                     ticks.update(dict.fromkeys(members, t_))
-                out = replay(groups, player, ep, mb, ticks, base, gae)
+                out = replay(groups, player, ep, mb, ticks, base, norm_adv)
                 for g in groups:
                     if g.policy:
                         loss, parts = ppo_loss(mc, g, ep, mb, out[g.name], gae[g.name])
@@ -676,15 +641,17 @@ def ppo_update(
                         for k, v in parts.items():
                             stats[g.name].setdefault(k, []).append(v)
             system.check_settled()
+    system.track_stats = False
     return {g: {k: sum(v) / len(v) for k, v in s.items()} for g, s in stats.items()}, clock
 
 
 def replay(
     groups: list[Group], player: Player, ep: Episode, mb: torch.Tensor, ticks: dict, base: int,
-    gae: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    norm_adv: dict[str, torch.Tensor],
 ) -> dict[str, list[torch.Tensor]]:
-    """The episode again, with gradients: message of step t goes out through the interface as the message
-    of clock step ``base + t`` and is heard at t+1. Returns each acting network's features per decision."""
+    """The episode again, with gradients: the message of step t goes out through the interface as the
+    message of clock step ``base + t`` and is heard at ``t + delay`` through the noise the rollout drew.
+    Returns each acting network's features per decision."""
     T, B = ep.length, len(mb)
     hidden: dict[str, torch.Tensor | None] = {g.name: None for g in groups}
     held: dict[str, dict[str, torch.Tensor]] = {g.name: {} for g in groups}
@@ -699,18 +666,19 @@ def replay(
             features = g.net(x.flatten(0, 2), None)[0]
             batched[g.name] = list(features.view(len(steps), -1, features.shape[-1]).unbind(0))
     for t in range(T):
-        for g in groups:
+        for g in player.order:
             tick = ticks[g.name]
             inbound = {}
             for c in g.inbound:
                 if c.interface is None:
                     continue
-                if t == 0:
-                    heard = None
-                else:
-                    z = tick.receive(c.interface, step=base + t - 1)
-                    heard = z.view(B, -1, c.size)
-                inbound[c.name] = route(heard, ep.sources[c.name][t, mb], c.size, B, player.device)
+                sent_at = t - c.model.delay
+                heard = noise = None
+                if sent_at >= 0:
+                    heard = tick.receive(c.interface, step=base + sent_at).view(B, -1, c.size)
+                    noise = ep.noise[c.name][sent_at, mb] if c.name in ep.noise else None
+                inbound[c.name] = hear(c, heard, noise, ep.sources[c.name][t, mb], B, True,
+                                       device=player.device)
             if t % g.period == 0:
                 if g.name in batched:
                     features = batched[g.name][t // g.period]
@@ -720,30 +688,17 @@ def replay(
                 features_out[g.name].append(features)
                 held[g.name] = {c.name: g.net.message(c.name, features)
                                 for c in g.outbound if c.interface is not None}
-            if t < T - 1:
-                for c in g.outbound:
-                    if c.interface is None:
-                        continue
-                    context = None
-                    if c.mode == "cdni":
-                        context = receiver_context(player.by_name[c.receiver], ep, t + 1, mb, gae)
-                        context = context.repeat_interleave(len(g.members), 0)
-                    tick.send(c.interface, held[g.name][c.name], context, step=base + t)
+            for c in g.outbound:
+                if c.interface is None or t + c.model.delay >= T:
+                    continue  # a message nobody will hear is not sent
+                context = None
+                if c.mode == "cdni":
+                    h = held[g.name][c.name].detach().view(B, -1, c.size)
+                    noise = ep.noise[c.name][t, mb] if c.name in ep.noise else None
+                    context = sender_context(c, player.by_name[c.receiver], ep, t, mb, len(g.members),
+                                             c.model.transmit(h, noise), norm_adv)
+                tick.send(c.interface, held[g.name][c.name], context, step=base + t)
     return features_out
-
-
-def receiver_context(r: Group, ep: Episode, t: int, mb: torch.Tensor,
-                     gae: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """What the receiving network knows when it hears the message: its observation, and if it acts, its
-    action and advantage (cDNI's context). One row per environment copy."""
-    parts = [ep.obs[r.name][t, mb]]
-    if r.policy:
-        action = ep.actions[r.name][t, mb]
-        if isinstance(r.action_space, spaces.Discrete):
-            action = F.one_hot(action, int(r.action_space.n)).float()
-        parts.append(action)
-        parts.append(gae[r.name][0][t // r.period, mb].unsqueeze(-1))
-    return torch.cat(parts, -1).flatten(1)
 
 
 def ppo_loss(mc: Any, g: Group, ep: Episode, mb: torch.Tensor, features: list[torch.Tensor],
@@ -761,11 +716,8 @@ def ppo_loss(mc: Any, g: Group, ep: Episode, mb: torch.Tensor, features: list[to
     if not g.net.discrete:
         logp, entropy = logp.sum(-1), entropy.sum(-1)
     old = ep.logp[g.name][decisions][:, mb].reshape(D, B * n)
-    a = adv[:, mb].reshape(D, B * n)
     count = mask.sum().clamp_min(1)
-    mean = (a * mask).sum() / count
-    std = (((a - mean) ** 2 * mask).sum() / count).sqrt()
-    a = (a - mean) / (std + 1e-8)
+    a = normalized_advantages(adv[:, mb].reshape(D, B * n), mask)
     ratio = (logp - old).exp()
     pg = torch.max(-a * ratio, -a * ratio.clamp(1 - mc.clip, 1 + mc.clip))
     value = g.net.normalized_value(feats)
@@ -835,6 +787,9 @@ def _train(
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="update")
     env_steps, seconds, recent = 0, 0.0, []
+    fidelity, curve = FidelityHistory(), []  # curve: (environment steps, return) on measured updates
+    if mc.message_rms is not None and start == 0:  # the frozen control's scale (a resumed run has it)
+        calibrate_messages(player, mc.message_rms, seed=cfg.seed * 100_000 * mc.num_envs)
 
     def save(update: int) -> Path | None:
         if not log:
@@ -848,25 +803,29 @@ def _train(
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + update)
         ep = player.play(seed=(cfg.seed * 100_000 + update) * mc.num_envs, generator=generator)
-        log_now = log and (update % cfg.log.every == 0 or update == tc.steps - 1)
-        system.track_stats = log_now
-        losses, clock = ppo_update(cfg, system, groups, player, ep, generator, clock)
+        measure = update % cfg.log.every == 0 or update == tc.steps - 1
+        log_now = log and measure
+        losses, clock = ppo_update(cfg, system, groups, player, ep, generator, clock, track=measure)
         seconds += time.perf_counter() - t0
         env_steps += ep.steps
         metrics = episode_metrics(cfg, ep, groups)
         recent = (recent + [metrics["return/mean"]])[-20:]
+        if measure:
+            curve.append(((update + 1) * mc.num_envs * mc.max_steps, metrics["return/mean"]))
         if log_now:
             logger.scalars("episode", metrics, update)
             for name, parts in losses.items():
                 logger.agent(name, parts, update)
-            log_interfaces(logger, system, update)
+            fidelity.add(update, log_interfaces(logger, system, update))
             for name, m in comm_metrics(ep, channels, private_agent, mc.mi_resolution).items():
                 logger.scalars(f"comm/{name}", m, update)
+            for name, m in channel_stats(ep, channels).items():
+                logger.scalars(f"channel/{name}", m, update)
             logger.scalar("perf/env_steps_per_s", env_steps / max(seconds, 1e-9), update)
             logger.scalar("perf/env_steps", (update + 1) * mc.num_envs * mc.max_steps, update)
             bar.set_postfix(ret=f"{sum(recent) / len(recent):.2f}")
-        elif not log_now:
-            system.drain_stats()
+        elif measure:
+            fidelity.add(update, {k: mean_stats(v) for k, v in system.drain_stats().items()})
         if log and update % cfg.log.histogram_every == 0:
             for name, msgs in ep.messages.items():
                 logger.message_histogram(name, msgs[ep.alive], update)
@@ -879,6 +838,11 @@ def _train(
         return {}
     result = evaluate_system(cfg, groups, channels, device, episodes=mc.eval_episodes)
     result.update(updates=tc.steps, env_steps_per_s=env_steps / max(seconds, 1e-9), train_seconds=seconds)
+    result.update(fidelity.second_half(tc.steps))  # held-out ĝ fidelity over the second half of training
+    if any(c.interface is not None for c in channels):  # the control: does the receiver use the message?
+        result["ablated_return"] = evaluate_system(cfg, groups, channels, device, mc.eval_episodes,
+                                                   ablate="permute")["mean_return"]
+    result["curve"] = curve
     if log:
         logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
         if cfg.log.embedding_samples and "_episode" in result:
@@ -907,12 +871,13 @@ def _log_projector(cfg: Config, logger: RunLogger, ep: Episode, channels: list[C
 
 
 def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
-                    episodes: int) -> dict[str, Any]:
-    """Greedy play (most likely action, deterministic messages) for ``episodes`` episodes."""
+                    episodes: int, ablate: str | None = None) -> dict[str, Any]:
+    """Greedy play (most likely action, clean channels) for ``episodes`` episodes; ``ablate``: with the
+    messages shuffled across copies (``permute``) or silenced (``zero``)."""
     player = Player(cfg, groups, channels, device, min(episodes, 250))
     eps = []
     while sum(e.alive.shape[1] for e in eps) < episodes:
-        eps.append(player.play(seed=EVAL_SEED + 1000 * len(eps), generator=None, greedy=True))
+        eps.append(player.play(seed=EVAL_SEED + 1000 * len(eps), generator=None, greedy=True, ablate=ablate))
     metrics: dict[str, list[float]] = {}
     comm: dict[str, dict[str, list[float]]] = {}
     private_agent = cfg.marl.private_info.agent if cfg.marl.private_info else None
@@ -931,8 +896,9 @@ def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], d
     return out
 
 
-def evaluate(run_dir: Path) -> dict:
-    """``dni-agents eval RUN_DIR``: replay the trained agents greedily; return, success, communication."""
+def evaluate(run_dir: Path, ablate: str | None = None) -> dict:
+    """``dni-agents eval RUN_DIR [--ablate permute|zero]``: replay the trained agents greedily; return,
+    success, communication."""
     run_dir = Path(run_dir)
     cfg = load_config(str(run_dir / "config.yaml"))
     device = resolve_device(cfg.device)
@@ -944,9 +910,9 @@ def evaluate(run_dir: Path) -> dict:
         return int(state["update"])
 
     update = apply_checkpoint(run_dir / CHECKPOINT, state, restore, eval_hint(run_dir))
-    result = evaluate_system(cfg, groups, channels, device, episodes=cfg.marl.eval_episodes)
+    result = evaluate_system(cfg, groups, channels, device, episodes=cfg.marl.eval_episodes, ablate=ablate)
     result.pop("_episode", None)
-    return {"run_dir": str(run_dir), "update": update, **result}
+    return {"run_dir": str(run_dir), "update": update, **({"ablate": ablate} if ablate else {}), **result}
 
 
 # ------------------------------------------------------------------------------------------ benchmark

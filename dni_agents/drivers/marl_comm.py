@@ -1,0 +1,221 @@
+"""The channels of the multi-agent driver: when a message is heard, what the channel does to it, what a
+receiver's utility model sees (cDNI), and the controls that tell whether a receiver uses the message.
+
+* ``delay`` 0: the receiver hears a message in the step it is sent, so senders act before their receivers
+  (:func:`speaking_order`); ``delay`` 1 (default, as mpe2's own communication): the next step, the first
+  step is silent.
+* Noise and discretisation are the core's :class:`~dni_agents.core.ChannelModel`; the rollout draws the
+  noise and keeps it, so the learner's replay hears exactly what was heard while playing.
+* cDNI context (:func:`sender_context`): for each message, what the receiving member has when it hears
+  it: its observation, what it heard, its action and its (normalised) advantage, the last entry, which a
+  gated utility model multiplies ĝ by. Messages that nobody hears get a zero context (and a zero gate).
+* Ablation at evaluation: ``permute`` hands every environment copy the messages of another copy,
+  ``zero`` silences the channel. A receiver that uses the message falls to its no-communication level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+from ..config import Config, ConfigError, interface_config
+from ..core import ChannelModel
+
+ABLATIONS = ("permute", "zero")
+
+
+def channel_model(cfg: Config, sender: str, receiver: str) -> ChannelModel:
+    c = interface_config(cfg, sender, receiver).channel
+    return ChannelModel(noise=c.noise, discretize=c.discretize, levels=c.levels, delay=c.delay)
+
+
+def speaking_order(groups: list[Any], channels: list[Any]) -> list[Any]:
+    """The groups in an order in which every sender on a ``delay: 0`` channel acts before its receiver."""
+    after = {g.name: {c.sender for c in channels if c.receiver == g.name and c.model.delay == 0
+                      and c.interface is not None} for g in groups}
+    order, placed = [], set()
+    while len(order) < len(groups):
+        ready = [g for g in groups if g.name not in placed and after[g.name] <= placed]
+        if not ready:
+            loop = sorted(g.name for g in groups if g.name not in placed)
+            raise ConfigError(f"interfaces: the delay-0 channels among {', '.join(loop)} form a loop: each "
+                              "would hear the other in the same step (set channel.delay: 1 on one of them)")
+        order.append(ready[0])
+        placed.add(ready[0].name)
+    return order
+
+
+def route(
+    messages: torch.Tensor | None, sources: torch.Tensor, size: int, batch: int,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """What each receiving member hears: the message of the sender member ``sources`` names (-1: silence).
+    A gather, so gradients flow back to exactly the message that was heard."""
+    if messages is None:
+        return torch.zeros(batch, sources.shape[1], size, device=device)
+    padded = torch.cat([messages, messages.new_zeros(messages.shape[0], 1, size)], 1)
+    index = torch.where(sources < 0, messages.shape[1], sources).to(messages.device)
+    return padded.gather(1, index.unsqueeze(-1).expand(-1, -1, size))
+
+
+def hear(
+    c: Any, sent: torch.Tensor | None, noise: torch.Tensor | None, sources: torch.Tensor, batch: int,
+    training: bool, ablate: str | None = None, perm: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """What the receiving members of channel ``c`` hear of the messages ``sent`` (copies, senders, size):
+    through the channel (noise in training, discrete values at evaluation), then routed."""
+    if sent is not None:
+        sent = c.model.transmit(sent, noise, training)
+        if ablate == "zero":
+            sent = torch.zeros_like(sent)
+        elif ablate == "permute":
+            sent = sent[perm]
+    return route(sent, sources, c.size, batch, device)
+
+
+def ablation_permutation(copies: int, seed: int) -> torch.Tensor:
+    """A fixed shuffle of the environment copies in which no copy keeps its own messages."""
+    if copies < 2:
+        raise ConfigError("eval --ablate permute: needs at least 2 environment copies (marl.eval_episodes)")
+    g = torch.Generator().manual_seed(seed)
+    return (torch.arange(copies) + torch.randint(1, copies, (), generator=g)) % copies
+
+
+def normalized_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Advantages standardised over the live decisions (``mask``), as the PPO loss uses them."""
+    count = mask.sum().clamp_min(1)
+    mean = (adv * mask).sum() / count
+    std = (((adv - mean) ** 2 * mask).sum() / count).sqrt()
+    return (adv - mean) / (std + 1e-8)
+
+
+def context_size(c: Any, receiver: Any) -> int:
+    """Per message: the receiver's observation, what it heard, and if it acts, its action and advantage."""
+    space = receiver.action_space
+    n_act = int(space.n) if isinstance(space, spaces.Discrete) else int(np.prod(space.shape))
+    return receiver.obs_dim + c.size + (n_act + 1 if receiver.policy else 0)
+
+
+def sender_context(
+    c: Any, receiver: Any, ep: Any, t: int, mb: torch.Tensor, n_senders: int, heard: torch.Tensor,
+    norm_adv: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """The cDNI context of the messages ``c`` sends at step ``t`` (rows: copy × sender member): what the
+    member that hears it has then (step ``t + delay``). ``heard``: the messages as heard, (B, senders, size);
+    ``norm_adv[receiver]``: its normalised advantages (decisions, copies of ``mb``, members)."""
+    when = t + c.model.delay
+    sources = ep.sources[c.name][when, mb]  # (B, n_receivers)
+    match = sources.unsqueeze(1) == torch.arange(n_senders).view(1, -1, 1)  # (B, senders, receivers)
+    heard_by = match.any(-1)
+    member = match.float().argmax(-1)  # the first receiving member who hears each sender member
+
+    def pick(x: torch.Tensor) -> torch.Tensor:  # (B, receivers, k) -> (B, senders, k), 0 if unheard
+        taken = x.gather(1, member.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return taken * heard_by.unsqueeze(-1)
+
+    parts = [pick(ep.obs[receiver.name][when, mb]), heard * heard_by.unsqueeze(-1)]
+    if receiver.policy:
+        action = ep.actions[receiver.name][when, mb]
+        if isinstance(receiver.action_space, spaces.Discrete):
+            action = F.one_hot(action, int(receiver.action_space.n)).float()
+        parts.append(pick(action))
+        decides = when % receiver.period == 0
+        gate = norm_adv[receiver.name][when // receiver.period] if decides else None
+        parts.append(pick(gate.unsqueeze(-1)) if gate is not None else heard.new_zeros(*heard.shape[:2], 1))
+    return torch.cat(parts, -1).flatten(0, 1)
+
+
+@torch.no_grad()
+def calibrate_messages(player: Any, rms: float, seed: int) -> dict[str, float]:
+    """The frozen control's matched scale: scale each message head (weight and bias) so that its messages
+    on the first observations of every environment copy have RMS ``rms`` per component (before any squash).
+    Returns each channel's factor."""
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(player.envs)]
+    factors = {}
+    for g in player.groups:
+        heads = [c for c in g.outbound if c.interface is not None]
+        if not heads:
+            continue
+        x = player.inputs(g, player._stack_obs(obs, g), {c.name: torch.zeros(len(obs), len(g.members), c.size)
+                                                        for c in g.inbound if c.interface is not None}, 0)
+        features, _ = g.net(x.flatten(0, 1), None)
+        for c in heads:
+            head = g.net.head(c.name)
+            now = head(features[:, : g.net.actor_width] if not g.net.candidates else
+                       features[:, : g.net.actor_width].reshape(len(features), -1, g.net.hidden).mean(1))
+            factor = rms / float(now.pow(2).mean().sqrt().clamp_min(1e-8))
+            head.weight.mul_(factor)
+            head.bias.mul_(factor)
+            factors[c.name] = factor
+    return factors
+
+
+def channel_stats(ep: Any, channels: list[Any]) -> dict[str, dict[str, float]]:
+    """Per channel of an episode: the RMS of the messages as sent (before any squash: the scale the frozen
+    control is matched to) and, discretised, bits per component and how often noise flipped a symbol."""
+    out = {}
+    for c in channels:
+        if c.interface is not None:
+            keep = ep.alive[..., None].expand(ep.messages[c.name].shape[:3])
+            sent = ep.messages[c.name][keep]
+            noise = ep.noise[c.name][keep] if c.name in ep.noise else None
+            out[c.name] = {"message_rms": float(sent.pow(2).mean().sqrt()), **c.model.stats(sent, noise)}
+    return out
+
+
+def heard_labels(ep: Any, c: Any, private_agent: str | None) -> torch.Tensor | None:
+    """For every (step, copy, receiving member): the private information behind what it heard: the
+    sender member's at the step the message was sent, and for silence the sender's at that step (silence
+    carries none of it). None when the sender holds no private information."""
+    if private_agent != c.sender or ep.private is None:
+        return None
+    sources = ep.sources[c.name]  # (T, E, n_receivers)
+    T = sources.shape[0]
+    sent_at = (torch.arange(T) - c.model.delay).clamp_min(0)
+    private = ep.private[sent_at]  # (T, E, n_senders)
+    index = sources.clamp_min(0)
+    labels = private.gather(2, index)
+    return labels
+
+
+def heard_symbols(c: Any, heard: torch.Tensor, resolution: float) -> torch.Tensor:
+    """One symbol per heard message (rows, size): a discretised channel's exact levels, otherwise cells of
+    width ``resolution``."""
+    from .comm_metrics import message_symbols
+
+    if c.model.discretize:
+        levels = c.model.levels
+        codes = torch.round((heard.float().clamp(-1, 1) + 1) / 2 * (levels - 1)).long()
+        weights = levels ** torch.arange(codes.shape[-1])
+        silent = (heard == 0).all(-1)
+        return torch.where(silent, -1, (codes * weights).sum(-1)) + 1
+    return message_symbols(heard, resolution)
+
+
+class FidelityHistory:
+    """ĝ's fidelity per channel on the updates where it was measured (held out: the first pass over a
+    fresh episode, before the utility model has regressed onto any of its targets)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, dict[str, float]]] = []
+
+    def add(self, update: int, stats: dict[str, dict[str, float]]) -> None:
+        for name, s in stats.items():
+            self.rows.append((update, name, {k: v for k, v in s.items() if k in ("grad_cosine", "grad_r2")}))
+
+    def second_half(self, updates: int) -> dict[str, float]:
+        """Mean cosine and R² of each channel over the second half of training."""
+        out: dict[str, float] = {}
+        for key in ("grad_cosine", "grad_r2"):
+            per: dict[str, list[float]] = {}
+            for update, name, s in self.rows:
+                if update >= updates // 2 and key in s:
+                    per.setdefault(name, []).append(s[key])
+            for name, values in per.items():
+                out[f"{name}/{key}"] = sum(values) / len(values)
+        return out

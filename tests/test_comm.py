@@ -1,0 +1,141 @@
+"""Channels in the multi-agent driver: when a message is heard, what noise does to it (and that the learner
+hears the same), the controls (ablation, the frozen code), and the cDNI context a gated utility model sees."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import torch
+
+from dni_agents.cli import main
+from dni_agents.config import ConfigError, load_config
+from dni_agents.drivers import marl
+from dni_agents.drivers.comm_metrics import comm_metrics
+from dni_agents.drivers.marl_comm import ablation_permutation
+
+TINY = ["trainer.steps=2", "marl.num_envs=32", "marl.eval_episodes=64", "log.every=1",
+        "log.histogram_every=2", "log.embedding_samples=20", "trainer.checkpoint_every=2"]
+
+
+def digits(tmp_path: Path, *extra: str):
+    return load_config("digits_referential", [f"log.dir={tmp_path}", *TINY, *extra])
+
+
+def player_for(cfg):
+    env = marl.make_env(cfg)
+    system, groups, channels = marl.build(cfg, env, torch.device("cpu"))
+    player = marl.Player(cfg, groups, channels, torch.device("cpu"), cfg.marl.num_envs)
+    return system, groups, channels, player
+
+
+def test_delay_0_is_heard_in_the_same_step_and_delay_1_in_a_one_step_game_is_never_heard(tmp_path):
+    cfg = digits(tmp_path, "interface_defaults.mode=backprop", "marl.message_rms=3.0")
+    _, _, channels, player = player_for(cfg)
+    marl.calibrate_messages(player, 3.0, seed=0)
+    ep = player.play(0, torch.Generator().manual_seed(0))
+    c = channels[0]
+    sent, heard = ep.messages[c.name], ep.heard[c.name]  # (1, E, 1, 4)
+    assert torch.allclose(heard, c.model.transmit(sent, ep.noise[c.name]))  # what was sent, through noise
+    assert comm_metrics(ep, channels, "sender", 0.2)[c.name]["mi_bits"] > 0.5
+
+    late = digits(tmp_path, "interface_defaults.mode=backprop", "interface_defaults.channel.delay=1")
+    _, _, channels, player = player_for(late)
+    marl.calibrate_messages(player, 3.0, seed=0)
+    ep = player.play(0, torch.Generator().manual_seed(0))
+    metrics = comm_metrics(ep, channels, "sender", 0.2)[channels[0].name]
+    assert torch.equal(ep.heard[channels[0].name], torch.zeros_like(ep.heard[channels[0].name]))
+    assert metrics["mi_bits"] == 0.0  # nothing heard before the receiver acts ...
+    assert metrics["sent_mi_bits"] > 0.5  # ... although the sender said something about the target
+
+
+def test_the_learner_hears_exactly_what_the_rollout_heard(tmp_path):
+    """Replaying a noisy channel with the episode's noise gives the receiver the inputs it acted on: before
+    any update every log-probability is the one recorded while playing."""
+    cfg = digits(tmp_path, "interface_defaults.mode=backprop", "interface_defaults.channel.noise=2.0")
+    system, groups, channels, player = player_for(cfg)
+    ep = player.play(0, torch.Generator().manual_seed(0))
+    mb = torch.arange(cfg.marl.num_envs)
+    receiver = next(g for g in groups if g.name == "receiver")
+    gae = marl.advantages(ep, receiver, 0.99, 0.95)
+    with ExitStack() as stack:
+        ticks = {}
+        for members in system.coupled():
+            tick = stack.enter_context(system.tick(members, 1))
+            ticks.update(dict.fromkeys(members, tick))
+        out = marl.replay(groups, player, ep, mb, ticks, 0, {"receiver": gae[0]})
+        dist = receiver.net.dist(torch.stack(out["receiver"]))
+        logp = dist.log_prob(ep.actions["receiver"][:, mb].reshape(1, -1))
+        assert torch.allclose(logp, ep.logp["receiver"][:, mb].reshape(1, -1), atol=1e-6)
+        ticks["receiver"].add_loss(logp.sum() * 0)
+
+
+def test_ablation_shuffles_messages_across_copies_or_silences_them(tmp_path):
+    cfg = digits(tmp_path, "interface_defaults.mode=backprop")
+    _, _, channels, player = player_for(cfg)
+    c = channels[0]
+    clean = player.play(5, None, greedy=True)
+    assert set(clean.heard[c.name].unique().tolist()) <= {-1.0, 1.0}  # evaluation: exact symbols
+    zero = player.play(5, None, greedy=True, ablate="zero")
+    assert torch.equal(zero.heard[c.name], torch.zeros_like(zero.heard[c.name]))
+    permuted = player.play(5, None, greedy=True, ablate="permute")
+    perm = ablation_permutation(cfg.marl.num_envs, 5)
+    assert bool((perm != torch.arange(len(perm))).all())  # no copy keeps its own message
+    assert torch.equal(permuted.heard[c.name][:, :, 0], c.model.transmit(clean.messages[c.name][:, perm, 0],
+                                                                          training=False))
+
+
+def test_eval_ablate_from_the_command_line(tmp_path, capsys):
+    assert main(["train", "digits_referential", f"log.dir={tmp_path}", *TINY]) == 0
+    capsys.readouterr()
+    run = str(tmp_path / "digits_referential")
+    assert main(["eval", run, "--ablate", "permute"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["ablate"] == "permute" and 0.0 <= result["mean_return"] <= 1.0
+    assert main(["train", "ff_digits", f"log.dir={tmp_path}", "trainer.steps=2", "name=ff"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "ff"), "--ablate", "zero"]) == 2
+    assert "eval --ablate: only marl runs ablate messages (this run: ff)" in capsys.readouterr().err
+
+
+def test_the_frozen_control_is_loud_from_the_start_and_never_learns(tmp_path):
+    cfg = digits(tmp_path, "interface_defaults.mode=none", "marl.message_rms=3.0")
+    _, groups, channels, player = player_for(cfg)
+    marl.calibrate_messages(player, 3.0, seed=0)
+    ep = player.play(0, torch.Generator().manual_seed(0))
+    assert ep.messages[channels[0].name].pow(2).mean().sqrt().item() == pytest.approx(3.0, rel=1e-4)
+    result = marl.train(cfg, tmp_path / "frozen", log=False, progress=False)
+    assert "ablated_return" in result and "sender->receiver/grad_cosine" not in result
+    system, groups, channels, player = player_for(cfg)
+    marl.calibrate_messages(player, 3.0, seed=0)
+    sender = next(g for g in groups if g.name == "sender")
+    frozen = [p.detach().clone() for p in sender.net.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    marl.ppo_update(cfg, system, groups, player, player.play(0, gen), gen, 0)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, sender.net.parameters()))  # no gradient, ever
+
+
+def test_gated_cdni_context_ends_with_the_receivers_normalised_advantage(tmp_path):
+    cfg = digits(tmp_path)  # the config's default: cdni with a gated MLP utility model
+    system, groups, channels, player = player_for(cfg)
+    c = channels[0]
+    assert c.interface.utility.gate
+    ep = player.play(0, torch.Generator().manual_seed(0))
+    receiver = next(g for g in groups if g.name == "receiver")
+    mb = torch.arange(cfg.marl.num_envs)
+    adv = torch.randn(1, cfg.marl.num_envs, 1)
+    h = ep.messages[c.name][0]
+    context = marl.sender_context(c, receiver, ep, 0, mb, 1, torch.tanh(h), {"receiver": adv})
+    assert context.shape == (cfg.marl.num_envs, marl.context_size(c, receiver))
+    assert torch.equal(context[:, -1], adv[0, :, 0])
+    assert torch.equal(context[:, : receiver.obs_dim], ep.obs["receiver"][0, :, 0])
+
+
+def test_gate_without_cdni_and_delay_0_loops_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="utility.gate needs mode cdni"):
+        player_for(digits(tmp_path, "interface_defaults.mode=dni"))
+    cfg = load_config("reference", [f"log.dir={tmp_path}", "interface_defaults.channel.delay=0"])
+    with pytest.raises(ConfigError, match="delay-0 channels among agent_0, agent_1 form a loop"):
+        player_for(cfg)
