@@ -90,7 +90,7 @@ class UtilityConfig(_Strict):
     layers: PosInt = 2
     rank: PosInt | None = None  # low-rank linear utility model
     normalize: bool = False  # layer-norm the message first (RNN states whose scale drifts)
-    gate: bool = False  # cdni: the context's last entry (marl: the receiver's advantage) multiplies ĝ
+    gate: bool = False  # cdni: ĝ is linear in the context's tail (marl: the receiver's advantage × (e_a − π))
     squash_input: bool = False  # the model sees tanh(message): bounded input for unbounded messages
     optimizer: Optimizer = "adam"
     lr: PosFloat | None = None  # None: trainer.lr

@@ -117,7 +117,7 @@ def test_the_frozen_control_is_loud_from_the_start_and_never_learns(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(frozen, sender.net.parameters()))  # no gradient, ever
 
 
-def test_gated_cdni_context_ends_with_the_receivers_normalised_advantage(tmp_path):
+def test_gated_cdni_context_ends_with_the_receivers_sensitivity_per_logit(tmp_path):
     cfg = digits(tmp_path)  # the config's default: cdni with a gated MLP utility model
     system, groups, channels, player = player_for(cfg)
     c = channels[0]
@@ -129,7 +129,10 @@ def test_gated_cdni_context_ends_with_the_receivers_normalised_advantage(tmp_pat
     h = ep.messages[c.name][0]
     context = marl.sender_context(c, receiver, ep, 0, mb, 1, torch.tanh(h), {"receiver": adv})
     assert context.shape == (cfg.marl.num_envs, marl.context_size(c, receiver))
-    assert torch.equal(context[:, -1], adv[0, :, 0])
+    onehot = torch.nn.functional.one_hot(ep.actions["receiver"][0, :, 0], 5).float()
+    sensitivity = adv[0] * (onehot - ep.probs["receiver"][0, :, 0])  # Â (e_a − π) per logit
+    assert torch.allclose(context[:, -5:], sensitivity)
+    assert c.interface.utility.gate == 5
     assert torch.equal(context[:, : receiver.obs_dim], ep.obs["receiver"][0, :, 0])
 
 
@@ -139,3 +142,27 @@ def test_gate_without_cdni_and_delay_0_loops_are_one_line_errors(tmp_path):
     cfg = load_config("reference", [f"log.dir={tmp_path}", "interface_defaults.channel.delay=0"])
     with pytest.raises(ConfigError, match="delay-0 channels among agent_0, agent_1 form a loop"):
         player_for(cfg)
+
+
+def test_bench_comm_writes_every_field_the_issue_names_and_a_plot(tmp_path):
+    from dni_agents.benches import comm
+
+    out = tmp_path / "comm.json"
+    comm.bench(quick=True, out=out, seeds=1,
+               only=["digits_referential", "none", "backprop", "frozen", "cdni"],
+               overrides=["trainer.steps=3", "marl.num_envs=16", "marl.eval_episodes=32", "log.every=1"])
+    report = json.loads(out.read_text())
+    assert [r["method"] for r in report["results"]] == ["none", "backprop", "frozen", "cdni"]
+    for row in report["results"]:
+        assert {"task", "method", "seed", "mean_return", "success_rate", "mi_bits", "ablated_return",
+                "grad_cosine", "grad_r2", "env_steps_per_s", "wall_s", "curve"} <= row.keys()
+    cdni = report["results"][3]
+    backprop, frozen = report["results"][1:3]
+    assert frozen["frozen_rms"] == pytest.approx(backprop["message_rms"])  # matched to backprop
+    assert cdni["grad_cosine"] is not None and report["results"][0]["grad_cosine"] is None
+    summary = report["summary"]["digits_referential"]
+    assert summary["no_comm_reference"] == report["results"][0]["ablated_return"]
+    assert "cdni_ablated_vs_no_comm" in summary
+    assert out.with_suffix(".png").stat().st_size > 1000
+    with pytest.raises(ConfigError, match="--only: nope is no task or method"):
+        comm.bench(quick=True, only=["nope"])

@@ -7,8 +7,10 @@ only come from a sender that learned its code. Methods (each a set of config ove
 ``none``        no gradient crosses; the message heads stay faint and random (the no-communication
                 reference: noise drowns the faint code in training, and the receiver learns to ignore it)
 ``frozen``      no gradient crosses, but the head is scaled once so its messages have the RMS trained
-                codes reach (``marl.message_rms``, measured from this task's ``backprop`` runs): a loud fixed
-                random code, the honest "no learning through the channel" control
+                codes reach (``marl.message_rms``: the mean RMS of the messages of this bench's
+                ``backprop`` runs over their second half, run before it; the task's ``frozen_rms`` if
+                backprop is not in the run): a loud fixed random code, the honest "no learning through
+                the channel" control
 ``backprop``    the true gradient through the channel (DIAL: the noise is passed, the two agents update in
                 one tick)
 ``dni``         a synthetic gradient from a utility model that sees the message alone
@@ -18,11 +20,14 @@ only come from a sender that learned its code. Methods (each a set of config ove
 
 Each record: ``task, method, seed, mean_return, success_rate, mi_bits`` (greedy evaluation; MI between the
 sender's private information and what the receiver *heard*), ``ablated_return`` (the same evaluation with
-messages shuffled across environment copies), ``grad_cosine`` / ``grad_r2`` (held-out fidelity of ĝ, mean
-over the second half of training), ``env_steps_per_s`` (training, learning included), ``wall_s``,
+messages shuffled across environment copies), ``grad_cosine`` / ``grad_r2`` (held-out fidelity of ĝ, mean /
+median over the second half of training), ``env_steps_per_s`` (training, learning included), ``wall_s``,
 ``curve`` (return against environment steps). The summary gives, per task, the fractions the acceptance
 of issue 14 reads: the part of the reference gap backprop wins over frozen, the part of the
 frozen→backprop gap each synthetic mode closes, and the ablated return against the no-communication one.
+The no-communication reference is the ``none`` runs' ablated return: their receivers with the channel
+shuffled, i.e. with no information about the sender's (the unablated ``none`` return can sit a little above
+it: the faint code's clean signs at evaluation say something the receiver half-learned to read).
 """
 
 from __future__ import annotations
@@ -41,31 +46,30 @@ from ..drivers.common import write_report
 # DESIGN.md, a listener told the goal; the games: every pick right). frozen_rms: the per-component RMS of
 # the pre-squash messages that backprop runs reach on the task (see docs/benchmarks.md for the command).
 TASKS: dict[str, dict[str, Any]] = {
-    "speaker_listener_2bit": {"config": "speaker_listener_2bit", "upper": -7.9, "frozen_rms": 4.0,
-                              "quick_steps": 60},
-    "digits_referential": {"config": "digits_referential", "upper": 1.0, "frozen_rms": 4.0,
+    "digits_referential": {"config": "digits_referential", "upper": 1.0, "frozen_rms": 6.0,
                            "quick_steps": 60},
 }
-METHODS: dict[str, list[str]] = {
+# Not in the suite: speaker_listener_2bit (configs/, upper -7.9): on seed 0 backprop learned one bit (-11.7)
+# and a frozen random code did about as well (-13.1), so it is not a communication task as configured
+# (docs/communication.md); a task is added here once backprop beats frozen on it.
+METHODS: dict[str, list[str]] = {  # backprop first: the frozen control is matched to its messages' scale
     "none": ["interface_defaults.mode=none"],
-    "frozen": ["interface_defaults.mode=none"],  # + marl.message_rms (per task)
     "backprop": ["interface_defaults.mode=backprop"],
+    "frozen": ["interface_defaults.mode=none"],  # + marl.message_rms
     "dni": ["interface_defaults.mode=dni", "interface_defaults.utility.gate=false"],
     "cdni": ["interface_defaults.mode=cdni", "interface_defaults.utility.gate=true"],
 }
 SYNTHETIC = ("dni", "cdni")
 
 
-def method_overrides(task: str, method: str) -> list[str]:
-    extra = [f"marl.message_rms={TASKS[task]['frozen_rms']}"] if method == "frozen" else []
-    return [*METHODS[method], *extra]
-
-
-def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str] = ()) -> dict[str, Any]:
+def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str] = (),
+            frozen_rms: float | None = None) -> dict[str, Any]:
     """Train one (task, method, seed) without a run folder; its record."""
     spec = TASKS[task]
     extra = [f"trainer.steps={spec['quick_steps']}"] if quick else []
-    cfg = load_config(spec["config"], [*method_overrides(task, method), *extra, *overrides, f"seed={seed}"])
+    if method == "frozen":
+        extra.append(f"marl.message_rms={frozen_rms or spec['frozen_rms']}")
+    cfg = load_config(spec["config"], [*METHODS[method], *extra, *overrides, f"seed={seed}"])
     t0 = time.perf_counter()
     m = marl.train(cfg, Path("runs") / cfg.name, log=False, progress=False)
     channel = next(k.rsplit("/", 1)[0] for k in m if k.endswith("/message_entropy_bits"))
@@ -73,7 +77,8 @@ def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str]
         "task": task, "method": method, "seed": seed, "mean_return": m["mean_return"],
         "success_rate": m.get("success_rate"), "mi_bits": m.get(f"{channel}/mi_bits"),
         "ablated_return": m.get("ablated_return"), "grad_cosine": m.get(f"{channel}/grad_cosine"),
-        "grad_r2": m.get(f"{channel}/grad_r2"), "env_steps_per_s": m["env_steps_per_s"],
+        "grad_r2": m.get(f"{channel}/grad_r2"), "message_rms": m.get(f"{channel}/message_rms"),
+        "frozen_rms": cfg.marl.message_rms, "env_steps_per_s": m["env_steps_per_s"],
         "wall_s": time.perf_counter() - t0, "updates": cfg.trainer.steps,
         "env_steps": cfg.trainer.steps * cfg.marl.num_envs * cfg.marl.max_steps, "curve": m["curve"],
     }
@@ -98,10 +103,11 @@ def summarize(results: list[dict]) -> dict[str, Any]:
             per[method]["seeds"] = len(mine)
         out: dict[str, Any] = {"methods": per, "upper_reference": TASKS[task]["upper"]}
         ret = {m: v["mean_return"] for m, v in per.items()}
-        if "none" in ret:
-            out["no_comm_reference"] = ret["none"]
-        if {"none", "frozen", "backprop"} <= ret.keys():
-            gap = TASKS[task]["upper"] - ret["none"]
+        no_comm = per.get("none", {}).get("ablated_return")  # what a receiver gets out of no information
+        if no_comm is not None:
+            out["no_comm_reference"] = no_comm
+        if no_comm is not None and {"frozen", "backprop"} <= ret.keys():
+            gap = TASKS[task]["upper"] - no_comm
             out["backprop_over_frozen_of_reference_gap"] = (ret["backprop"] - ret["frozen"]) / gap
         if {"frozen", "backprop"} <= ret.keys():
             span = ret["backprop"] - ret["frozen"]
@@ -109,11 +115,11 @@ def summarize(results: list[dict]) -> dict[str, Any]:
                 if s in ret:
                     closes = (ret[s] - ret["frozen"]) / span if span else None
                     out[f"{s}_closes_of_frozen_to_backprop"] = closes
-        if "none" in ret:
+        if no_comm:
             for s in SYNTHETIC:
                 abl = per.get(s, {}).get("ablated_return")
-                if abl is not None and ret["none"]:
-                    out[f"{s}_ablated_vs_no_comm"] = abs(abl - ret["none"]) / abs(ret["none"])
+                if abl is not None:
+                    out[f"{s}_ablated_vs_no_comm"] = abs(abl - no_comm) / abs(no_comm)
         summary[task] = out
     return summary
 
@@ -158,8 +164,11 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
     report = {"benchmark": "comm", "quick": quick, "overrides": list(overrides), "results": results}
     for task in tasks:
         for method in methods:
+            scales = [r["message_rms"] for r in results if r["task"] == task and r["method"] == "backprop"
+                      and r["message_rms"]]
+            frozen_rms = sum(scales) / len(scales) if scales else None
             for seed in range(seeds):
-                row = run_one(task, method, seed, quick, list(overrides))
+                row = run_one(task, method, seed, quick, list(overrides), frozen_rms)
                 results.append(row)
                 tqdm.write(f"{task} {method:>8} seed {seed}: return {row['mean_return']:.3f}, ablated "
                            f"{row['ablated_return']:.3f}, MI {row['mi_bits']:.2f}, cos {row['grad_cosine']}, "

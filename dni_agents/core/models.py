@@ -44,12 +44,19 @@ class UtilityModel(nn.Module):
     ``normalize`` standardises each message (layer norm without parameters) before the model sees it, so
     its step size does not grow with the message's scale: an RNN's unbounded state (an LSTM's cell) fed
     back through a ĝ linear in it otherwise ran away.
-    ``gate`` (cDNI): the context's last entry multiplies the prediction, ĝ = c_last · U(h, c_rest). The
-    gradient of a policy-gradient loss for a message is the receiver's advantage times ∂log π/∂message: a
-    model of the message alone (or one additive in the advantage) predicts about zero there, while this
-    factorised form only has to learn the receiver's ∂log π/∂message from what it saw and did.
+    ``gate = k`` (cDNI): the context's last ``k`` entries are a vector ``s`` the prediction is linear in,
+    ĝ = U(h, c_rest) · s with U giving a (message × k) matrix. The gradient of a receiver's loss for a
+    message is (∂loss/∂its outputs) times (∂its outputs/∂message): with ``s`` the receiver's sensitivity to
+    its own outputs (for a policy loss, the advantage times e_action − π per action logit), U only has to
+    learn the receiver's Jacobian from what it saw, while a model of the message alone (or one additive in
+    the advantage) predicts about zero: the advantage's sign decides the gradient's.
     ``squash_input`` feeds it tanh(h): an MLP whose input grows with the message extrapolates ĝ ∝ h, which
     pushes h further (a discretised channel's messages saturated at |h| ≈ 20 within 20 updates).
+    ``candidates = (n, f)`` (with ``gate = n``): the context starts with ``n`` candidates of ``f`` features
+    and the receiver scores each with one shared network (a referential game's receiver): so does this
+    model, one column of U per candidate from (h, candidate i, the rest of the context). A flat MLP has to
+    learn the same map ``n`` times over and did not (held-out cosine 0.06 after 3,000 steps on digits,
+    against 0.68 for this form).
     """
 
     def __init__(
@@ -61,28 +68,41 @@ class UtilityModel(nn.Module):
         layers: int = 2,
         rank: int | None = None,
         normalize: bool = False,
-        gate: bool = False,
+        gate: int = 0,
         squash_input: bool = False,
+        candidates: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        if gate and context_dim < 1:
-            raise ValueError("a gated utility model needs a context (its last entry is the gate)")
+        gate = int(gate)
+        if gate < 0 or (gate and context_dim < gate):
+            raise ValueError(f"a gated utility model needs a context of at least its gate's {gate} entries "
+                             f"(got {context_dim})")
+        if candidates is not None and (gate != candidates[0] or kind != "mlp"
+                                       or context_dim < candidates[0] * candidates[1] + gate):
+            raise ValueError(f"a candidate-wise utility model needs kind mlp, gate = {candidates[0]} (one "
+                             f"per candidate) and a context that starts with the candidates (got gate "
+                             f"{gate}, kind {kind}, context {context_dim})")
+        self.candidates = tuple(candidates) if candidates is not None else None
         if gate and kind == "conv":
             raise ValueError("a gated utility model must be linear or mlp, not conv")
         self.message_shape = tuple(message_shape)
         self.gate, self.squash_input = gate, squash_input
-        context_dim = context_dim - 1 if gate else context_dim
+        context_dim = context_dim - gate
         self.normalize = normalize
         self.context_dim = context_dim
         self.kind, self.rank = kind, rank
         dim = math.prod(self.message_shape)
+        out_dim = dim * max(gate, 1)
         if kind == "linear":
             if rank is None:
-                mods: list[nn.Module] = [nn.Linear(dim + context_dim, dim)]
+                mods: list[nn.Module] = [nn.Linear(dim + context_dim, out_dim)]
             else:
-                mods = [nn.Linear(dim + context_dim, rank, bias=False), nn.Linear(rank, dim)]
+                mods = [nn.Linear(dim + context_dim, rank, bias=False), nn.Linear(rank, out_dim)]
+        elif kind == "mlp" and self.candidates is not None:
+            n, f = self.candidates
+            mods = _mlp(dim + context_dim - n * f + f, dim, hidden, layers)  # per candidate: one column
         elif kind == "mlp":
-            mods = _mlp(dim + context_dim, dim, hidden, layers)
+            mods = _mlp(dim + context_dim, out_dim, hidden, layers)
         elif kind == "conv":
             if len(self.message_shape) != 3:
                 raise ValueError(f"a conv utility model needs (C, H, W) messages, got {self.message_shape}")
@@ -116,10 +136,19 @@ class UtilityModel(nn.Module):
                 raise ValueError("this utility model is conditioned (cDNI) and needs a context tensor")
             context = context.reshape(batch, -1).to(h.dtype)
             if self.gate:
-                context, gate = context[:, :-1], context[:, -1:]
+                context, gate = context[:, : self.context_dim], context[:, self.context_dim:]
             x = torch.cat([x, context], dim=1)
-        out = self.net(x)
-        return (out if gate is None else out * gate).reshape(h.shape)
+        if self.candidates is not None:
+            n, f = self.candidates
+            cands = context[:, : n * f].reshape(batch, n, f)
+            rest = torch.cat([x[:, : x.shape[1] - context.shape[1]], context[:, n * f:]], 1)
+            per = self.net(torch.cat([rest.unsqueeze(1).expand(-1, n, -1), cands], -1))  # (B, n, dim)
+            out = per.transpose(1, 2).reshape(batch, -1)  # (B, dim·n): column i from candidate i
+        else:
+            out = self.net(x)
+        if gate is not None:
+            out = (out.view(batch, -1, self.gate) @ gate.unsqueeze(-1)).squeeze(-1)
+        return out.reshape(h.shape)
 
     @property
     def affine(self) -> bool:

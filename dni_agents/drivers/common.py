@@ -45,6 +45,8 @@ def build_interface(
     message_shape: tuple[int, ...],
     device: torch.device,
     context_dim: int = 0,
+    gate_dims: int = 1,
+    candidates: tuple[int, int] | None = None,
     source_shape: tuple[int, ...] | None = None,
     transport: Transport | None = None,
 ) -> Interface:
@@ -53,7 +55,7 @@ def build_interface(
     utility = utility_optimizer = None
     if icfg.mode in ("dni", "cdni"):
         u = icfg.utility
-        if u.gate and (icfg.mode != "cdni" or context_dim < 2):
+        if u.gate and (icfg.mode != "cdni" or context_dim <= gate_dims):
             raise ConfigError(
                 f"interfaces: {sender}->{receiver}.utility.gate needs mode cdni and a context this driver "
                 f"gives (mode {icfg.mode}, context size {context_dim})"
@@ -66,8 +68,9 @@ def build_interface(
             layers=u.layers,
             rank=u.rank,
             normalize=u.normalize,
-            gate=u.gate,
+            gate=gate_dims if u.gate else 0,
             squash_input=u.squash_input,
+            candidates=candidates if u.gate and u.kind == "mlp" else None,
         ).to(device)
         utility_optimizer = make_optimizer(u.optimizer, utility.parameters(), u.lr or cfg.trainer.lr)
     synthetic_input = synthetic_input_optimizer = None

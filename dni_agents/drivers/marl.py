@@ -59,6 +59,7 @@ from .marl_comm import (
     channel_model,
     channel_stats,
     context_size,
+    gate_size,
     hear,
     normalized_advantages,
     route,  # noqa: F401 (marl.route: tests)
@@ -330,8 +331,10 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
         ch = Channel(name, sender, receiver, mode, size, obs_slice, None,
                      channel_model(cfg, sender, receiver))
         if mode != "rial":
-            context_dim = context_size(ch, groups[receiver])
-            ch.interface = build_interface(cfg, sender, receiver, (size,), device, context_dim=context_dim)
+            context_dim, gate = context_size(ch, groups[receiver]), gate_size(groups[receiver])
+            ch.interface = build_interface(  # a candidate scorer's utility model scores candidates too
+                cfg, sender, receiver, (size,), device, context_dim=context_dim, gate_dims=max(gate, 1),
+                candidates=groups[receiver].net.candidates if gate > 1 else None)
         groups[sender].outbound.append(ch)
         groups[receiver].inbound.append(ch)
         channels.append(ch)
@@ -372,6 +375,7 @@ class Episode:
     steps: int  # environment steps played (alive copies only)
     noise: dict[str, torch.Tensor] = field(default_factory=dict)  # noisy channel -> ε of each message sent
     heard: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (T, E, n_receivers, size)
+    probs: dict[str, torch.Tensor] = field(default_factory=dict)  # discrete group -> (T, E, n, actions)
 
     @property
     def length(self) -> int:
@@ -435,8 +439,8 @@ class Player:
         raw = [env.reset(seed=seed + i) for i, env in enumerate(self.envs)]
         obs_np = [o for o, _ in raw]
         infos = [inf for _, inf in raw]
-        store: dict[str, dict[str, list]] = {k: {g.name: [] for g in groups}
-                                             for k in ("obs", "actions", "logp", "values", "rewards")}
+        kinds = ("obs", "actions", "logp", "values", "rewards", "probs")
+        store: dict[str, dict[str, list]] = {k: {g.name: [] for g in groups} for k in kinds}
         sources = {c.name: [] for c in channels}
         messages = {c.name: [] for c in channels if c.interface is not None}
         private, alive_rows = [], []
@@ -491,6 +495,8 @@ class Player:
                         value = g.net.value(features)
                         h.update(action=action.view(E, len(g.members), *action.shape[1:]),
                                  logp=logp.view(E, -1), value=value.view(E, -1))
+                        if g.net.discrete:
+                            h["probs"] = dist.probs.view(E, len(g.members), -1)
                     held[g.name] = h
                 out[g.name] = held[g.name]
                 for c in g.outbound:
@@ -522,9 +528,10 @@ class Player:
                 store["obs"][g.name].append(obs_t[g.name])
                 store["rewards"][g.name].append(rewards[g.name])
                 if g.policy:
-                    for k in ("actions", "logp", "values"):
-                        key = {"actions": "action", "logp": "logp", "values": "value"}[k]
-                        store[k][g.name].append(out[g.name][key])
+                    for k in ("actions", "logp", "values", "probs"):
+                        key = {"actions": "action", "logp": "logp", "values": "value", "probs": "probs"}[k]
+                        if key in out[g.name]:
+                            store[k][g.name].append(out[g.name][key])
         stack = {k: {g: torch.stack(v) for g, v in d.items() if v} for k, d in store.items()}
         return Episode(
             stack["obs"], stack["actions"], stack["logp"], stack["values"], stack["rewards"],
@@ -532,7 +539,7 @@ class Player:
             {c: torch.stack(v) for c, v in messages.items()},
             torch.stack(private) if private else None, steps,
             {c: torch.stack(v) for c, v in noises.items()},
-            {c: torch.stack(v) for c, v in heard_rows.items()},
+            {c: torch.stack(v) for c, v in heard_rows.items()}, stack["probs"],
         )
 
     def _stack_obs(self, obs_np: list[dict], g: Group) -> torch.Tensor:
@@ -812,6 +819,8 @@ def _train(
         recent = (recent + [metrics["return/mean"]])[-20:]
         if measure:
             curve.append(((update + 1) * mc.num_envs * mc.max_steps, metrics["return/mean"]))
+            usage = channel_stats(ep, channels)
+            fidelity.add(update, usage)  # the messages' scale, for the frozen control
         if log_now:
             logger.scalars("episode", metrics, update)
             for name, parts in losses.items():
@@ -819,7 +828,7 @@ def _train(
             fidelity.add(update, log_interfaces(logger, system, update))
             for name, m in comm_metrics(ep, channels, private_agent, mc.mi_resolution).items():
                 logger.scalars(f"comm/{name}", m, update)
-            for name, m in channel_stats(ep, channels).items():
+            for name, m in usage.items():
                 logger.scalars(f"channel/{name}", m, update)
             logger.scalar("perf/env_steps_per_s", env_steps / max(seconds, 1e-9), update)
             logger.scalar("perf/env_steps", (update + 1) * mc.num_envs * mc.max_steps, update)

@@ -94,11 +94,20 @@ def normalized_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (adv - mean) / (std + 1e-8)
 
 
+def gate_size(receiver: Any) -> int:
+    """The entries of the receiver's loss sensitivity that end a cDNI context: one per action logit of a
+    discrete policy, the advantage alone for a continuous one, none for a receiver that does not act."""
+    if not receiver.policy:
+        return 0
+    return int(receiver.action_space.n) if isinstance(receiver.action_space, spaces.Discrete) else 1
+
+
 def context_size(c: Any, receiver: Any) -> int:
-    """Per message: the receiver's observation, what it heard, and if it acts, its action and advantage."""
+    """Per message: the receiver's observation, what it heard, and if it acts, its sensitivity (a
+    continuous policy: its action, then its advantage)."""
     space = receiver.action_space
-    n_act = int(space.n) if isinstance(space, spaces.Discrete) else int(np.prod(space.shape))
-    return receiver.obs_dim + c.size + (n_act + 1 if receiver.policy else 0)
+    extra = 0 if isinstance(space, spaces.Discrete) or not receiver.policy else int(np.prod(space.shape))
+    return receiver.obs_dim + c.size + extra + gate_size(receiver)
 
 
 def sender_context(
@@ -121,12 +130,14 @@ def sender_context(
     parts = [pick(ep.obs[receiver.name][when, mb]), heard * heard_by.unsqueeze(-1)]
     if receiver.policy:
         action = ep.actions[receiver.name][when, mb]
+        decides = when % receiver.period == 0  # a message heard between decisions changes nothing
+        adv = norm_adv[receiver.name][when // receiver.period] if decides else torch.zeros(action.shape[:2])
         if isinstance(receiver.action_space, spaces.Discrete):
-            action = F.one_hot(action, int(receiver.action_space.n)).float()
-        parts.append(pick(action))
-        decides = when % receiver.period == 0
-        gate = norm_adv[receiver.name][when // receiver.period] if decides else None
-        parts.append(pick(gate.unsqueeze(-1)) if gate is not None else heard.new_zeros(*heard.shape[:2], 1))
+            # ∂(−Â log π(a))/∂logits = −Â (e_a − π): the receiver's sensitivity per logit (as played)
+            onehot = F.one_hot(action, int(receiver.action_space.n)).float()
+            parts.append(pick(adv.unsqueeze(-1) * (onehot - ep.probs[receiver.name][when, mb])))
+        else:
+            parts += [pick(action), pick(adv.unsqueeze(-1))]
     return torch.cat(parts, -1).flatten(0, 1)
 
 
@@ -199,23 +210,30 @@ def heard_symbols(c: Any, heard: torch.Tensor, resolution: float) -> torch.Tenso
 
 class FidelityHistory:
     """ĝ's fidelity per channel on the updates where it was measured (held out: the first pass over a
-    fresh episode, before the utility model has regressed onto any of its targets)."""
+    fresh episode, before the utility model has regressed onto any of its targets), and the messages'
+    RMS (the scale the frozen control is matched to)."""
+
+    KEYS = ("grad_cosine", "grad_r2", "message_rms")
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, str, dict[str, float]]] = []
 
     def add(self, update: int, stats: dict[str, dict[str, float]]) -> None:
         for name, s in stats.items():
-            self.rows.append((update, name, {k: v for k, v in s.items() if k in ("grad_cosine", "grad_r2")}))
+            kept = {k: v for k, v in s.items() if k in self.KEYS}
+            if kept:
+                self.rows.append((update, name, kept))
 
     def second_half(self, updates: int) -> dict[str, float]:
-        """Mean cosine and R² of each channel over the second half of training."""
+        """Each channel's mean cosine and message RMS, and median R², over the second half of training (an
+        R² is unbounded below: one update whose targets are nearly 0 would decide a mean)."""
         out: dict[str, float] = {}
-        for key in ("grad_cosine", "grad_r2"):
+        for key in self.KEYS:
             per: dict[str, list[float]] = {}
             for update, name, s in self.rows:
                 if update >= updates // 2 and key in s:
                     per.setdefault(name, []).append(s[key])
             for name, values in per.items():
-                out[f"{name}/{key}"] = sum(values) / len(values)
+                out[f"{name}/{key}"] = (float(torch.tensor(values).median()) if key == "grad_r2"
+                                        else sum(values) / len(values))
         return out
