@@ -457,6 +457,9 @@ def _check_cross_fields(cfg: Config) -> None:
     else:
         if cfg.interface_defaults.mode == "rial":
             raise ConfigError(f"interface_defaults.mode: 'rial' needs driver marl (driver is {cfg.driver})")
+        if cfg.interface_defaults.channel != ChannelConfig():
+            raise ConfigError(f"interface_defaults.channel: only the marl driver applies channels (driver is "
+                              f"{cfg.driver}; leave it out)")
     pairs: set[tuple[str, str]] = set()
     for i, override in enumerate(cfg.interfaces):
         for role in ("sender", "receiver"):
@@ -468,7 +471,7 @@ def _check_cross_fields(cfg: Config) -> None:
             raise ConfigError(f"interfaces[{i}]: duplicate channel {pair[0]} -> {pair[1]} (one entry each)")
         pairs.add(pair)
         if cfg.driver != "marl":
-            for key in ("size", "obs_slice"):
+            for key in ("size", "obs_slice", "channel"):
                 if getattr(override, key) is not None:
                     raise ConfigError(f"interfaces[{i}].{key}: a marl setting (driver is {cfg.driver})")
             if override.mode == "rial":

@@ -1,6 +1,6 @@
 """Merge `dni-agents bench comm` JSON files and print the tables docs/benchmarks.md quotes.
 
-    python scripts/comm_table.py docs/results/comm_digits_a.json docs/results/comm_digits_b.json …
+    python scripts/comm_table.py docs/results/comm_digits_a.json docs/results/comm_digits_b.json … [--png OUT]
 
 Per task: one row per method (mean and range over seeds of the greedy return, the return with messages
 shuffled across copies, heard MI, held-out ĝ cosine and R², training env steps/s), then the fractions issue
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dni_agents.benches.comm import summarize
+from dni_agents.benches.comm import plot, summarize
 
 
 def fmt(values: list[float], digits: int = 3) -> str:
@@ -25,8 +25,12 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ({min(values):.{digits}f} … {max(values):.{digits}f})"
 
 
-def main(paths: list[str]) -> None:
+def main(args: list[str]) -> None:
+    png = args[args.index("--png") + 1] if "--png" in args else None
+    paths = [a for i, a in enumerate(args) if a != "--png" and (i == 0 or args[i - 1] != "--png")]
     results = [r for p in paths for r in json.loads(open(p).read())["results"]]
+    if png:
+        plot(results, png)
     summary = summarize(results)
     for task, s in summary.items():
         print(f"\n### {task}\n")

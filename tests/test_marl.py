@@ -264,6 +264,8 @@ def test_marl_only_settings_are_rejected_elsewhere():
         load_config("ff_digits", ["interface_defaults.mode=rial"])
     with pytest.raises(ConfigError, match="marl.private_info.agent: unknown agent"):
         load_config("referential", ["marl.private_info.agent=nobody"])
+    with pytest.raises(ConfigError, match="interface_defaults.channel: only the marl driver applies"):
+        load_config("ff_digits", ["interface_defaults.channel.noise=1.0"])
 
 
 @pytest.mark.parametrize("name", ["simple_speaker_listener_v4", "simple_reference_v3", "simple_crypto_v3"])

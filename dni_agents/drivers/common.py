@@ -45,7 +45,7 @@ def build_interface(
     message_shape: tuple[int, ...],
     device: torch.device,
     context_dim: int = 0,
-    gate_dims: int = 1,
+    gate_dims: int = 0,
     candidates: tuple[int, int] | None = None,
     source_shape: tuple[int, ...] | None = None,
     transport: Transport | None = None,
@@ -55,10 +55,11 @@ def build_interface(
     utility = utility_optimizer = None
     if icfg.mode in ("dni", "cdni"):
         u = icfg.utility
-        if u.gate and (icfg.mode != "cdni" or context_dim <= gate_dims):
+        if u.gate and (icfg.mode != "cdni" or gate_dims == 0 or context_dim <= gate_dims):
             raise ConfigError(
-                f"interfaces: {sender}->{receiver}.utility.gate needs mode cdni and a context this driver "
-                f"gives (mode {icfg.mode}, context size {context_dim})"
+                f"interfaces: {sender}->{receiver}.utility.gate needs mode cdni and a receiver whose "
+                f"sensitivity the driver hands over (marl: a receiver with a policy; mode {icfg.mode}, "
+                f"{gate_dims} gate entries)"
             )
         utility = UtilityModel(
             message_shape,

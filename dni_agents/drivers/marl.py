@@ -333,7 +333,7 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
         if mode != "rial":
             context_dim, gate = context_size(ch, groups[receiver]), gate_size(groups[receiver])
             ch.interface = build_interface(  # a candidate scorer's utility model scores candidates too
-                cfg, sender, receiver, (size,), device, context_dim=context_dim, gate_dims=max(gate, 1),
+                cfg, sender, receiver, (size,), device, context_dim=context_dim, gate_dims=gate,
                 candidates=groups[receiver].net.candidates if gate > 1 else None)
         groups[sender].outbound.append(ch)
         groups[receiver].inbound.append(ch)
