@@ -173,6 +173,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         except Interrupted as exc:
             print(_stopped(exc, args, cfg), file=sys.stderr)
             return exc.exit_status
+    if isinstance(metrics, dict):
+        metrics.pop("curve", None)  # the learning curve is in TensorBoard (and for benches); not one line
     _print_json(metrics)
     return 0
 

@@ -51,7 +51,7 @@ class UtilityModel(nn.Module):
     learn the receiver's Jacobian from what it saw, while a model of the message alone (or one additive in
     the advantage) predicts about zero: the advantage's sign decides the gradient's.
     ``squash_input`` feeds it tanh(h): an MLP whose input grows with the message extrapolates ĝ ∝ h, which
-    pushes h further (a discretised channel's messages saturated at |h| ≈ 20 within 20 updates).
+    pushes h further (a discretised channel's message norm reached 13 in 20 updates, 20 in 100).
     ``candidates = (n, f)`` (with ``gate = n``): the context starts with ``n`` candidates of ``f`` features
     and the receiver scores each with one shared network (a referential game's receiver): so does this
     model, one column of U per candidate from (h, candidate i, the rest of the context). A flat MLP has to
