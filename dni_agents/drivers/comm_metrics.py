@@ -31,6 +31,33 @@ def mutual_information_bits(symbols: torch.Tensor, labels: torch.Tensor) -> floa
     return entropy_bits(symbols) + entropy_bits(labels) - entropy_bits(joint)
 
 
+def heard_labels(ep: Any, c: Any, private_agent: str | None) -> torch.Tensor | None:
+    """For every (step, copy, receiving member): the private information behind what it heard: the
+    sender member's at the step the message was sent, and for silence the sender's at that step (silence
+    carries none of it). None when the sender holds no private information."""
+    if private_agent != c.sender or ep.private is None:
+        return None
+    sources = ep.sources[c.name]  # (T, E, n_receivers)
+    T = sources.shape[0]
+    sent_at = (torch.arange(T) - c.model.delay).clamp_min(0)
+    private = ep.private[sent_at]  # (T, E, n_senders)
+    index = sources.clamp_min(0)
+    labels = private.gather(2, index)
+    return labels
+
+
+def heard_symbols(c: Any, heard: torch.Tensor, resolution: float) -> torch.Tensor:
+    """One symbol per heard message (rows, size): a discretised channel's exact levels, otherwise cells of
+    width ``resolution``."""
+    if c.model.discretize:
+        levels = c.model.levels
+        codes = torch.round((heard.float().clamp(-1, 1) + 1) / 2 * (levels - 1)).long()
+        weights = levels ** torch.arange(codes.shape[-1])
+        silent = (heard == 0).all(-1)
+        return torch.where(silent, -1, (codes * weights).sum(-1)) + 1
+    return message_symbols(heard, resolution)
+
+
 def comm_metrics(ep: Any, channels: Sequence[Any], private_agent: str | None,
                  resolution: float) -> dict[str, dict[str, float]]:
     """Per channel (``marl.Channel``) of an episode (``marl.Episode``): the entropy of what the sender said
@@ -38,8 +65,6 @@ def comm_metrics(ep: Any, channels: Sequence[Any], private_agent: str | None,
     between it and what the receiver actually *heard* (``mi_bits``: through the channel's noise and delay,
     silence included: a message that arrives after the receiver has acted carries nothing) and what the
     sender *said* (``sent_mi_bits``)."""
-    from .marl_comm import heard_labels, heard_symbols
-
     out: dict[str, dict[str, float]] = {}
     alive = ep.alive[..., None]
     for c in channels:

@@ -167,12 +167,14 @@ class PolicyNet(nn.Module):
             fc = hc = self.critic_rnn(fc, hc)
         return torch.cat([fa, fc], -1), (torch.cat([ha, hc], -1) if self.recurrent else None)
 
-    def message(self, channel: str, features: torch.Tensor) -> torch.Tensor:
+    def message(self, channel: str, features: torch.Tensor, squash: bool = True) -> torch.Tensor:
+        """The message on ``channel``; ``squash=False``: before the tanh (the frozen control's scale)."""
         fa = features[:, : self.actor_width]
         if self.candidates:
             fa = fa.reshape(len(fa), -1, self.hidden).mean(1)
         message = self.messages[_key(channel)](fa)
-        return torch.tanh(message) if self.squash and _key(channel) not in self.raw else message
+        squash = squash and self.squash and _key(channel) not in self.raw
+        return torch.tanh(message) if squash else message
 
     def head(self, channel: str) -> nn.Linear:
         return self.messages[_key(channel)]

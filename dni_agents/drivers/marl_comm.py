@@ -156,9 +156,7 @@ def calibrate_messages(player: Any, rms: float, seed: int) -> dict[str, float]:
                                                         for c in g.inbound if c.interface is not None}, 0)
         features, _ = g.net(x.flatten(0, 1), None)
         for c in heads:
-            head = g.net.head(c.name)
-            now = head(features[:, : g.net.actor_width] if not g.net.candidates else
-                       features[:, : g.net.actor_width].reshape(len(features), -1, g.net.hidden).mean(1))
+            head, now = g.net.head(c.name), g.net.message(c.name, features, squash=False)
             factor = rms / float(now.pow(2).mean().sqrt().clamp_min(1e-8))
             head.weight.mul_(factor)
             head.bias.mul_(factor)
@@ -177,35 +175,6 @@ def channel_stats(ep: Any, channels: list[Any]) -> dict[str, dict[str, float]]:
             noise = ep.noise[c.name][keep] if c.name in ep.noise else None
             out[c.name] = {"message_rms": float(sent.pow(2).mean().sqrt()), **c.model.stats(sent, noise)}
     return out
-
-
-def heard_labels(ep: Any, c: Any, private_agent: str | None) -> torch.Tensor | None:
-    """For every (step, copy, receiving member): the private information behind what it heard: the
-    sender member's at the step the message was sent, and for silence the sender's at that step (silence
-    carries none of it). None when the sender holds no private information."""
-    if private_agent != c.sender or ep.private is None:
-        return None
-    sources = ep.sources[c.name]  # (T, E, n_receivers)
-    T = sources.shape[0]
-    sent_at = (torch.arange(T) - c.model.delay).clamp_min(0)
-    private = ep.private[sent_at]  # (T, E, n_senders)
-    index = sources.clamp_min(0)
-    labels = private.gather(2, index)
-    return labels
-
-
-def heard_symbols(c: Any, heard: torch.Tensor, resolution: float) -> torch.Tensor:
-    """One symbol per heard message (rows, size): a discretised channel's exact levels, otherwise cells of
-    width ``resolution``."""
-    from .comm_metrics import message_symbols
-
-    if c.model.discretize:
-        levels = c.model.levels
-        codes = torch.round((heard.float().clamp(-1, 1) + 1) / 2 * (levels - 1)).long()
-        weights = levels ** torch.arange(codes.shape[-1])
-        silent = (heard == 0).all(-1)
-        return torch.where(silent, -1, (codes * weights).sum(-1)) + 1
-    return message_symbols(heard, resolution)
 
 
 class FidelityHistory:
