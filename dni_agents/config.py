@@ -58,6 +58,7 @@ class TrainerConfig(_Strict):
     optimizer: Optimizer = "adam"
     lr: PosFloat = 3e-4
     weight_decay: NonNegFloat = 0.0
+    fused: bool = False  # Adam as one kernel for all tensors: faster for small networks, rounds differently
     eval_every: NonNegInt = 0  # 0: evaluate only at the end
     checkpoint_every: NonNegInt = 0  # 0: checkpoint only at the end
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss, ĝ, target or gradient: stop, or skip it

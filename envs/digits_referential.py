@@ -37,7 +37,7 @@ Splits: ``"test"`` is every 5th image of the 1797 (index % 5 == 0, 360 images), 
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from gymnasium import spaces
@@ -177,32 +177,12 @@ class DigitsReferential(SeededParallelEnv):
         rng = self.np_random
         K = self.n_candidates
         self.agents = list(self.possible_agents)
-        # One uniform draw per episode (fewer generator calls is most of the speed):
-        # [class, sender picture, target picture, 9 keys ranking the other classes, K-1 distractor
-        # pictures, K keys ordering the candidates].
-        u = rng.random(3 + (N_CLASSES - 1) + (K - 1) + K)
-        c = int(u[0] * N_CLASSES)
-        start, count = int(self._starts[c]), int(self._counts[c])
-        # Sender's picture, and a different picture of the same class: draw from count-1, skip the sender's.
-        s = int(u[1] * count)
-        t = int(u[2] * (count - 1))
-        t += t >= s
-        # K-1 distinct other classes: the first K-1 of a random permutation of the 9 others, shifted past c.
-        others = np.argsort(u[3 : N_CLASSES + 2])[: K - 1]
-        others += others >= c
-        picks = u[N_CLASSES + 2 : N_CLASSES + K + 1]
-        rows = np.empty(K, dtype=np.int64)
-        rows[0] = start + t
-        rows[1:] = self._starts[others] + (picks * self._counts[others]).astype(np.int64)
-        classes = np.empty(K, dtype=np.int64)
-        classes[0] = c
-        classes[1:] = others
-        order = np.argsort(u[N_CLASSES + K + 1 :])  # presented candidate i is candidate order[i]
-        self._target = c
-        self._sender_row = start + s
-        self._candidate_rows = rows[order]
-        self._candidate_classes = classes[order]
-        self._answer = int(np.argmin(order))  # where candidate 0 (the target) landed
+        game = _draw_games(rng.random((1, _draws(K))), self._starts, self._counts, K)
+        self._target = int(game.target[0])
+        self._sender_row = int(game.sender_row[0])
+        self._candidate_rows = game.candidate_rows[0]
+        self._candidate_classes = game.candidate_classes[0]
+        self._answer = int(game.answer[0])
         receiver = np.zeros(K * IMAGE_DIM + self.message_size, dtype=np.float32)
         np.take(
             self._images, self._candidate_rows, axis=0, out=receiver[: K * IMAGE_DIM].reshape(K, IMAGE_DIM)
@@ -247,6 +227,95 @@ class DigitsReferential(SeededParallelEnv):
         pass
 
 
+class _Games(NamedTuple):
+    target: np.ndarray  # (E,) class c
+    sender_row: np.ndarray  # (E,) row of the sender's picture in the split
+    candidate_rows: np.ndarray  # (E, K) rows of the candidates, in presented order
+    candidate_classes: np.ndarray  # (E, K)
+    answer: np.ndarray  # (E,) where the target landed
+
+
+def _draws(K: int) -> int:
+    """Uniform numbers one game takes: class, sender picture, target picture, 9 keys ranking the other
+    classes, K-1 distractor pictures, K keys ordering the candidates."""
+    return 3 + (N_CLASSES - 1) + (K - 1) + K
+
+
+def _draw_games(u: np.ndarray, starts: np.ndarray, counts: np.ndarray, K: int) -> _Games:
+    """One game per row of uniforms ``u`` (E, _draws(K)): the one-copy environment and the vector
+    environment both deal their games here, so they cannot drift apart."""
+    E = len(u)
+    c = (u[:, 0] * N_CLASSES).astype(np.int64)
+    start, count = starts[c], counts[c]
+    # Sender's picture, and a different picture of the same class: draw from count-1, skip the sender's.
+    s = (u[:, 1] * count).astype(np.int64)
+    t = (u[:, 2] * (count - 1)).astype(np.int64)
+    t += t >= s
+    # K-1 distinct other classes: the first K-1 of a random permutation of the 9 others, shifted past c.
+    others = np.argsort(u[:, 3 : N_CLASSES + 2], axis=1)[:, : K - 1]
+    others += others >= c[:, None]
+    picks = u[:, N_CLASSES + 2 : N_CLASSES + K + 1]
+    rows = np.empty((E, K), dtype=np.int64)
+    rows[:, 0] = start + t
+    rows[:, 1:] = starts[others] + (picks * counts[others]).astype(np.int64)
+    classes = np.empty((E, K), dtype=np.int64)
+    classes[:, 0] = c
+    classes[:, 1:] = others
+    order = np.argsort(u[:, N_CLASSES + K + 1 :], axis=1)  # presented candidate i is candidate order[i]
+    return _Games(c, start + s, np.take_along_axis(rows, order, 1), np.take_along_axis(classes, order, 1),
+                  np.argmin(order, axis=1))
+
+
+class DigitsReferentialVector:
+    """``num_envs`` copies of :class:`DigitsReferential` dealt and scored in one numpy call each (the marl
+    driver's vector-environment protocol: dni_agents/drivers/marl_env.py). Same games, same spaces; all
+    copies draw from one generator seeded by ``reset(seed)``, so copy ``i`` does not replay the one-copy
+    environment's ``reset(seed + i)``."""
+
+    def __init__(self, num_envs: int, **kwargs: Any) -> None:
+        if not _is_int(num_envs) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        self.single = DigitsReferential(**kwargs)
+        self.num_envs = int(num_envs)
+        self.possible_agents = list(self.single.possible_agents)
+        self.comm_slice = self.single.comm_slice
+        self._rng = np.random.default_rng()
+        self._games: _Games | None = None
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self.single.observation_space(agent)
+
+    def action_space(self, agent: str) -> spaces.Space:
+        return self.single.action_space(agent)
+
+    def _observe(self) -> tuple[dict, dict]:
+        env, g = self.single, self._games
+        images, K, E = env._images, env.n_candidates, self.num_envs
+        receiver = np.zeros((E, K * IMAGE_DIM + env.message_size), dtype=np.float32)
+        receiver[:, : K * IMAGE_DIM] = images[g.candidate_rows].reshape(E, K * IMAGE_DIM)
+        obs = {SENDER: images[g.sender_row], RECEIVER: receiver}
+        infos = {SENDER: {env.private_info_key: g.target.copy()}, RECEIVER: {"answer": g.answer.copy()}}
+        return obs, infos
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        env = self.single
+        u = self._rng.random((self.num_envs, _draws(env.n_candidates)))
+        self._games = _draw_games(u, env._starts, env._counts, env.n_candidates)
+        return self._observe()
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        if self._games is None:
+            raise RuntimeError("step() called before reset()")
+        pick = np.asarray(actions[RECEIVER]).reshape(self.num_envs)
+        reward = (pick == self._games.answer).astype(np.float32)
+        obs, infos = self._observe()
+        done = np.ones(self.num_envs, dtype=bool)
+        return (obs, {a: reward for a in self.possible_agents}, {a: done for a in self.possible_agents},
+                {a: ~done for a in self.possible_agents}, infos)
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -254,3 +323,8 @@ def _is_int(x: Any) -> bool:
 def parallel_env(**kwargs: Any) -> DigitsReferential:
     """Factory mirroring PettingZoo's ``<module>.parallel_env()`` convention."""
     return DigitsReferential(**kwargs)
+
+
+def vector_env(num_envs: int, **kwargs: Any) -> DigitsReferentialVector:
+    """``num_envs`` copies in lockstep (what the marl driver plays when this module is ``marl.env``)."""
+    return DigitsReferentialVector(num_envs, **kwargs)

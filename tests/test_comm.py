@@ -166,3 +166,63 @@ def test_bench_comm_writes_every_field_the_issue_names_and_a_plot(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     with pytest.raises(ConfigError, match="--only: nope is no task or method"):
         comm.bench(quick=True, only=["nope"])
+
+
+def test_the_interface_carries_what_the_receiver_hears_and_a_saturated_symbol_gets_no_gradient(tmp_path):
+    """The channel sits on the sender's side of the interface: the utility model sees (and predicts the
+    gradient for) tanh(h + σε), and the sender's backward applies the channel's derivative itself."""
+    cfg = digits(tmp_path, "interface_defaults.mode=cdni")
+    system, groups, channels, player = player_for(cfg)
+    c = channels[0]
+    ep = player.play(0, torch.Generator().manual_seed(0))
+    seen = []
+    send = c.interface.send
+    c.interface.send = lambda h, step, context=None: seen.append(h.detach()) or send(h, step, context)
+    marl.ppo_update(cfg, system, groups, player, ep, torch.Generator().manual_seed(0), 0)
+    order = torch.randperm(cfg.marl.num_envs, generator=torch.Generator().manual_seed(0))  # epoch 0's
+    heard = c.model.transmit(ep.messages[c.name][0], ep.noise[c.name][0])[order].flatten(0, 1)
+    assert len(seen) == cfg.marl.epochs  # one minibatch per epoch; the first, before any update:
+    assert torch.allclose(seen[0], heard) and seen[0].abs().max() <= 1
+    h = torch.tensor([[0.1, 30.0, -30.0, 0.0]], requires_grad=True)
+    out = c.model.transmit(h, torch.zeros_like(h))
+    out.backward(torch.ones_like(out))  # any ĝ for the heard symbol
+    assert h.grad[0, 0] > 0.9 and h.grad[0, 1] == 0 and h.grad[0, 2] == 0
+
+
+def test_a_module_with_vector_env_is_played_in_lockstep_and_any_other_copy_by_copy(tmp_path):
+    from dni_envs.digits_referential import DigitsReferentialVector
+
+    from dni_agents.drivers.marl_env import ParallelCopies, make_copies
+
+    assert isinstance(make_copies(digits(tmp_path), 8), DigitsReferentialVector)
+    named = digits(tmp_path, "marl.env=dni_envs.digits_referential:parallel_env")  # a callable: as named
+    copies = make_copies(named, 8)
+    assert isinstance(copies, ParallelCopies)
+    obs, infos = copies.reset(seed=5)
+    one, one_infos = copies.envs[3].reset(seed=5 + 3)  # copy i is the one-copy env reset with seed + i
+    assert (obs["receiver"][3] == one["receiver"]).all() and infos["sender"]["target"][3] == one_infos[
+        "sender"]["target"]
+    _, rewards, terms, _, _ = copies.step({"sender": torch.zeros(8, 4).numpy(),
+                                           "receiver": infos["receiver"]["answer"]})
+    assert (rewards["receiver"] == 1).all() and terms["receiver"].all() and not copies.running.any()
+    # both train: the lockstep path is the default's, the copy-by-copy one every PettingZoo env's
+    assert marl.train(named, tmp_path / "named", log=False, progress=False)["updates"] == 2
+
+
+def test_switch_riddle_through_a_noisy_bit_trains_with_a_gated_utility_model(tmp_path):
+    """The suite's second task: a routed self-channel (the bulb), heard the next day through DIAL's unit."""
+    cfg = load_config("switch_riddle_noisy", [f"log.dir={tmp_path}", *TINY])
+    system, groups, channels, player = player_for(cfg)
+    ep = player.play(0, torch.Generator().manual_seed(0))
+    c = channels[0]
+    heard = ep.heard[c.name]  # (T, E, prisoners, 1): only the prisoner in the room hears, from day 1 on
+    assert (heard[0] == 0).all() and ((heard[1:] != 0).sum(-2) <= 1).all() and (heard[1:] != 0).any()
+    result = marl.train(cfg, tmp_path / "sr", log=False, progress=False)
+    assert result[f"{c.name}/grad_cosine"] is not None and result["updates"] == 2
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_trainer_fused_picks_adams_fused_kernel_for_every_optimizer(tmp_path, fused):
+    system, _, channels, _ = player_for(digits(tmp_path, f"trainer.fused={str(fused).lower()}"))
+    optimizers = [a.optimizer for a in system.agents.values()] + [channels[0].interface.utility_optimizer]
+    assert [bool(o.param_groups[0]["fused"]) for o in optimizers] == [fused] * 3

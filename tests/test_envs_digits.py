@@ -146,3 +146,30 @@ def test_render_ansi() -> None:
     text = env.render()
     assert isinstance(text, str) and "target class=" in text and "pick=0" in text and "1." in text
     assert DigitsReferential().render() is None
+
+
+def test_vector_env_deals_valid_games_for_every_copy_and_scores_them() -> None:
+    """The lockstep version the marl driver plays: every copy is a legal game (target of the sender's class,
+    never its picture; distractors of distinct other classes), seeded, with the one-copy spaces."""
+    single = DigitsReferential(n_candidates=5, message_size=4)
+    vec = digits_referential.vector_env(300, n_candidates=5, message_size=4)
+    for a in single.possible_agents:
+        assert vec.observation_space(a) == single.observation_space(a)
+        assert vec.action_space(a) == single.action_space(a)
+    assert vec.comm_slice == single.comm_slice
+    obs, infos = vec.reset(seed=3)
+    again, _ = digits_referential.vector_env(300, n_candidates=5, message_size=4).reset(seed=3)
+    np.testing.assert_array_equal(obs["receiver"], again["receiver"])
+    assert obs["sender"].shape == (300, 64) and obs["receiver"].shape == (300, 5 * 64 + 4)
+    np.testing.assert_array_equal(obs["receiver"][:, vec.comm_slice["receiver"]], 0.0)
+    answers, targets = infos["receiver"]["answer"], infos["sender"]["target"]
+    for e in range(300):
+        cands = obs["receiver"][e, :320].reshape(5, 64)
+        classes = [_class_of(c) for c in cands]
+        assert len(set(classes)) == 5 and classes[answers[e]] == targets[e] == _class_of(obs["sender"][e])
+        assert not np.array_equal(cands[answers[e]], obs["sender"][e])
+    assert len(set(answers.tolist())) == 5 and len(set(targets.tolist())) == 10
+    picks = np.where(np.arange(300) % 2 == 0, answers, (answers + 1) % 5)
+    _, rewards, terms, truncs, _ = vec.step({"sender": np.zeros((300, 4)), "receiver": picks})
+    np.testing.assert_array_equal(rewards["receiver"], (np.arange(300) % 2 == 0).astype(np.float32))
+    assert terms["sender"].all() and not truncs["sender"].any()

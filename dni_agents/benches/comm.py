@@ -48,6 +48,9 @@ from ..drivers.common import write_report
 TASKS: dict[str, dict[str, Any]] = {
     "digits_referential": {"config": "digits_referential", "upper": 1.0, "frozen_rms": 6.0,
                            "quick_steps": 60},
+    # upper: SwitchRiddle(3).optimal_return(), P(all three visited within 6 days) = 540/729, exactly
+    "switch_riddle_noisy": {"config": "switch_riddle_noisy", "upper": 540 / 729, "frozen_rms": 3.0,
+                            "quick_steps": 8},
 }
 # Not in the suite: speaker_listener_2bit (configs/, upper -7.9): on seed 0 backprop learned one bit (-11.7)
 # and a frozen random code did about as well (-13.1), so it is not a communication task as configured

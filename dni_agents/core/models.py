@@ -51,7 +51,9 @@ class UtilityModel(nn.Module):
     learn the receiver's Jacobian from what it saw, while a model of the message alone (or one additive in
     the advantage) predicts about zero: the advantage's sign decides the gradient's.
     ``squash_input`` feeds it tanh(h): an MLP whose input grows with the message extrapolates ĝ ∝ h, which
-    pushes h further (a discretised channel's message norm reached 13 in 20 updates, 20 in 100).
+    pushes h further (a raw message's norm reached 13 in 20 updates, 20 in 100, on a 2-bit channel whose
+    interface then carried the message before the channel; a discretised channel now hands the interface
+    its bounded output).
     ``candidates = (n, f)`` (with ``gate = n``): the context starts with ``n`` candidates of ``f`` features
     and the receiver scores each with one shared network (a referential game's receiver): so does this
     model, one column of U per candidate from (h, candidate i, the rest of the context). A flat MLP has to

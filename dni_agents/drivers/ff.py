@@ -119,7 +119,8 @@ def build_system(cfg: Config, data: ImageDataset, device: torch.device) -> Syste
         layer.to(device)
         lr = (overrides[name].lr if name in overrides else None) or cfg.trainer.lr
         period = overrides[name].period if name in overrides else 1
-        opt = make_optimizer(cfg.trainer.optimizer, layer.parameters(), lr, cfg.trainer.weight_decay)
+        opt = make_optimizer(cfg.trainer.optimizer, layer.parameters(), lr, cfg.trainer.weight_decay,
+                             cfg.trainer.fused)
         agents.append(Agent(name, layer, opt, period=period))
         if i + 1 < len(names):
             interfaces.append(

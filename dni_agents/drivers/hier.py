@@ -172,9 +172,10 @@ def build(cfg: Config, in_dim: int, device: torch.device) -> Hier:
     T, K, U = h.period, h.memory, h.b_truncation
     a = Sender(in_dim, h.a_hidden, T + 1, h.message_size).to(device)
     b = Core("gru", h.message_size, h.b_hidden, T * K + 1, None, aux=False).to(device)
+    opt, fused = cfg.trainer.optimizer, cfg.trainer.fused
     agents = [
-        Agent(A, a, make_optimizer(cfg.trainer.optimizer, a.parameters(), _agent_lr(cfg, A)), period=T),
-        Agent(B, b, make_optimizer(cfg.trainer.optimizer, b.parameters(), _agent_lr(cfg, B)), period=T * U),
+        Agent(A, a, make_optimizer(opt, a.parameters(), _agent_lr(cfg, A), fused=fused), period=T),
+        Agent(B, b, make_optimizer(opt, b.parameters(), _agent_lr(cfg, B), fused=fused), period=T * U),
     ]
     message = build_interface(cfg, A, B, (h.message_size,), device, context_dim=T * K + 1)
     a_self = build_interface(cfg, A, A, (h.a_hidden,), device)

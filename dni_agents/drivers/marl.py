@@ -62,11 +62,11 @@ from .marl_comm import (
     gate_size,
     hear,
     normalized_advantages,
-    route,  # noqa: F401 (marl.route: tests)
+    route,
     sender_context,
     speaking_order,
 )
-from .marl_env import DirectParallel, make_env  # noqa: F401 (DirectParallel: tests)
+from .marl_env import DirectParallel, make_copies, make_env  # noqa: F401 (DirectParallel: tests)
 from .stop import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
@@ -322,7 +322,8 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
             squash=cfg.marl.message_activation == "tanh", message_gain=cfg.marl.message_init_gain,
             raw_channels=raw,
         ).to(device)
-        optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr)
+        optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr,
+                                   fused=cfg.trainer.fused)
         agent = Agent(name, net, optimizer, period=a.period, max_grad_norm=cfg.marl.max_grad_norm)
         groups[name] = Group(name, group_members, agent, net, a.policy, a.period, act_spaces[name],
                              obs_dims[name])
@@ -394,40 +395,48 @@ class Player:
     def __init__(self, cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
                  num_envs: int) -> None:
         self.cfg, self.groups, self.channels, self.device = cfg, groups, channels, device
-        self.envs = [make_env(cfg) for _ in range(num_envs)]
-        self.routing = callable(getattr(self.envs[0], "message_sources", None))
+        self.envs = make_copies(cfg, num_envs)  # one vector environment (marl_env.py)
+        self.routing = callable(getattr(self.envs, "message_sources", None))
         self.order = speaking_order(groups, channels)
         self.by_name = {g.name: g for g in groups}
         self._member_index = {g.name: {m: i for i, m in enumerate(g.members)} for g in groups}
 
-    def _sources(self, env: Any, ch: Channel, first: bool) -> list[int]:
+    def _sources(self, ch: Channel, first: bool, alive: np.ndarray) -> torch.Tensor:
+        """(copies, receivers): which sender member each receiving member hears (-1: nobody)."""
         receivers = self.by_name[ch.receiver].members
+        E = len(alive)
         if first:
-            return [-1] * len(receivers)
+            return torch.full((E, len(receivers)), -1, dtype=torch.long)
         senders = self.by_name[ch.sender].members
         if self.routing:
-            heard = env.message_sources()
             index = self._member_index[ch.sender]
-            return [index.get(heard.get(r), -1) if heard.get(r) is not None else -1 for r in receivers]
-        if len(senders) == 1:
-            return [0] * len(receivers)
-        if len(senders) == len(receivers):
-            return list(range(len(receivers)))
-        raise ConfigError(
-            f"interfaces: {ch.name} connects {len(senders)} senders to {len(receivers)} receivers; the "
-            "environment must say who hears whom (message_sources())"
-        )
+            rows = [[index.get(heard.get(r), -1) if heard.get(r) is not None else -1 for r in receivers]
+                    for heard in self.envs.message_sources()]
+            out = torch.as_tensor(rows, dtype=torch.long)
+        elif len(senders) == 1:
+            out = torch.zeros(E, len(receivers), dtype=torch.long)
+        elif len(senders) == len(receivers):
+            out = torch.arange(len(receivers)).expand(E, -1).clone()
+        else:
+            raise ConfigError(
+                f"interfaces: {ch.name} connects {len(senders)} senders to {len(receivers)} receivers; the "
+                "environment must say who hears whom (message_sources())"
+            )
+        out[torch.as_tensor(~alive)] = -1
+        return out
 
-    def _private(self, obs: dict[str, np.ndarray], infos: dict[str, dict]) -> list[int]:
+    def _private(self, obs: dict[str, np.ndarray], infos: dict[str, dict], alive: np.ndarray) -> torch.Tensor:
+        """(copies, members) the private information of ``marl.private_info``'s agent (-1: finished)."""
         spec = self.cfg.marl.private_info
-        out = []
+        cols = []
         for m in self.by_name[spec.agent].members:
             if spec.obs_argmax is not None:
                 a, b = spec.obs_argmax
-                out.append(int(np.argmax(obs[m][a:b])) if m in obs else -1)
+                cols.append(np.argmax(obs[m][:, a:b], axis=1))
             else:
-                value = infos.get(m, {}).get(spec.info, -1)
-                out.append(int(value))
+                cols.append(np.asarray(infos.get(m, {}).get(spec.info, np.full(len(alive), -1))))
+        out = torch.as_tensor(np.stack(cols, 1).astype(np.int64))
+        out[torch.as_tensor(~alive)] = -1
         return out
 
     @torch.no_grad()
@@ -435,12 +444,10 @@ class Player:
              ablate: str | None = None) -> Episode:
         """One episode in every copy; ``greedy``: most likely actions and clean (discrete) channels;
         ``ablate``: every channel's messages shuffled across copies (``permute``) or silenced (``zero``)."""
-        cfg, T, E = self.cfg, self.cfg.marl.max_steps, len(self.envs)
+        cfg, T, E = self.cfg, self.cfg.marl.max_steps, self.envs.num_envs
         perm = ablation_permutation(E, seed) if ablate == "permute" else None
         groups, channels = self.groups, self.channels
-        raw = [env.reset(seed=seed + i) for i, env in enumerate(self.envs)]
-        obs_np = [o for o, _ in raw]
-        infos = [inf for _, inf in raw]
+        obs_np, infos = self.envs.reset(seed=seed)
         kinds = ("obs", "actions", "logp", "values", "rewards", "probs")
         store: dict[str, dict[str, list]] = {k: {g.name: [] for g in groups} for k in kinds}
         sources = {c.name: [] for c in channels}
@@ -459,15 +466,11 @@ class Player:
                 break
             alive_rows.append(torch.as_tensor(alive.copy()))
             obs_t = {g.name: self._stack_obs(obs_np, g) for g in groups}
-            src_t = {c.name: torch.as_tensor([self._sources(self.envs[e], c, t < c.model.delay) if alive[e]
-                                              else [-1] * len(self.by_name[c.receiver].members)
-                                              for e in range(E)]) for c in channels}
+            src_t = {c.name: self._sources(c, t < c.model.delay, alive) for c in channels}
             for c in channels:
                 sources[c.name].append(src_t[c.name])
             if cfg.marl.private_info is not None:
-                silent = [-1] * len(self.by_name[cfg.marl.private_info.agent].members)
-                private.append(torch.as_tensor([self._private(obs_np[e], infos[e]) if alive[e] else silent
-                                                for e in range(E)]))
+                private.append(self._private(obs_np, infos, alive))
             out, heard = {}, {}
             before, noise_before = dict(sent), dict(noise)  # what was sent at t-1 (delay 1)
             for g in self.order:
@@ -508,24 +511,15 @@ class Player:
                         if c.name in noises:
                             noise[c.name] = c.model.sample_noise(tuple(sent[c.name].shape), generator)
                             noises[c.name].append(noise[c.name])
-            actions = self._env_actions(out, alive)
-            rewards = {g.name: torch.zeros(E, len(g.members)) for g in groups}
-            for e in range(E):
-                if not alive[e]:
-                    continue
-                o, r, term, trunc, inf = self.envs[e].step(actions[e])
-                steps += 1
-                for g in groups:
-                    rewards[g.name][e] = torch.as_tensor([float(r.get(m, 0.0)) for m in g.members])
-                done = [term[a] or trunc.get(a, True) for a in self.envs[e].possible_agents if a in term]
-                if any(done) != all(done):
-                    raise RuntimeError(
-                        f"{cfg.marl.env}: agents of one episode finished at different steps; the marl "
-                        "driver needs episodes that end for all agents together"
-                    )
-                if all(done) or t == T - 1:
-                    alive[e] = False
-                obs_np[e], infos[e] = o, inf
+            steps += int(alive.sum())
+            obs_np, r, term, trunc, infos = self.envs.step(self._env_actions(out, E))
+            rewards = {g.name: torch.as_tensor(np.stack([r.get(m, np.zeros(E)) for m in g.members], 1),
+                                               dtype=torch.float32) * torch.as_tensor(alive)[:, None]
+                       for g in groups}
+            done = np.zeros(E, dtype=bool)
+            for a in term:
+                done |= term[a] | trunc[a]
+            alive = alive & ~done if t < T - 1 else np.zeros(E, dtype=bool)
             for g in groups:
                 store["obs"][g.name].append(obs_t[g.name])
                 store["rewards"][g.name].append(rewards[g.name])
@@ -544,10 +538,11 @@ class Player:
             {c: torch.stack(v) for c, v in heard_rows.items()}, stack["probs"],
         )
 
-    def _stack_obs(self, obs_np: list[dict], g: Group) -> torch.Tensor:
-        rows = [[np.asarray(o[m], dtype=np.float32).reshape(-1) if m in o else np.zeros(g.obs_dim, np.float32)
-                 for m in g.members] for o in obs_np]
-        return torch.as_tensor(np.asarray(rows), device=self.device)
+    def _stack_obs(self, obs: dict[str, np.ndarray], g: Group) -> torch.Tensor:
+        """(copies, members, obs_dim) of a vector environment's observations."""
+        E = self.envs.num_envs
+        rows = np.stack([obs[m].reshape(E, -1) for m in g.members], 1).astype(np.float32, copy=False)
+        return torch.as_tensor(rows, device=self.device)
 
     def inputs(self, g: Group, obs: torch.Tensor, inbound: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         """The network's input: the observation with each channel's message in its comm slot (or appended),
@@ -566,12 +561,10 @@ class Player:
                 extra.append(z)
         return torch.cat([x, *extra], -1) if extra else x
 
-    def _env_actions(
-        self, out: dict[str, dict[str, torch.Tensor]], alive: np.ndarray
-    ) -> list[dict[str, Any]]:
-        """Per copy, what each environment agent does: its sampled action, or (no policy) its message in the
-        form the environment expects (argmax for a discrete action, the vector for a box)."""
-        actions: list[dict[str, Any]] = [{} for _ in alive]
+    def _env_actions(self, out: dict[str, dict[str, torch.Tensor]], copies: int) -> dict[str, np.ndarray]:
+        """Each environment agent's action in every copy: its sampled action, or (no policy) its message in
+        the form the environment expects (argmax for a discrete action, the vector for a box)."""
+        actions: dict[str, np.ndarray] = {}
         for g in self.groups:
             space = g.action_space
             if g.policy:
@@ -586,11 +579,9 @@ class Player:
                     chosen = msg.cpu().numpy().reshape(*msg.shape[:2], *space.shape)
                     chosen = np.clip(chosen, space.low, space.high)
                 else:
-                    chosen = np.zeros((len(alive), len(g.members), *space.shape), dtype=space.dtype)
-            for e in np.flatnonzero(alive):
-                for i, m in enumerate(g.members):
-                    a = chosen[e, i]
-                    actions[e][m] = int(a) if isinstance(space, spaces.Discrete) else a
+                    chosen = np.zeros((copies, len(g.members), *space.shape), dtype=space.dtype)
+            for i, m in enumerate(g.members):
+                actions[m] = chosen[:, i]
         return actions
 
 
@@ -682,12 +673,10 @@ def replay(
                 if c.interface is None:
                     continue
                 sent_at = t - c.model.delay
-                heard = noise = None
-                if sent_at >= 0:
+                heard = None
+                if sent_at >= 0:  # the message as heard: the sender put it through the channel
                     heard = tick.receive(c.interface, step=base + sent_at).view(B, -1, c.size)
-                    noise = ep.noise[c.name][sent_at, mb] if c.name in ep.noise else None
-                inbound[c.name] = hear(c, heard, noise, ep.sources[c.name][t, mb], B, True,
-                                       device=player.device)
+                inbound[c.name] = route(heard, ep.sources[c.name][t, mb], c.size, B, player.device)
             if t % g.period == 0:
                 if g.name in batched:
                     features = batched[g.name][t // g.period]
@@ -700,13 +689,18 @@ def replay(
             for c in g.outbound:
                 if c.interface is None or t + c.model.delay >= T:
                     continue  # a message nobody will hear is not sent
+                # The channel (noise, squash) is on the sender's side of the interface: what crosses is
+                # what the receiver hears, so ĝ is the receiver's gradient for it and the sender's own
+                # backward applies the channel's derivative exactly (a saturated symbol gets none, as
+                # with backprop; a utility model left to learn that factor let the messages drift).
+                h = held[g.name][c.name]
+                noise = ep.noise[c.name][t, mb] if c.name in ep.noise else None
+                out = c.model.transmit(h.view(B, -1, c.size), noise).view_as(h)
                 context = None
                 if c.mode == "cdni":
-                    h = held[g.name][c.name].detach().view(B, -1, c.size)
-                    noise = ep.noise[c.name][t, mb] if c.name in ep.noise else None
                     context = sender_context(c, player.by_name[c.receiver], ep, t, mb, len(g.members),
-                                             c.model.transmit(h, noise), norm_adv)
-                tick.send(c.interface, held[g.name][c.name], context, step=base + t)
+                                             out.detach().view(B, -1, c.size), norm_adv)
+                tick.send(c.interface, out, context, step=base + t)
     return features_out
 
 

@@ -146,13 +146,14 @@ def calibrate_messages(player: Any, rms: float, seed: int) -> dict[str, float]:
     """The frozen control's matched scale: scale each message head (weight and bias) so that its messages
     on the first observations of every environment copy have RMS ``rms`` per component (before any squash).
     Returns each channel's factor."""
-    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(player.envs)]
+    obs, _ = player.envs.reset(seed=seed)
+    E = player.envs.num_envs
     factors = {}
     for g in player.groups:
         heads = [c for c in g.outbound if c.interface is not None]
         if not heads:
             continue
-        x = player.inputs(g, player._stack_obs(obs, g), {c.name: torch.zeros(len(obs), len(g.members), c.size)
+        x = player.inputs(g, player._stack_obs(obs, g), {c.name: torch.zeros(E, len(g.members), c.size)
                                                         for c in g.inbound if c.interface is not None}, 0)
         features, _ = g.net(x.flatten(0, 1), None)
         for c in heads:

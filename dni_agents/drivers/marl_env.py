@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import numpy as np
 from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 
 from ..config import Config, ConfigError
@@ -67,3 +68,86 @@ class DirectParallel:
             raw.step(None)
         self.agents = list(raw.agents)
         return observations, rewards, terminations, truncations, infos
+
+
+# ------------------------------------------------------------------------------------------ many copies
+# The driver plays every environment copy in lockstep through one *vector environment*:
+#
+#   num_envs: int
+#   reset(seed) -> (obs, infos)
+#   step(actions) -> (obs, rewards, terminations, truncations, infos)
+#   message_sources() -> one {receiver: sender or None} per copy      (optional: routing environments)
+#
+# obs: {agent: array (num_envs, *obs_shape)}; rewards / terminations / truncations: {agent: (num_envs,)};
+# infos: {agent: {key: (num_envs,)}}; actions: {agent: (num_envs, *action_shape)}. A copy whose episode has
+# ended is not stepped again: its entries are ignored until the next reset. An environment module that
+# offers ``vector_env(num_envs, **env_kwargs)`` is used as it is (one numpy call for all copies instead of
+# one Python call per copy); any other is wrapped in :class:`ParallelCopies`.
+
+
+def make_copies(cfg: Config, num_envs: int) -> Any:
+    """``num_envs`` copies of ``marl.env`` as one vector environment (the module's own ``vector_env`` when
+    it has one and ``marl.env`` names no callable)."""
+    module_name, _, attr = cfg.marl.env.partition(":")
+    vector = None if attr else getattr(importlib.import_module(module_name), "vector_env", None)
+    if callable(vector):
+        return vector(num_envs, **cfg.marl.env_kwargs)
+    return ParallelCopies([make_env(cfg) for _ in range(num_envs)], cfg.marl.env)
+
+
+class ParallelCopies:
+    """PettingZoo parallel environments stepped one by one, seen as one vector environment. Copy ``i`` is
+    reset with ``seed + i``; agents missing from a copy's observation read as zeros."""
+
+    def __init__(self, envs: list[Any], name: str = "env") -> None:
+        self.envs, self.name, self.num_envs = envs, name, len(envs)
+        self.possible_agents = list(envs[0].possible_agents)
+        self.running = np.zeros(len(envs), dtype=bool)
+        if callable(getattr(envs[0], "message_sources", None)):
+            self.message_sources = lambda: [env.message_sources() for env in self.envs]
+
+    def _shape(self, agent: str) -> tuple[int, ...]:
+        return tuple(self.envs[0].observation_space(agent).shape)
+
+    def _gather(self, per_copy: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+        obs, infos = {}, {}
+        for a in self.possible_agents:
+            rows = np.zeros((self.num_envs, *self._shape(a)), dtype=np.float32)
+            for e, (o, _) in enumerate(per_copy):
+                if a in o:
+                    rows[e] = np.asarray(o[a], dtype=np.float32).reshape(rows.shape[1:])
+            obs[a] = rows
+            keys = {k for _, inf in per_copy for k in inf.get(a, {})}
+            infos[a] = {k: np.asarray([inf.get(a, {}).get(k, -1) for _, inf in per_copy]) for k in keys}
+        return obs, infos
+
+    def reset(self, seed: int) -> tuple[dict, dict]:
+        self._last = [env.reset(seed=seed + i) for i, env in enumerate(self.envs)]
+        self.running[:] = True
+        return self._gather(self._last)
+
+    def step(self, actions: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict, dict]:
+        E = self.num_envs
+        rewards = {a: np.zeros(E, dtype=np.float32) for a in self.possible_agents}
+        ended = {a: np.zeros(E, dtype=bool) for a in self.possible_agents}
+        for e in np.flatnonzero(self.running):
+            env = self.envs[e]
+            o, r, term, trunc, inf = env.step({a: _item(v[e]) for a, v in actions.items()})
+            for a, value in r.items():
+                rewards[a][e] = float(value)
+            done = [term[a] or trunc.get(a, True) for a in env.possible_agents if a in term]
+            if any(done) != all(done):
+                raise RuntimeError(f"{self.name}: agents of one episode finished at different steps; the "
+                                   "marl driver needs episodes that end for all agents together")
+            if all(done):
+                self.running[e] = False
+                for a in ended:
+                    ended[a][e] = True
+            self._last[e] = (o, inf)
+        obs, infos = self._gather(self._last)
+        return obs, rewards, ended, {a: np.zeros(E, dtype=bool) for a in ended}, infos
+
+
+def _item(action: np.ndarray) -> Any:
+    """A discrete action as a Python int (what PettingZoo environments check for), a box action as is."""
+    return int(action) if action.ndim == 0 and np.issubdtype(action.dtype, np.integer) else action

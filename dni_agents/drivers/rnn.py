@@ -213,7 +213,8 @@ def build(cfg: Config, in_dim: int, out_dim: int, vocab: int | None, device: tor
           ) -> tuple[System, Core, Interface]:
     r = cfg.rnn
     core = Core(r.cell, in_dim, r.hidden, out_dim, vocab, r.aux).to(device)
-    optimizer = make_optimizer(cfg.trainer.optimizer, core.parameters(), cfg.trainer.lr)
+    optimizer = make_optimizer(cfg.trainer.optimizer, core.parameters(), cfg.trainer.lr,
+                               fused=cfg.trainer.fused)
     agent = Agent(AGENT, core, optimizer, max_grad_norm=r.max_grad_norm)
     iface = build_interface(cfg, AGENT, AGENT, (core.state_size,), device)
     return System([agent], [iface], on_nonfinite=cfg.trainer.on_nonfinite), core, iface
