@@ -31,13 +31,13 @@ def main() -> None:
         gae = marl.advantages(ep, receiver, 0.99, 0.95)
         mask = ep.alive[[0]][:, mb].float().unsqueeze(-1).expand_as(gae[0][:, mb])
         adv = normalized_advantages(gae[0][:, mb], mask)
-        m = ep.messages[c.name][0, :, 0].clone().requires_grad_(True)
-        heard = c.model.transmit(m, ep.noise[c.name][0, :, 0])
+        # what crosses the interface is what the receiver heard (the channel is on the sender's side)
+        heard = c.model.transmit(ep.messages[c.name][0, :, 0], ep.noise[c.name][0, :, 0]).requires_grad_(True)
         x = player.inputs(receiver, ep.obs["receiver"][0], {c.name: heard.unsqueeze(1)}, 0)
         loss, _ = marl.ppo_loss(cfg.marl, receiver, ep, mb, [receiver.net(x.flatten(0, 1), None)[0]], gae)
-        (target,) = torch.autograd.grad(loss, m)
+        (target,) = torch.autograd.grad(loss, heard)
         context = sender_context(c, receiver, ep, 0, mb, 1, heard.detach().unsqueeze(1), {"receiver": adv})
-        return m.detach(), context, target * 256  # per-example units, as the interface regresses
+        return heard.detach(), context, target * 256  # per-example units, as the interface regresses
 
     data, test = [sample(s) for s in range(1, 41)], sample(999)
     width = test[1].shape[1]
