@@ -183,11 +183,7 @@ class DigitsReferential(SeededParallelEnv):
         self._candidate_rows = game.candidate_rows[0]
         self._candidate_classes = game.candidate_classes[0]
         self._answer = int(game.answer[0])
-        receiver = np.zeros(K * IMAGE_DIM + self.message_size, dtype=np.float32)
-        np.take(
-            self._images, self._candidate_rows, axis=0, out=receiver[: K * IMAGE_DIM].reshape(K, IMAGE_DIM)
-        )
-        self._receiver_obs = receiver
+        self._receiver_obs = _receiver_observations(self._images, game.candidate_rows, self.message_size)[0]
         self._message = np.zeros(self.message_size, dtype=np.float32)
         self._last_pick = None
         return self._observe(), self._infos()
@@ -266,6 +262,14 @@ def _draw_games(u: np.ndarray, starts: np.ndarray, counts: np.ndarray, K: int) -
                   np.argmin(order, axis=1))
 
 
+def _receiver_observations(images: np.ndarray, candidate_rows: np.ndarray, message_size: int) -> np.ndarray:
+    """(E, K*64 + message_size): each game's candidates flattened, then the comm slot (zeros)."""
+    E, K = candidate_rows.shape
+    receiver = np.zeros((E, K * IMAGE_DIM + message_size), dtype=np.float32)
+    receiver[:, : K * IMAGE_DIM] = images[candidate_rows].reshape(E, K * IMAGE_DIM)
+    return receiver
+
+
 class DigitsReferentialVector:
     """``num_envs`` copies of :class:`DigitsReferential` dealt and scored in one numpy call each (the marl
     driver's vector-environment protocol: dni_agents/drivers/marl_env.py). Same games, same spaces; all
@@ -290,9 +294,8 @@ class DigitsReferentialVector:
 
     def _observe(self) -> tuple[dict, dict]:
         env, g = self.single, self._games
-        images, K, E = env._images, env.n_candidates, self.num_envs
-        receiver = np.zeros((E, K * IMAGE_DIM + env.message_size), dtype=np.float32)
-        receiver[:, : K * IMAGE_DIM] = images[g.candidate_rows].reshape(E, K * IMAGE_DIM)
+        images = env._images
+        receiver = _receiver_observations(images, g.candidate_rows, env.message_size)
         obs = {SENDER: images[g.sender_row], RECEIVER: receiver}
         infos = {SENDER: {env.private_info_key: g.target.copy()}, RECEIVER: {"answer": g.answer.copy()}}
         return obs, infos
