@@ -93,6 +93,7 @@ class UtilityConfig(_Strict):
     normalize: bool = False  # layer-norm the message first (RNN states whose scale drifts)
     gate: bool = False  # cdni: ĝ is linear in the context's tail (marl: the receiver's advantage × (e_a − π))
     squash_input: bool = False  # the model sees tanh(message): bounded input for unbounded messages
+    horizon: NonNegInt = 0  # marl cdni, recurrent receiver: gate on its next `horizon` decisions too
     optimizer: Optimizer = "adam"
     lr: PosFloat | None = None  # None: trainer.lr
 

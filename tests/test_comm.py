@@ -127,10 +127,13 @@ def test_gated_cdni_context_ends_with_the_receivers_sensitivity_per_logit(tmp_pa
     mb = torch.arange(cfg.marl.num_envs)
     adv = torch.randn(1, cfg.marl.num_envs, 1)
     h = ep.messages[c.name][0]
-    context = marl.sender_context(c, receiver, ep, 0, mb, 1, torch.tanh(h), {"receiver": adv})
+    sens = marl.Sensitivity({"receiver": adv}, entropy_coef=0.01)
+    context = marl.sender_context(c, receiver, ep, 0, mb, 1, torch.tanh(h), sens)
     assert context.shape == (cfg.marl.num_envs, marl.context_size(c, receiver))
     onehot = torch.nn.functional.one_hot(ep.actions["receiver"][0, :, 0], 5).float()
-    sensitivity = adv[0] * (onehot - ep.probs["receiver"][0, :, 0])  # Â (e_a − π) per logit
+    probs = ep.probs["receiver"][0, :, 0]
+    bonus = 0.01 * probs * (probs.log() - (probs * probs.log()).sum(-1, keepdim=True))  # ∂(−c·H)/∂logits
+    sensitivity = adv[0] * (onehot - probs) - bonus  # −∂loss/∂logits: Â (e_a − π) − c π (log π + H)
     assert torch.allclose(context[:, -5:], sensitivity)
     assert c.interface.utility.gate == 5
     assert torch.equal(context[:, : receiver.obs_dim], ep.obs["receiver"][0, :, 0])

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dni_envs import ReferentialGame, SwitchRiddle, referential, switch_riddle
+from dni_envs import ReferentialGame, SwitchRiddle, reference_narrow, referential, switch_riddle
 from pettingzoo.test import parallel_api_test
 
 
@@ -147,3 +147,27 @@ def test_render_ansi() -> None:
         env.reset(seed=0)
         assert isinstance(env.render(), str)
         env.close()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"oracle": True}, {"slot": 0, "max_cycles": 5}])
+def test_reference_narrow_parallel_api(kwargs: dict[str, Any]) -> None:
+    parallel_api_test(reference_narrow.parallel_env(**kwargs), num_cycles=50)
+
+
+def test_reference_narrow_carries_nothing_between_the_agents_and_its_oracle_is_the_own_goal() -> None:
+    """mpe2's words are gone: the slot stays zero whatever the agents do, and the only thing an agent
+    learns about its own goal is what the other's message says (or, oracle, the goal itself)."""
+    env = reference_narrow.parallel_env(oracle=True)
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        while env.agents:
+            for a, o in obs.items():
+                assert o.shape == (16,) and (o[11:13] == 0).all()
+                other = "agent_1" if a == "agent_0" else "agent_0"
+                # my goal (oracle one-hot) is the colour the other agent sees (mpe2 colours: 0.75 on the hue)
+                assert int(np.argmax(o[13:])) == int(np.argmax(obs[other][8:11]))
+            obs, *_ = env.step({a: int(rng.integers(5)) for a in env.agents})
+    with pytest.raises(ValueError, match="a move is 0..4"):
+        env.reset(seed=0)
+        env.step({"agent_0": 7, "agent_1": 0})

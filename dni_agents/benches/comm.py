@@ -15,7 +15,9 @@ only come from a sender that learned its code. Methods (each a set of config ove
                 one tick)
 ``dni``         a synthetic gradient from a utility model that sees the message alone
 ``cdni``        a synthetic gradient from a utility model that sees what the receiver had when it heard the
-                message (observation, heard symbol, action) times its advantage (``utility.gate``)
+                message (observation, heard symbol, memory) times the receiver's −∂loss/∂logits and the ĝ
+                of what it sends itself (``utility.gate``; a recurrent receiver's later decisions too,
+                ``utility.horizon``)
 ==============  ==========================================================================================
 
 Each record: ``task, method, seed, mean_return, success_rate, mi_bits`` (greedy evaluation; MI between the
@@ -52,6 +54,8 @@ TASKS: dict[str, dict[str, Any]] = {
     "switch_riddle_noisy": {"config": "switch_riddle_noisy", "upper": 540 / 729, "frozen_rms": 3.0,
                             "quick_steps": 8},
 }
+# Not in the suite yet: reference_2bit (simple_reference both ways through 2 noisy bits,
+# dni_envs.reference_narrow): backprop had learned no protocol by update 600 (docs/benchmarks.md).
 # Not in the suite: speaker_listener_2bit (configs/, upper -7.9): on seed 0 backprop learned one bit (-11.7)
 # and a frozen random code did about as well (-13.1), so it is not a communication task as configured
 # (docs/communication.md); a task is added here once backprop beats frozen on it.

@@ -58,7 +58,7 @@ class UtilityModel(nn.Module):
     and the receiver scores each with one shared network (a referential game's receiver): so does this
     model, one column of U per candidate from (h, candidate i, the rest of the context). A flat MLP has to
     learn the same map ``n`` times over and did not (held-out cosine 0.04 after 3,000 steps on digits,
-    against 0.91 for this form: scripts/cdni_fit.py).
+    against 0.90 for this form: scripts/cdni_fit.py).
     """
 
     def __init__(

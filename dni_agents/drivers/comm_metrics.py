@@ -97,3 +97,20 @@ def comm_metrics(ep: Any, channels: Sequence[Any], private_agent: str | None,
                 out[c.name] = {"message_entropy_bits": entropy_bits(symbols),
                                "mi_bits": mutual_information_bits(symbols[valid], labels[valid])}
     return out
+
+
+def log_projector(cfg: Any, logger: Any, ep: Any, channels: Sequence[Any], step: int) -> None:
+    """Messages of the greedy evaluation for TensorBoard's projector, labelled with the sender's private
+    information (``marl.private_info``) where it has one."""
+    n = cfg.log.embedding_samples
+    for c in channels:
+        if c.interface is None:
+            continue
+        msgs = ep.messages[c.name]
+        keep = ep.alive[..., None].expand(msgs.shape[:3])
+        vectors = msgs[keep][:n]
+        if ep.private is not None and cfg.marl.private_info.agent == c.sender:
+            labels = [str(int(v)) for v in ep.private[keep][:n]]
+        else:
+            labels = ["?"] * len(vectors)
+        logger.embedding(f"messages/{c.name}", vectors, labels, step)

@@ -36,8 +36,13 @@ from tqdm import tqdm
 
 from ..config import Config, ConfigError, interface_config, load_config
 from ..core import Agent, ChannelModel, Interface, System
-from ..logging import RunLogger
-from .comm_metrics import comm_metrics, entropy_bits, message_symbols, mutual_information_bits  # noqa: F401
+from .comm_metrics import (  # noqa: F401
+    comm_metrics,
+    entropy_bits,
+    log_projector,
+    message_symbols,
+    mutual_information_bits,
+)
 from .common import (
     apply_checkpoint,
     build_interface,
@@ -54,16 +59,21 @@ from .common import (
 )
 from .marl_comm import (
     FidelityHistory,
+    Sensitivity,
     ablation_permutation,
+    actor_memory,
+    bootstrap_size,
     calibrate_messages,
     channel_model,
     channel_stats,
     context_size,
+    gate_horizon,
     gate_size,
     hear,
     normalized_advantages,
     route,
     sender_context,
+    sensitivities,
     speaking_order,
 )
 from .marl_env import DirectParallel, make_copies, make_env  # noqa: F401 (DirectParallel: tests)
@@ -334,7 +344,9 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
         ch = Channel(name, sender, receiver, mode, size, obs_slice, None,
                      channel_model(cfg, sender, receiver))
         if mode != "rial":
-            context_dim, gate = context_size(ch, groups[receiver]), gate_size(groups[receiver])
+            r = groups[receiver]
+            shape = (bootstrap_size(r, specs), gate_horizon(cfg, ch, r))
+            context_dim, gate = context_size(ch, r, *shape), gate_size(r, *shape)
             ch.interface = build_interface(  # a candidate scorer's utility model scores candidates too
                 cfg, sender, receiver, (size,), device, context_dim=context_dim, gate_dims=gate,
                 candidates=groups[receiver].net.candidates if gate > 1 else None)
@@ -379,6 +391,7 @@ class Episode:
     noise: dict[str, torch.Tensor] = field(default_factory=dict)  # noisy channel -> ε of each message sent
     heard: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (T, E, n_receivers, size)
     probs: dict[str, torch.Tensor] = field(default_factory=dict)  # discrete group -> (T, E, n, actions)
+    memory: dict[str, torch.Tensor] = field(default_factory=dict)  # recurrent group -> actor state before t
 
     @property
     def length(self) -> int:
@@ -460,6 +473,7 @@ class Player:
         noise: dict[str, torch.Tensor | None] = {}
         noises: dict[str, list[torch.Tensor]] = {c.name: [] for c in channels if c.model.noise and not greedy}
         heard_rows: dict[str, list[torch.Tensor]] = {c.name: [] for c in channels if c.interface is not None}
+        memory: dict[str, list[torch.Tensor]] = {}
         steps = 0
         for t in range(T):
             if not alive.any():
@@ -483,6 +497,8 @@ class Player:
                         heard_rows[c.name].append(heard[c.name])
                 x = self.inputs(g, obs_t[g.name], heard, t)
                 if t % g.period == 0:
+                    if g.net.recurrent:  # what a cDNI context shows of a receiver's memory
+                        memory.setdefault(g.name, []).append(actor_memory(g, hidden[g.name], E))
                     features, hidden[g.name] = g.net(x.flatten(0, 1), hidden[g.name])
                     h = {c.name: g.net.message(c.name, features).view(E, len(g.members), c.size)
                          for c in g.outbound if c.interface is not None}
@@ -536,6 +552,7 @@ class Player:
             torch.stack(private) if private else None, steps,
             {c: torch.stack(v) for c, v in noises.items()},
             {c: torch.stack(v) for c, v in heard_rows.items()}, stack["probs"],
+            {g: torch.stack(v) for g, v in memory.items()},
         )
 
     def _stack_obs(self, obs: dict[str, np.ndarray], g: Group) -> torch.Tensor:
@@ -624,8 +641,7 @@ def ppo_update(
         system.track_stats = track and epoch == 0
         order = torch.randperm(E, generator=generator)
         for mb in order.chunk(min(mc.minibatches, E)):
-            norm_adv = {g.name: normalized_advantages(gae[g.name][0][:, mb], ep.alive[ep.decisions(g.period)][
-                :, mb].float().unsqueeze(-1).expand_as(gae[g.name][0][:, mb])) for g in groups if g.policy}
+            sens = sensitivities(cfg, groups, player.order, ep, mb, gae)  # the cDNI gates
             clock += 1
             base = clock * (T + 1)
             with ExitStack() as stack:
@@ -633,7 +649,7 @@ def ppo_update(
                 for members in ticking:
                     t_ = stack.enter_context(system.tick(members, clock))
                     ticks.update(dict.fromkeys(members, t_))
-                out = replay(groups, player, ep, mb, ticks, base, norm_adv)
+                out = replay(groups, player, ep, mb, ticks, base, sens)
                 for g in groups:
                     if g.policy:
                         loss, parts = ppo_loss(mc, g, ep, mb, out[g.name], gae[g.name])
@@ -647,7 +663,7 @@ def ppo_update(
 
 def replay(
     groups: list[Group], player: Player, ep: Episode, mb: torch.Tensor, ticks: dict, base: int,
-    norm_adv: dict[str, torch.Tensor],
+    sens: Sensitivity,
 ) -> dict[str, list[torch.Tensor]]:
     """The episode again, with gradients: the message of step t goes out through the interface as the
     message of clock step ``base + t`` and is heard at ``t + delay`` through the noise the rollout drew.
@@ -699,7 +715,7 @@ def replay(
                 context = None
                 if c.mode == "cdni":
                     context = sender_context(c, player.by_name[c.receiver], ep, t, mb, len(g.members),
-                                             out.detach().view(B, -1, c.size), norm_adv)
+                                             out.detach().view(B, -1, c.size), sens)
                 tick.send(c.interface, out, context, step=base + t)
     return features_out
 
@@ -851,28 +867,12 @@ def _train(
     if log:
         logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
         if cfg.log.embedding_samples and "_episode" in result:
-            _log_projector(cfg, logger, result["_episode"], channels, tc.steps)
+            log_projector(cfg, logger, result["_episode"], channels, tc.steps)
         save(tc.steps)
         result["run_dir"] = str(run_dir)
     result.pop("_episode", None)
     logger.close()
     return result
-
-
-def _log_projector(cfg: Config, logger: RunLogger, ep: Episode, channels: list[Channel], step: int) -> None:
-    """Messages of the greedy evaluation, labelled with the sender's private information."""
-    n = cfg.log.embedding_samples
-    for c in channels:
-        if c.interface is None:
-            continue
-        msgs = ep.messages[c.name]
-        keep = ep.alive[..., None].expand(msgs.shape[:3])
-        vectors = msgs[keep][:n]
-        if ep.private is not None and cfg.marl.private_info.agent == c.sender:
-            labels = [str(int(v)) for v in ep.private[keep][:n]]
-        else:
-            labels = ["?"] * len(vectors)
-        logger.embedding(f"messages/{c.name}", vectors, labels, step)
 
 
 def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,

@@ -15,6 +15,7 @@ receiver's utility model sees (cDNI), and the controls that tell whether a recei
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -94,30 +95,77 @@ def normalized_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (adv - mean) / (std + 1e-8)
 
 
-def gate_size(receiver: Any) -> int:
-    """The entries of the receiver's loss sensitivity that end a cDNI context: one per action logit of a
-    discrete policy, the advantage alone for a continuous one, none for a receiver that does not act."""
-    if not receiver.policy:
-        return 0
-    return int(receiver.action_space.n) if isinstance(receiver.action_space, spaces.Discrete) else 1
+SYNTHETIC = ("dni", "cdni")  # modes whose sender gets a ĝ now
 
 
-def context_size(c: Any, receiver: Any) -> int:
-    """Per message: the receiver's observation, what it heard, and if it acts, its sensitivity (a
-    continuous policy: its action, then its advantage)."""
+def gate_size(receiver: Any, bootstrap: int = 0, horizon: int = 0) -> int:
+    """The entries of the receiver's loss sensitivity that end a cDNI context, per decision from the one
+    that hears the message through ``horizon`` more (a recurrent receiver remembers it): one per action
+    logit of a discrete policy (the advantage alone for a continuous one) and the ĝ its own outbound
+    synthetic channels get (``bootstrap`` entries: what it says depends on what it heard)."""
+    policy = 0
+    if receiver.policy:
+        policy = int(receiver.action_space.n) if isinstance(receiver.action_space, spaces.Discrete) else 1
+    return (policy + bootstrap) * (horizon + 1)
+
+
+def bootstrap_size(receiver: Any, specs: list[tuple]) -> int:
+    """Entries of ĝ a receiver gets for its own messages: the sizes of its outbound synthetic channels
+    (``specs``: (sender, receiver, mode, size, obs_slice) per channel)."""
+    return sum(size for s, _, mode, size, _ in specs if s == receiver.name and mode in SYNTHETIC)
+
+
+def context_size(c: Any, receiver: Any, bootstrap: int = 0, horizon: int = 0) -> int:
+    """Per message: the receiver's observation, what it heard, its memory (a recurrent actor's state
+    before it hears), a continuous policy's action, then the gate (:func:`gate_size`)."""
     space = receiver.action_space
     extra = 0 if isinstance(space, spaces.Discrete) or not receiver.policy else int(np.prod(space.shape))
-    return receiver.obs_dim + c.size + extra + gate_size(receiver)
+    memory = receiver.net.hidden if receiver.net.recurrent else 0
+    return receiver.obs_dim + c.size + memory + extra + gate_size(receiver, bootstrap, horizon)
+
+
+def gate_horizon(cfg: Config, c: Any, receiver: Any) -> int:
+    """``utility.horizon`` of channel ``c``: how many later decisions of a recurrent receiver a cdni gate
+    holds (other modes have no gate: 0)."""
+    horizon = interface_config(cfg, c.sender, c.receiver).utility.horizon
+    if c.mode != "cdni":
+        return 0
+    if horizon and not receiver.net.recurrent:
+        raise ConfigError(f"interfaces: {c.name}.utility.horizon {horizon} needs a receiver with memory "
+                          "(marl.recurrent: true): only memory carries a message to later decisions")
+    return horizon
+
+
+def actor_memory(g: Any, hidden: torch.Tensor | None, copies: int) -> torch.Tensor:
+    """(copies, members, hidden) a recurrent group's actor state before a step (zeros before the first)."""
+    if hidden is None:
+        return torch.zeros(copies, len(g.members), g.net.hidden)
+    return hidden[:, : g.net.hidden].reshape(copies, len(g.members), -1)
+
+
+@dataclass
+class Sensitivity:
+    """What the receivers' losses are sensitive to in one minibatch, known before any backward pass: per
+    group the normalised advantages of its decisions (decisions, copies of ``mb``, members); per synthetic
+    channel the ĝ each of its messages gets (steps, copies, senders, size); per cdni channel how many of
+    its receiver's later decisions the gate covers."""
+
+    advantage: dict[str, torch.Tensor]
+    bootstrap: dict[str, torch.Tensor] = field(default_factory=dict)
+    horizon: dict[str, int] = field(default_factory=dict)
+    entropy_coef: float = 0.0  # the PPO loss's entropy bonus, whose gradient the gate holds too
 
 
 def sender_context(
     c: Any, receiver: Any, ep: Any, t: int, mb: torch.Tensor, n_senders: int, heard: torch.Tensor,
-    norm_adv: dict[str, torch.Tensor],
+    sens: Sensitivity,
 ) -> torch.Tensor:
     """The cDNI context of the messages ``c`` sends at step ``t`` (rows: copy × sender member): what the
-    member that hears it has then (step ``t + delay``). ``heard``: the messages as heard, (B, senders, size);
-    ``norm_adv[receiver]``: its normalised advantages (decisions, copies of ``mb``, members)."""
+    member that hears it has then (step ``t + delay``). ``heard``: the messages as heard, (B, senders, size).
+    The gate, last, per decision of that member from the one that hears it: ∂(−Â log π(a))/∂logits =
+    −Â (e_a − π) per logit, and ĝ of what it sends then (the true gradient it replies contains it)."""
     when = t + c.model.delay
+    T = ep.length
     sources = ep.sources[c.name][when, mb]  # (B, n_receivers)
     match = sources.unsqueeze(1) == torch.arange(n_senders).view(1, -1, 1)  # (B, senders, receivers)
     heard_by = match.any(-1)
@@ -128,17 +176,71 @@ def sender_context(
         return taken * heard_by.unsqueeze(-1)
 
     parts = [pick(ep.obs[receiver.name][when, mb]), heard * heard_by.unsqueeze(-1)]
-    if receiver.policy:
-        action = ep.actions[receiver.name][when, mb]
-        decides = when % receiver.period == 0  # a message heard between decisions changes nothing
-        adv = norm_adv[receiver.name][when // receiver.period] if decides else torch.zeros(action.shape[:2])
-        if isinstance(receiver.action_space, spaces.Discrete):
-            # ∂(−Â log π(a))/∂logits = −Â (e_a − π): the receiver's sensitivity per logit (as played)
-            onehot = F.one_hot(action, int(receiver.action_space.n)).float()
-            parts.append(pick(adv.unsqueeze(-1) * (onehot - ep.probs[receiver.name][when, mb])))
-        else:
-            parts += [pick(action), pick(adv.unsqueeze(-1))]
+    if receiver.name in ep.memory:
+        parts.append(pick(ep.memory[receiver.name][when, mb]))
+    discrete = isinstance(receiver.action_space, spaces.Discrete)
+    if receiver.policy and not discrete:
+        parts.append(pick(ep.actions[receiver.name][when, mb]))
+    first = -(-when // receiver.period)  # a message heard between decisions counts from the next one
+    for k in range(sens.horizon.get(c.name, 0) + 1):
+        d = first + k
+        step = d * receiver.period
+        if receiver.policy:
+            n = int(receiver.action_space.n) if discrete else 1
+            if step >= T:
+                parts.append(heard.new_zeros(*heard.shape[:2], n))
+            else:
+                adv = sens.advantage[receiver.name][d]
+                if discrete:  # −∂loss/∂logits: Â (e_a − π) − c π (log π + H), as played (ratio 1)
+                    probs = ep.probs[receiver.name][step, mb]
+                    onehot = F.one_hot(ep.actions[receiver.name][step, mb], n).float()
+                    logp = probs.clamp_min(1e-12).log()
+                    entropy = -(probs * logp).sum(-1, keepdim=True)
+                    bonus = sens.entropy_coef * probs * (logp + entropy)
+                    gate = adv.unsqueeze(-1) * (onehot - probs) - bonus
+                else:
+                    gate = adv.unsqueeze(-1)
+                parts.append(pick(gate * ep.alive[step, mb].view(-1, 1, 1)))  # a finished game: no loss
+        for out in receiver.outbound:
+            if out.mode in SYNTHETIC:
+                boot = sens.bootstrap.get(out.name)
+                parts.append(pick(boot[step]) if boot is not None and step < T
+                             else heard.new_zeros(*heard.shape[:2], out.size))
     return torch.cat(parts, -1).flatten(0, 1)
+
+
+@torch.no_grad()
+def sensitivities(
+    cfg: Config, groups: list[Any], order: list[Any], ep: Any, mb: torch.Tensor, gae: dict[str, tuple],
+) -> Sensitivity:
+    """The :class:`Sensitivity` of minibatch ``mb``. ĝ of a message is what its utility model predicts
+    from the rollout's message as heard (the replay's differs only by the epochs' updates), made from the
+    last step back so that each prediction's gate holds the ĝ of what its receiver said later."""
+    adv = {}
+    for g in groups:
+        if g.policy:
+            alive = ep.alive[ep.decisions(g.period)][:, mb].float().unsqueeze(-1)
+            adv[g.name] = normalized_advantages(gae[g.name][0][:, mb], alive.expand_as(gae[g.name][0][:, mb]))
+    sens = Sensitivity(adv, entropy_coef=cfg.marl.ent_coef)
+    by_name = {g.name: g for g in groups}
+    for g in groups:
+        for c in g.inbound:
+            if c.mode == "cdni":
+                sens.horizon[c.name] = gate_horizon(cfg, c, g)
+                for out in (o for o in g.outbound if o.mode in SYNTHETIC):
+                    shape = ep.messages[out.name].shape[2:]
+                    sens.bootstrap[out.name] = torch.zeros(ep.length, len(mb), *shape)
+    for t in reversed(range(ep.length)):
+        for g in reversed(order):  # a delay-0 receiver speaks after its sender
+            for c in (c for c in g.outbound if c.name in sens.bootstrap and t + c.model.delay < ep.length):
+                noise = ep.noise[c.name][t, mb] if c.name in ep.noise else None
+                heard = c.model.transmit(ep.messages[c.name][t, mb], noise)
+                context = None
+                if c.mode == "cdni":
+                    context = sender_context(c, by_name[c.receiver], ep, t, mb, heard.shape[1], heard, sens)
+                u = c.interface.utility
+                sens.bootstrap[c.name][t] = u(heard.flatten(0, 1), context).view_as(heard) * c.interface.scale
+    return sens
 
 
 @torch.no_grad()

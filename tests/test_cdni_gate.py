@@ -1,0 +1,103 @@
+"""What a cDNI utility model sees of a receiver: its memory, and per decision from the one that hears the
+message through ``utility.horizon`` more, its loss's sensitivity to its logits and the ĝ its own messages
+got (the true gradient it replies is linear in exactly these)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dni_agents.config import ConfigError, load_config
+from dni_agents.drivers import marl
+
+TINY = ["trainer.steps=2", "marl.num_envs=32", "marl.eval_episodes=64", "log.every=1",
+        "log.histogram_every=2", "log.embedding_samples=20", "trainer.checkpoint_every=2"]
+
+
+def switch(tmp_path, *extra: str):
+    cfg = load_config("switch_riddle_noisy", [f"log.dir={tmp_path}", *TINY, *extra])
+    system, groups, channels = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
+    player = marl.Player(cfg, groups, channels, torch.device("cpu"), cfg.marl.num_envs)
+    return cfg, groups, channels, player
+
+
+def logit_sensitivity(ep, g, adv, step, e, r, ent_coef):
+    """−∂(PPO loss)/∂logits of member r's decision at ``step`` in copy e, as played (ratio 1)."""
+    probs = ep.probs[g.name][step, e, r]
+    logp = probs.log()
+    onehot = F.one_hot(ep.actions[g.name][step, e, r], probs.numel()).float()
+    return adv * (onehot - probs) - ent_coef * probs * (logp - (probs * logp).sum())
+
+
+def test_a_recurrent_receivers_context_holds_its_memory_and_its_gates_through_the_horizon(tmp_path):
+    horizon = 2
+    cfg, groups, channels, player = switch(tmp_path, f"interface_defaults.utility.horizon={horizon}")
+    g, c = groups[0], channels[0]
+    torch.manual_seed(0)
+    torch.nn.init.normal_(c.interface.utility.net[-1].weight)  # a utility model that predicts something
+    ep = player.play(0, torch.Generator().manual_seed(0))
+    E, T, n = cfg.marl.num_envs, ep.length, len(g.members)
+    mb = torch.arange(E)
+    gae = {g.name: marl.advantages(ep, g, cfg.marl.gamma, cfg.marl.gae_lambda)}
+    sens = marl.sensitivities(cfg, groups, player.order, ep, mb, gae)
+    block, memory = 4 + c.size, g.net.hidden  # per decision: 4 logits, then ĝ of the bulb it sets
+    width = g.obs_dim + c.size + memory + (horizon + 1) * block
+    assert marl.context_size(c, g, 1, horizon) == width and c.interface.utility.gate == (horizon + 1) * block
+    t = 0  # the bulb set on the first day
+    heard = c.model.transmit(ep.messages[c.name][t], ep.noise[c.name][t])
+    context = marl.sender_context(c, g, ep, t, mb, n, heard, sens).view(E, n, width)
+    checked = 0
+    for e in range(E):
+        for s in range(n):
+            hearers = (ep.sources[c.name][t + 1, e] == s).nonzero().flatten()
+            row = context[e, s]
+            if len(hearers) == 0:  # a bulb nobody sees tomorrow: no context, no gate
+                assert (row == 0).all()
+                continue
+            r = int(hearers[0])  # the prisoner in the room tomorrow
+            assert torch.equal(row[: g.obs_dim], ep.obs[g.name][t + 1, e, r])
+            assert torch.equal(row[g.obs_dim: g.obs_dim + 1], heard[e, s])
+            assert torch.equal(row[g.obs_dim + 1: g.obs_dim + 1 + memory], ep.memory[g.name][t + 1, e, r])
+            start = g.obs_dim + 1 + memory
+            for k in range(horizon + 1):
+                step, part = t + 1 + k, row[start + k * block: start + (k + 1) * block]
+                adv = sens.advantage[g.name][step, e, r]
+                expected = logit_sensitivity(ep, g, adv, step, e, r, cfg.marl.ent_coef) * ep.alive[step, e]
+                assert torch.allclose(part[:4], expected, atol=1e-6)
+                assert torch.equal(part[4:], sens.bootstrap[c.name][step, e, r])  # ĝ of its own bulb then
+            checked += 1
+    assert checked >= E // 4  # (the first policies Tell at random: many games end on day one)
+    # ĝ of a bulb is what the utility model predicts from it as heard, with the gates of the days after it
+    last = T - 2
+    heard_last = c.model.transmit(ep.messages[c.name][last], ep.noise[c.name][last])
+    with torch.no_grad():
+        again = c.interface.utility(heard_last.flatten(0, 1),
+                                    marl.sender_context(c, g, ep, last, mb, n, heard_last, sens))
+    assert torch.allclose(sens.bootstrap[c.name][last], again.view_as(heard_last))
+    assert sens.bootstrap[c.name][last].abs().sum() > 0 and (sens.bootstrap[c.name][T - 1] == 0).all()
+
+
+def test_a_horizon_needs_a_receiver_with_memory_and_is_ignored_without_a_gate(tmp_path):
+    cfg = load_config("digits_referential", [f"log.dir={tmp_path}", "interface_defaults.utility.horizon=1"])
+    with pytest.raises(ConfigError, match="utility.horizon 1 needs a receiver with memory"):
+        marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
+    # the bench's dni row runs the switch riddle's config (horizon 5) with a message-only utility model
+    cfg = load_config("switch_riddle_noisy", [f"log.dir={tmp_path}", "interface_defaults.mode=dni",
+                                              "interface_defaults.utility.gate=false"])
+    _, _, channels = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
+    assert channels[0].interface.utility.context_dim == 0 and channels[0].interface.utility.gate == 0
+
+
+def test_simple_reference_both_ways_gates_each_receiver_on_its_logits_and_its_own_message(tmp_path):
+    """Each agent hears the other and speaks itself: its gate is its 5 move logits and the ĝ its own 2
+    symbols got, and the context never shows a memory (the agents are feed-forward)."""
+    cfg = load_config("reference_2bit", [f"log.dir={tmp_path}", *TINY, "marl.max_steps=5",
+                                         "marl.env_kwargs.max_cycles=5"])
+    system, groups, channels = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
+    for c in channels:
+        receiver = next(g for g in groups if g.name == c.receiver)
+        assert c.interface.utility.gate == 5 + 2
+        assert marl.context_size(c, receiver, 2) == receiver.obs_dim + 2 + 7
+    result = marl.train(cfg, tmp_path / "ref", log=False, progress=False)
+    assert result["updates"] == 2 and result["agent_0->agent_1/grad_cosine"] is not None
