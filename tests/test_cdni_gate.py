@@ -101,3 +101,62 @@ def test_simple_reference_both_ways_gates_each_receiver_on_its_logits_and_its_ow
         assert marl.context_size(c, receiver, 2) == receiver.obs_dim + 2 + 7
     result = marl.train(cfg, tmp_path / "ref", log=False, progress=False)
     assert result["updates"] == 2 and result["agent_0->agent_1/grad_cosine"] is not None
+
+
+@pytest.mark.parametrize("horizon", [5, 0])
+def test_the_gate_holds_every_path_from_a_heard_bulb_to_the_receivers_loss(tmp_path, horizon):
+    """The target a receiver replies for a heard bulb equals what its context's gate reconstructs through
+    the receiver's own network: Σ over the gated decisions of (−∂loss/∂logits) · ∂logits/∂bulb, plus the ĝ
+    of its own bulbs · ∂(its bulb)/∂(the heard one). Exact with a horizon to the episode's end (first PPO
+    epoch: ratio 1; the critic reads messages detached; a large entropy bonus, so that its term counts); a
+    day-of-hearing gate (horizon 0) misses the later days the memory carries the bulb to."""
+    cfg = load_config("switch_riddle_noisy", [f"log.dir={tmp_path}", *TINY, "marl.ent_coef=0.3",
+                                              f"interface_defaults.utility.horizon={horizon}"])
+    system, groups, channels = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
+    player = marl.Player(cfg, groups, channels, torch.device("cpu"), cfg.marl.num_envs)
+    g, c = groups[0], channels[0]
+    torch.manual_seed(0)
+    torch.nn.init.normal_(c.interface.utility.net[-1].weight, std=0.3)  # a ĝ that is not zero
+    ep = player.play(1, torch.Generator().manual_seed(1))
+    E, T, n = cfg.marl.num_envs, ep.length, len(g.members)
+    mb = torch.arange(E)
+    gae = {g.name: marl.advantages(ep, g, cfg.marl.gamma, cfg.marl.gae_lambda)}
+    sens = marl.sensitivities(cfg, groups, player.order, ep, mb, gae)
+    base = T + 1
+    with system.tick([g.name], 1) as tick:
+        feats = marl.replay(groups, player, ep, mb, {g.name: tick}, base, sens)[g.name]
+        loss, _ = marl.ppo_loss(cfg.marl, g, ep, mb, feats, gae[g.name])
+        sent = [(h, grad) for _, h, grad in tick._now]  # the bulbs of days 0..T-2 with the ĝ applied to them
+        leaves = [c.interface._received[base + t] for t in range(len(sent))]
+        true = torch.autograd.grad([loss] + [h for h, _ in sent], leaves, [None] + [gr for _, gr in sent],
+                                   retain_graph=True)
+        count = ep.alive.float().sum() * n  # the PPO loss's mean over live decisions
+        logits = [g.net.dist(f).logits.view(E, n, -1) for f in feats]
+        bulbs = [h.view(E, n, -1) for h, _ in sent]
+        width = g.obs_dim + 1 + g.net.hidden
+        errors, norms = [], []
+        for t, leaf in enumerate(leaves):
+            heard = c.model.transmit(ep.messages[c.name][t], ep.noise[c.name][t])
+            gate = marl.sender_context(c, g, ep, t, mb, n, heard, sens).view(E, n, -1)[..., width:]
+            hearer = (ep.sources[c.name][t + 1].unsqueeze(1) == torch.arange(n).view(1, -1, 1)).float()
+            surrogate = 0.0
+            for k in range(horizon + 1):
+                step = t + 1 + k
+                if step >= T:
+                    break
+                block = gate[..., 5 * k: 5 * (k + 1)]  # per sender member: its hearer's entries that day
+                its_logits = torch.einsum("esr,erk->esk", hearer, logits[step])  # the hearer's row
+                surrogate = surrogate - (block[..., :4] / count * its_logits).sum()
+                if step < len(bulbs):
+                    its_bulb = torch.einsum("esr,erk->esk", hearer, bulbs[step])
+                    surrogate = surrogate + (block[..., 4:] / (E * n) * its_bulb).sum()
+            (rebuilt,) = torch.autograd.grad(surrogate, leaf, retain_graph=True)
+            errors.append((rebuilt - true[t]).norm())
+            norms.append(true[t].norm())
+    tick._now.clear()  # nothing to apply: this tick only measured
+    error, norm = torch.stack(errors).sum(), torch.stack(norms).sum()
+    assert norm > 0
+    if horizon == 5:
+        assert error <= 1e-5 * norm  # float rounding (without the entropy term: 1.7e-4; no ĝ: 0.41)
+    else:
+        assert error > 0.1 * norm
