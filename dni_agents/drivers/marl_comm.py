@@ -7,8 +7,10 @@ receiver's utility model sees (cDNI), and the controls that tell whether a recei
 * Noise and discretisation are the core's :class:`~dni_agents.core.ChannelModel`; the rollout draws the
   noise and keeps it, so the learner's replay hears exactly what was heard while playing.
 * cDNI context (:func:`sender_context`): for each message, what the receiving member has when it hears
-  it: its observation, what it heard, its action and its (normalised) advantage, the last entry, which a
-  gated utility model multiplies ĝ by. Messages that nobody hears get a zero context (and a zero gate).
+  it (its observation, what it heard, its memory), then the gate a gated utility model multiplies ĝ by:
+  per decision from the one that hears it (and ``utility.horizon`` more), the member's −∂loss/∂logits and
+  the ĝ of what it sends itself (:func:`sensitivities`: bootstrapping). Known before any backward pass.
+  Messages that nobody hears get a zero context (and a zero gate).
 * Ablation at evaluation: ``permute`` hands every environment copy the messages of another copy,
   ``zero`` silences the channel. A receiver that uses the message falls to its no-communication level.
 """
