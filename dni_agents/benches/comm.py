@@ -55,7 +55,8 @@ TASKS: dict[str, dict[str, Any]] = {
                             "quick_steps": 8},
 }
 # Not in the suite yet: reference_2bit (simple_reference both ways through 2 noisy bits,
-# dni_envs.reference_narrow): backprop had learned no protocol by update 600 (docs/benchmarks.md).
+# dni_envs.reference_narrow): in 600 updates an agent told its own goal did no better than one told
+# nothing, so there is no gap for a channel yet (docs/benchmarks.md).
 # Not in the suite: speaker_listener_2bit (configs/, upper -7.9): on seed 0 backprop learned one bit (-11.7)
 # and a frozen random code did about as well (-13.1), so it is not a communication task as configured
 # (docs/communication.md); a task is added here once backprop beats frozen on it.
