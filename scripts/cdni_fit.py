@@ -15,7 +15,7 @@ import torch
 from dni_agents.config import load_config
 from dni_agents.core import UtilityModel
 from dni_agents.drivers import marl
-from dni_agents.drivers.marl_comm import Sensitivity, normalized_advantages, sender_context
+from dni_agents.drivers.marl_comm import Sensitivity, logit_sensitivity, normalized_advantages, sender_context
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
         x = player.inputs(receiver, ep.obs["receiver"][0], {c.name: heard.unsqueeze(1)}, 0)
         loss, _ = marl.ppo_loss(cfg.marl, receiver, ep, mb, [receiver.net(x.flatten(0, 1), None)[0]], gae)
         (target,) = torch.autograd.grad(loss, heard)
-        sens = Sensitivity({"receiver": adv}, entropy_coef=cfg.marl.ent_coef)
+        sens = Sensitivity({"receiver": logit_sensitivity(receiver, ep, mb, adv, cfg.marl.ent_coef)})
         context = sender_context(c, receiver, ep, 0, mb, 1, heard.detach().unsqueeze(1), sens)
         return heard.detach(), context, target * 256  # per-example units, as the interface regresses
 

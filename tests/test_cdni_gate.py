@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
+from dni_agents.drivers.marl_comm import normalized_advantages
 
 TINY = ["trainer.steps=2", "marl.num_envs=32", "marl.eval_episodes=64", "log.every=1",
         "log.histogram_every=2", "log.embedding_samples=20", "trainer.checkpoint_every=2"]
@@ -41,6 +42,8 @@ def test_a_recurrent_receivers_context_holds_its_memory_and_its_gates_through_th
     mb = torch.arange(E)
     gae = {g.name: marl.advantages(ep, g, cfg.marl.gamma, cfg.marl.gae_lambda)}
     sens = marl.sensitivities(cfg, groups, player.order, ep, mb, gae)
+    alive = ep.alive.float().unsqueeze(-1).expand_as(gae[g.name][0])  # one decision per day
+    advantage = normalized_advantages(gae[g.name][0], alive)
     block, memory = 4 + c.size, g.net.hidden  # per decision: 4 logits, then ĝ of the bulb it sets
     width = g.obs_dim + c.size + memory + (horizon + 1) * block
     assert marl.context_size(c, g, 1, horizon) == width and c.interface.utility.gate == (horizon + 1) * block
@@ -62,7 +65,7 @@ def test_a_recurrent_receivers_context_holds_its_memory_and_its_gates_through_th
             start = g.obs_dim + 1 + memory
             for k in range(horizon + 1):
                 step, part = t + 1 + k, row[start + k * block: start + (k + 1) * block]
-                adv = sens.advantage[g.name][step, e, r]
+                adv = advantage[step, e, r]
                 expected = logit_sensitivity(ep, g, adv, step, e, r, cfg.marl.ent_coef) * ep.alive[step, e]
                 assert torch.allclose(part[:4], expected, atol=1e-6)
                 assert torch.equal(part[4:], sens.bootstrap[c.name][step, e, r])  # ĝ of its own bulb then

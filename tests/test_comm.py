@@ -14,7 +14,7 @@ from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
 from dni_agents.drivers.comm_metrics import comm_metrics
-from dni_agents.drivers.marl_comm import ablation_permutation
+from dni_agents.drivers.marl_comm import ablation_permutation, logit_sensitivity
 
 TINY = ["trainer.steps=2", "marl.num_envs=32", "marl.eval_episodes=64", "log.every=1",
         "log.histogram_every=2", "log.embedding_samples=20", "trainer.checkpoint_every=2"]
@@ -127,7 +127,7 @@ def test_gated_cdni_context_ends_with_the_receivers_sensitivity_per_logit(tmp_pa
     mb = torch.arange(cfg.marl.num_envs)
     adv = torch.randn(1, cfg.marl.num_envs, 1)
     h = ep.messages[c.name][0]
-    sens = marl.Sensitivity({"receiver": adv}, entropy_coef=0.01)
+    sens = marl.Sensitivity({"receiver": logit_sensitivity(receiver, ep, mb, adv, 0.01)})
     context = marl.sender_context(c, receiver, ep, 0, mb, 1, torch.tanh(h), sens)
     assert context.shape == (cfg.marl.num_envs, marl.context_size(c, receiver))
     onehot = torch.nn.functional.one_hot(ep.actions["receiver"][0, :, 0], 5).float()

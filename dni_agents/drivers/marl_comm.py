@@ -145,17 +145,33 @@ def actor_memory(g: Any, hidden: torch.Tensor | None, copies: int) -> torch.Tens
     return hidden[:, : g.net.hidden].reshape(copies, len(g.members), -1)
 
 
+def logit_sensitivity(
+    g: Any, ep: Any, mb: torch.Tensor, adv: torch.Tensor, entropy_coef: float,
+) -> torch.Tensor:
+    """(decisions, copies of ``mb``, members, k) group ``g``'s −∂loss/∂logits per decision, as played (PPO
+    ratio 1): Â (e_a − π) − c π (log π + H) for a discrete policy (the entropy bonus has a gradient too), the
+    advantage alone (k = 1) for a continuous one; 0 where the game has finished. ``adv``: normalised."""
+    decisions = ep.decisions(g.period)
+    alive = ep.alive[decisions][:, mb].float().view(len(decisions), -1, 1, 1)
+    if not isinstance(g.action_space, spaces.Discrete):
+        return adv.unsqueeze(-1) * alive
+    probs = ep.probs[g.name][decisions][:, mb]
+    onehot = F.one_hot(ep.actions[g.name][decisions][:, mb], probs.shape[-1]).float()
+    logp = probs.clamp_min(1e-12).log()
+    entropy = -(probs * logp).sum(-1, keepdim=True)
+    return (adv.unsqueeze(-1) * (onehot - probs) - entropy_coef * probs * (logp + entropy)) * alive
+
+
 @dataclass
 class Sensitivity:
     """What the receivers' losses are sensitive to in one minibatch, known before any backward pass: per
-    group the normalised advantages of its decisions (decisions, copies of ``mb``, members); per synthetic
-    channel the ĝ each of its messages gets (steps, copies, senders, size); per cdni channel how many of
-    its receiver's later decisions the gate covers."""
+    group its −∂loss/∂logits (:func:`logit_sensitivity`); per synthetic channel the ĝ each of its messages
+    gets (steps, copies, senders, size); per cdni channel how many of its receiver's later decisions the
+    gate covers."""
 
-    advantage: dict[str, torch.Tensor]
+    logits: dict[str, torch.Tensor]
     bootstrap: dict[str, torch.Tensor] = field(default_factory=dict)
     horizon: dict[str, int] = field(default_factory=dict)
-    entropy_coef: float = 0.0  # the PPO loss's entropy bonus, whose gradient the gate holds too
 
 
 def sender_context(
@@ -164,8 +180,8 @@ def sender_context(
 ) -> torch.Tensor:
     """The cDNI context of the messages ``c`` sends at step ``t`` (rows: copy × sender member): what the
     member that hears it has then (step ``t + delay``). ``heard``: the messages as heard, (B, senders, size).
-    The gate, last, per decision of that member from the one that hears it: ∂(−Â log π(a))/∂logits =
-    −Â (e_a − π) per logit, and ĝ of what it sends then (the true gradient it replies contains it)."""
+    The gate, last, per decision of that member from the one that hears it: its −∂loss/∂logits and the ĝ
+    of what it sends then (the true gradient it replies contains it)."""
     when = t + c.model.delay
     T = ep.length
     sources = ep.sources[c.name][when, mb]  # (B, n_receivers)
@@ -180,29 +196,16 @@ def sender_context(
     parts = [pick(ep.obs[receiver.name][when, mb]), heard * heard_by.unsqueeze(-1)]
     if receiver.name in ep.memory:
         parts.append(pick(ep.memory[receiver.name][when, mb]))
-    discrete = isinstance(receiver.action_space, spaces.Discrete)
-    if receiver.policy and not discrete:
+    if receiver.policy and not isinstance(receiver.action_space, spaces.Discrete):
         parts.append(pick(ep.actions[receiver.name][when, mb]))
     first = -(-when // receiver.period)  # a message heard between decisions counts from the next one
     for k in range(sens.horizon.get(c.name, 0) + 1):
         d = first + k
         step = d * receiver.period
         if receiver.policy:
-            n = int(receiver.action_space.n) if discrete else 1
-            if step >= T:
-                parts.append(heard.new_zeros(*heard.shape[:2], n))
-            else:
-                adv = sens.advantage[receiver.name][d]
-                if discrete:  # −∂loss/∂logits: Â (e_a − π) − c π (log π + H), as played (ratio 1)
-                    probs = ep.probs[receiver.name][step, mb]
-                    onehot = F.one_hot(ep.actions[receiver.name][step, mb], n).float()
-                    logp = probs.clamp_min(1e-12).log()
-                    entropy = -(probs * logp).sum(-1, keepdim=True)
-                    bonus = sens.entropy_coef * probs * (logp + entropy)
-                    gate = adv.unsqueeze(-1) * (onehot - probs) - bonus
-                else:
-                    gate = adv.unsqueeze(-1)
-                parts.append(pick(gate * ep.alive[step, mb].view(-1, 1, 1)))  # a finished game: no loss
+            logits = sens.logits[receiver.name]  # past the last decision: zeros
+            parts.append(pick(logits[d]) if d < len(logits) else logits.new_zeros(len(mb), n_senders,
+                                                                                  logits.shape[-1]))
         for out in receiver.outbound:
             if out.mode in SYNTHETIC:
                 boot = sens.bootstrap.get(out.name)
@@ -218,12 +221,13 @@ def sensitivities(
     """The :class:`Sensitivity` of minibatch ``mb``. ĝ of a message is what its utility model predicts
     from the rollout's message as heard (the replay's differs only by the epochs' updates), made from the
     last step back so that each prediction's gate holds the ĝ of what its receiver said later."""
-    adv = {}
+    logits = {}
     for g in groups:
         if g.policy:
             alive = ep.alive[ep.decisions(g.period)][:, mb].float().unsqueeze(-1)
-            adv[g.name] = normalized_advantages(gae[g.name][0][:, mb], alive.expand_as(gae[g.name][0][:, mb]))
-    sens = Sensitivity(adv, entropy_coef=cfg.marl.ent_coef)
+            adv = normalized_advantages(gae[g.name][0][:, mb], alive.expand_as(gae[g.name][0][:, mb]))
+            logits[g.name] = logit_sensitivity(g, ep, mb, adv, cfg.marl.ent_coef)
+    sens = Sensitivity(logits)
     by_name = {g.name: g for g in groups}
     for g in groups:
         for c in g.inbound:
