@@ -25,12 +25,13 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from pettingzoo import ParallelEnv
+
+from ._base import SeededParallelEnv
 
 MOVES = 5  # mpe2's discrete action = move + 5 · word; word 0 here
 
 
-class ReferenceNarrow(ParallelEnv):
+class ReferenceNarrow(SeededParallelEnv):  # its spaces; mpe2 seeds itself
     metadata = {"name": "reference_narrow_v0", "render_modes": [], "is_parallelizable": True}
 
     def __init__(self, slot: int = 2, oracle: bool = False, max_cycles: int = 25, local_ratio: float = 0.5,
@@ -50,12 +51,6 @@ class ReferenceNarrow(ParallelEnv):
         self._observation_spaces = dict.fromkeys(self.possible_agents, box)
         self._action_spaces = {a: spaces.Discrete(MOVES) for a in self.possible_agents}
         self.comm_slice = {a: slice(11, 11 + slot) for a in self.possible_agents}
-
-    def observation_space(self, agent: str) -> spaces.Space:
-        return self._observation_spaces[agent]
-
-    def action_space(self, agent: str) -> spaces.Space:
-        return self._action_spaces[agent]
 
     def _own_goal(self, agent: str) -> np.ndarray:
         """One-hot of the landmark ``agent`` must reach (what the other agent sees as a colour)."""
