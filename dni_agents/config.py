@@ -114,6 +114,9 @@ class ChannelConfig(_Strict):
     discretize: bool = False  # training: tanh(message + noise); evaluation: one of `levels` values exactly
     levels: Annotated[int, Field(ge=2)] = 2
     delay: Literal[0, 1] = 1  # 0: heard in the step it is sent (the sender acts first); 1: the next step
+    # training: probability that the channel is down for a whole episode of one environment copy (the
+    # receiver hears silence, the sender gets no gradient), so silence means "no information"
+    outage: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 class InterfaceConfig(_Strict):

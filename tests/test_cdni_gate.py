@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
-from dni_agents.drivers.marl_comm import normalized_advantages
+from dni_agents.drivers.marl_comm import normalized_advantages, transmitted
 
 TINY = ["trainer.steps=2", "marl.num_envs=32", "marl.eval_episodes=64", "log.every=1",
         "log.histogram_every=2", "log.embedding_samples=20", "trainer.checkpoint_every=2"]
@@ -48,7 +48,7 @@ def test_a_recurrent_receivers_context_holds_its_memory_and_its_gates_through_th
     width = g.obs_dim + c.size + memory + (horizon + 1) * block
     assert marl.context_size(c, g, 1, horizon) == width and c.interface.utility.gate == (horizon + 1) * block
     t = 0  # the bulb set on the first day
-    heard = c.model.transmit(ep.messages[c.name][t], ep.noise[c.name][t])
+    heard = transmitted(c, ep, t, mb, ep.messages[c.name][t])
     context = marl.sender_context(c, g, ep, t, mb, n, heard, sens).view(E, n, width)
     checked = 0
     for e in range(E):
@@ -73,7 +73,7 @@ def test_a_recurrent_receivers_context_holds_its_memory_and_its_gates_through_th
     assert checked >= E // 4  # (the first policies Tell at random: many games end on day one)
     # ĝ of a bulb is what the utility model predicts from it as heard, with the gates of the days after it
     last = T - 2
-    heard_last = c.model.transmit(ep.messages[c.name][last], ep.noise[c.name][last])
+    heard_last = transmitted(c, ep, last, mb, ep.messages[c.name][last])
     with torch.no_grad():
         again = c.interface.utility(heard_last.flatten(0, 1),
                                     marl.sender_context(c, g, ep, last, mb, n, heard_last, sens))
@@ -121,6 +121,7 @@ def test_the_gate_holds_every_path_from_a_heard_bulb_to_the_receivers_loss(tmp_p
     torch.manual_seed(0)
     torch.nn.init.normal_(c.interface.utility.net[-1].weight, std=0.3)  # a ĝ that is not zero
     ep = player.play(1, torch.Generator().manual_seed(1))
+    assert 0 < int((ep.outage[c.name] == 0).sum()) < cfg.marl.num_envs  # broken bulbs too: exact there
     E, T, n = cfg.marl.num_envs, ep.length, len(g.members)
     mb = torch.arange(E)
     gae = {g.name: marl.advantages(ep, g, cfg.marl.gamma, cfg.marl.gae_lambda)}
@@ -139,7 +140,7 @@ def test_the_gate_holds_every_path_from_a_heard_bulb_to_the_receivers_loss(tmp_p
         width = g.obs_dim + 1 + g.net.hidden
         errors, norms = [], []
         for t, leaf in enumerate(leaves):
-            heard = c.model.transmit(ep.messages[c.name][t], ep.noise[c.name][t])
+            heard = transmitted(c, ep, t, mb, ep.messages[c.name][t])
             gate = marl.sender_context(c, g, ep, t, mb, n, heard, sens).view(E, n, -1)[..., width:]
             hearer = (ep.sources[c.name][t + 1].unsqueeze(1) == torch.arange(n).view(1, -1, 1)).float()
             surrogate = 0.0

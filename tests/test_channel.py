@@ -57,7 +57,25 @@ def test_stats_count_bits_per_component_and_flipped_symbols() -> None:
     assert stats["symbol_flip_rate"] == pytest.approx(10 / 200)
 
 
-@pytest.mark.parametrize("kwargs", [{"noise": -1.0}, {"levels": 1}, {"delay": 2}])
+def test_an_outage_silences_its_rows_in_training_only_and_blocks_their_gradient() -> None:
+    channel = ChannelModel(noise=1.0, discretize=True, outage=0.25)
+    up = channel.sample_outage(4000, torch.Generator().manual_seed(0))
+    assert set(up.unique().tolist()) == {0.0, 1.0} and abs(float(1 - up.mean()) - 0.25) < 0.03
+    h = (torch.randn(4000, 2, 3) * 3).requires_grad_(True)
+    noise = torch.randn(4000, 2, 3)
+    heard = channel.transmit(h, noise, up=up)
+    down = up == 0
+    assert torch.equal(heard[down], torch.zeros_like(heard[down]))  # silence: exactly zero
+    assert torch.equal(heard[~down], channel.transmit(h, noise)[~down])  # the rest as without outages
+    heard.sum().backward()
+    assert torch.equal(h.grad[down], torch.zeros_like(h.grad[down]))
+    assert torch.allclose(h.grad[~down], (1 - torch.tanh(h.detach() + noise) ** 2)[~down], atol=1e-6)
+    assert torch.equal(channel.transmit(h, noise, training=False, up=up), channel.quantize(h))  # evaluation
+    assert ChannelModel().sample_outage(10, None) is None and not ChannelModel(outage=0.1).identity
+
+
+@pytest.mark.parametrize("kwargs", [{"noise": -1.0}, {"levels": 1}, {"delay": 2}, {"outage": 1.0},
+                                    {"outage": -0.1}])
 def test_bad_channels_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="channel"):
         ChannelModel(**kwargs)

@@ -51,12 +51,24 @@ def test_delay_0_is_heard_in_the_same_step_and_delay_1_in_a_one_step_game_is_nev
     assert metrics["sent_mi_bits"] > 0.5  # ... although the sender said something about the target
 
 
-def test_the_learner_hears_exactly_what_the_rollout_heard(tmp_path):
-    """Replaying a noisy channel with the episode's noise gives the receiver the inputs it acted on: before
-    any update every log-probability is the one recorded while playing."""
-    cfg = digits(tmp_path, "interface_defaults.mode=backprop", "interface_defaults.channel.noise=2.0")
+@pytest.mark.parametrize("outage", [0.0, 0.4])
+def test_the_learner_hears_exactly_what_the_rollout_heard(tmp_path, outage):
+    """Replaying a noisy channel with the episode's noise (and its outages) gives the receiver the inputs it
+    acted on: before any update every log-probability is the one recorded while playing."""
+    cfg = digits(tmp_path, "interface_defaults.mode=backprop", "interface_defaults.channel.noise=2.0",
+                 f"interface_defaults.channel.outage={outage}", "marl.message_rms=3.0")
     system, groups, channels, player = player_for(cfg)
+    marl.calibrate_messages(player, 3.0, seed=0)
     ep = player.play(0, torch.Generator().manual_seed(0))
+    heard = ep.heard[channels[0].name]
+    if outage:  # a copy whose channel is down hears silence, the others what was sent
+        down = ep.outage[channels[0].name] == 0
+        assert 0 < int(down.sum()) < len(down)
+        assert torch.equal(heard[:, down], torch.zeros_like(heard[:, down]))
+        assert heard[:, ~down].abs().min() > 0
+        assert player.play(0, None, greedy=True).outage == {}  # evaluation: the channel is always up
+    else:
+        assert ep.outage == {}
     mb = torch.arange(cfg.marl.num_envs)
     receiver = next(g for g in groups if g.name == "receiver")
     gae = marl.advantages(ep, receiver, 0.99, 0.95)

@@ -22,12 +22,13 @@ only come from a sender that learned its code. Methods (each a set of config ove
 
 Each record: ``task, method, seed, mean_return, success_rate, mi_bits`` (greedy evaluation; MI between the
 sender's private information and what the receiver *heard*), ``ablated_return`` (the same evaluation with
-messages shuffled across environment copies), ``grad_cosine`` / ``grad_r2`` (held-out fidelity of ĝ, mean /
-median over the second half of training), ``env_steps_per_s`` (training, learning included), ``wall_s``,
-``curve`` (return against environment steps). The summary gives, per task, the fractions the acceptance
-of issue 14 reads: the part of the reference gap backprop wins over frozen, the part of the
-frozen→backprop gap each synthetic mode closes, and the ablated return against the no-communication one.
-The no-communication reference is the ``none`` runs' ablated return: their receivers with the channel
+messages shuffled across environment copies), ``silenced_return`` (with every channel silent: what a receiver
+does when it hears nothing, the state ``channel.outage`` trains it for), ``grad_cosine`` / ``grad_r2``
+(held-out fidelity of ĝ, mean / median over the second half of training), ``env_steps_per_s`` (training,
+learning included), ``wall_s``, ``curve`` (return against environment steps). The summary gives, per task, the
+fractions the acceptance of issue 14 reads: the part of the reference gap backprop wins over frozen, the part
+of the frozen→backprop gap each synthetic mode closes, and the ablated return against the no-communication
+one. The no-communication reference is the ``none`` runs' ablated return: their receivers with the channel
 shuffled, i.e. with no information about the sender's (the unablated ``none`` return can sit a little above
 it: the faint code's clean signs at evaluation say something the receiver half-learned to read).
 """
@@ -84,7 +85,8 @@ def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str]
     return {
         "task": task, "method": method, "seed": seed, "mean_return": m["mean_return"],
         "success_rate": m.get("success_rate"), "mi_bits": m.get(f"{channel}/mi_bits"),
-        "ablated_return": m.get("ablated_return"), "grad_cosine": m.get(f"{channel}/grad_cosine"),
+        "ablated_return": m.get("ablated_return"), "silenced_return": m.get("silenced_return"),
+        "grad_cosine": m.get(f"{channel}/grad_cosine"),
         "grad_r2": m.get(f"{channel}/grad_r2"), "message_rms": m.get(f"{channel}/message_rms"),
         "frozen_rms": cfg.marl.message_rms, "env_steps_per_s": m["env_steps_per_s"],
         "wall_s": time.perf_counter() - t0, "updates": cfg.trainer.steps,
@@ -106,7 +108,8 @@ def summarize(results: list[dict]) -> dict[str, Any]:
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = [r for r in rows if r["method"] == method]
             per[method] = {k: _mean(mine, k) for k in ("mean_return", "success_rate", "mi_bits",
-                                                       "ablated_return", "grad_cosine", "grad_r2",
+                                                       "ablated_return", "silenced_return", "grad_cosine",
+                                                       "grad_r2",
                                                        "env_steps_per_s")}
             per[method]["seeds"] = len(mine)
         out: dict[str, Any] = {"methods": per, "upper_reference": TASKS[task]["upper"]}
@@ -125,9 +128,10 @@ def summarize(results: list[dict]) -> dict[str, Any]:
                     out[f"{s}_closes_of_frozen_to_backprop"] = closes
         if no_comm:
             for s in SYNTHETIC:
-                abl = per.get(s, {}).get("ablated_return")
-                if abl is not None:
-                    out[f"{s}_ablated_vs_no_comm"] = abs(abl - no_comm) / abs(no_comm)
+                for key, name in (("ablated_return", "ablated"), ("silenced_return", "silenced")):
+                    abl = per.get(s, {}).get(key)
+                    if abl is not None:
+                        out[f"{s}_{name}_vs_no_comm"] = abs(abl - no_comm) / abs(no_comm)
         summary[task] = out
     return summary
 

@@ -12,6 +12,11 @@ gradient the sender gets) so any driver can put it between a sender and a receiv
   2 levels), exactly.
 * ``delay``: 0, the receiver hears the message in the step it is sent (the sender acts first); 1, in the
   next step (as mpe2's own communication; the first step is silent).
+* ``outage``: in training, the probability that the channel is down (the receiver hears silence, zeros,
+  and the sender gets no gradient) for a unit the driver chooses (marl: a whole episode of one environment
+  copy). Message dropout (Kim et al., "Message-Dropout", AAAI 2019) at the scale of an episode: a receiver
+  that has played without the channel knows what to do when it hears nothing, instead of reading silence
+  as a symbol.
 
 Where it sits: on the **sender's side of the interface**. What crosses the interface is what the receiver
 hears, so the utility model predicts the receiver's gradient for the heard message, and the sender's own
@@ -33,13 +38,14 @@ import torch
 
 @dataclass(frozen=True)
 class ChannelModel:
-    """Noise std ``noise`` in training, hard ``discretize``-ation to ``levels`` values at evaluation, and the
-    ``delay`` (0 or 1 steps) after which the receiver hears it."""
+    """Noise std ``noise`` in training, hard ``discretize``-ation to ``levels`` values at evaluation, the
+    ``delay`` (0 or 1 steps) after which the receiver hears it, and the training ``outage`` probability."""
 
     noise: float = 0.0
     discretize: bool = False
     levels: int = 2
     delay: int = 1
+    outage: float = 0.0
 
     def __post_init__(self) -> None:
         if self.noise < 0:
@@ -48,11 +54,13 @@ class ChannelModel:
             raise ValueError(f"channel levels must be >= 2, got {self.levels}")
         if self.delay not in (0, 1):
             raise ValueError(f"channel delay must be 0 or 1, got {self.delay}")
+        if not 0 <= self.outage < 1:
+            raise ValueError(f"channel outage must be in [0, 1), got {self.outage}")
 
     @property
     def identity(self) -> bool:
         """Whether the channel hands the message on unchanged (no noise, no discretisation)."""
-        return self.noise == 0 and not self.discretize
+        return self.noise == 0 and not self.discretize and self.outage == 0
 
     def sample_noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor | None:
         """ε for one transmission in training (None when the channel has no noise)."""
@@ -60,15 +68,25 @@ class ChannelModel:
             return None
         return torch.randn(shape, generator=generator)
 
+    def sample_outage(self, units: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Which of ``units`` hear the channel in training (1.0: up, 0.0: down); None without outages."""
+        if self.outage == 0:
+            return None
+        return (torch.rand(units, generator=generator) >= self.outage).float()
+
     def transmit(
-        self, h: torch.Tensor, noise: torch.Tensor | None = None, training: bool = True
+        self, h: torch.Tensor, noise: torch.Tensor | None = None, training: bool = True,
+        up: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """What the receiver hears of ``h``: in training with the given ε (differentiable in h), at
-        evaluation the clean (discretised) message."""
+        """What the receiver hears of ``h``: in training with the given ε (differentiable in h) and, where
+        ``up`` (one entry per row of ``h``) is 0, silence; at evaluation the clean (discretised) message."""
         if not training:
             return self.quantize(h) if self.discretize else h
         x = h if noise is None or self.noise == 0 else h + self.noise * noise.to(h.device, h.dtype)
-        return torch.tanh(x) if self.discretize else x
+        heard = torch.tanh(x) if self.discretize else x
+        if up is None:
+            return heard
+        return heard * up.to(h.device, h.dtype).view(-1, *([1] * (h.dim() - 1)))
 
     def symbols(self, h: torch.Tensor) -> torch.Tensor:
         """The symbol index 0..levels-1 of every component of a (pre-squash) message."""

@@ -75,6 +75,7 @@ from .marl_comm import (
     sender_context,
     sensitivities,
     speaking_order,
+    transmitted,
 )
 from .marl_env import DirectParallel, make_copies, make_env  # noqa: F401 (DirectParallel: tests)
 from .stop import StopRequest
@@ -392,6 +393,7 @@ class Episode:
     heard: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (T, E, n_receivers, size)
     probs: dict[str, torch.Tensor] = field(default_factory=dict)  # discrete group -> (T, E, n, actions)
     memory: dict[str, torch.Tensor] = field(default_factory=dict)  # recurrent group -> actor state before t
+    outage: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (E,) 1: up this episode
 
     @property
     def length(self) -> int:
@@ -472,6 +474,7 @@ class Player:
         sent: dict[str, torch.Tensor] = {}
         noise: dict[str, torch.Tensor | None] = {}
         noises: dict[str, list[torch.Tensor]] = {c.name: [] for c in channels if c.model.noise and not greedy}
+        up = {c.name: c.model.sample_outage(E, generator) for c in channels if c.model.outage and not greedy}
         heard_rows: dict[str, list[torch.Tensor]] = {c.name: [] for c in channels if c.interface is not None}
         memory: dict[str, list[torch.Tensor]] = {}
         steps = 0
@@ -493,7 +496,7 @@ class Player:
                         early = c.model.delay == 1
                         heard[c.name] = hear(c, (before if early else sent).get(c.name),
                                              (noise_before if early else noise).get(c.name), src_t[c.name], E,
-                                             not greedy, ablate, perm, self.device)
+                                             not greedy, ablate, perm, self.device, up.get(c.name))
                         heard_rows[c.name].append(heard[c.name])
                 x = self.inputs(g, obs_t[g.name], heard, t)
                 if t % g.period == 0:
@@ -552,7 +555,7 @@ class Player:
             torch.stack(private) if private else None, steps,
             {c: torch.stack(v) for c, v in noises.items()},
             {c: torch.stack(v) for c, v in heard_rows.items()}, stack["probs"],
-            {g: torch.stack(v) for g, v in memory.items()},
+            {g: torch.stack(v) for g, v in memory.items()}, up,
         )
 
     def _stack_obs(self, obs: dict[str, np.ndarray], g: Group) -> torch.Tensor:
@@ -710,8 +713,7 @@ def replay(
                 # backward applies the channel's derivative exactly (a saturated symbol gets none, as
                 # with backprop; a utility model left to learn that factor let the messages drift).
                 h = held[g.name][c.name]
-                noise = ep.noise[c.name][t, mb] if c.name in ep.noise else None
-                out = c.model.transmit(h.view(B, -1, c.size), noise).view_as(h)
+                out = transmitted(c, ep, t, mb, h.view(B, -1, c.size)).view_as(h)
                 context = None
                 if c.mode == "cdni":
                     context = sender_context(c, player.by_name[c.receiver], ep, t, mb, len(g.members),
@@ -860,9 +862,9 @@ def _train(
     result = evaluate_system(cfg, groups, channels, device, episodes=mc.eval_episodes)
     result.update(updates=tc.steps, env_steps_per_s=env_steps / max(seconds, 1e-9), train_seconds=seconds)
     result.update(fidelity.second_half(tc.steps))  # held-out ĝ fidelity over the second half of training
-    if any(c.interface is not None for c in channels):  # the control: does the receiver use the message?
-        result["ablated_return"] = evaluate_system(cfg, groups, channels, device, mc.eval_episodes,
-                                                   ablate="permute")["mean_return"]
+    if any(c.interface is not None for c in channels):  # the controls: does the receiver use the message?
+        for key, how in (("ablated_return", "permute"), ("silenced_return", "zero")):
+            result[key] = evaluate_system(cfg, groups, channels, device, mc.eval_episodes, how)["mean_return"]
     result["curve"] = curve
     if log:
         logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
@@ -884,19 +886,15 @@ def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], d
     while sum(e.alive.shape[1] for e in eps) < episodes:
         eps.append(player.play(seed=EVAL_SEED + 1000 * len(eps), generator=None, greedy=True, ablate=ablate))
     metrics: dict[str, list[float]] = {}
-    comm: dict[str, dict[str, list[float]]] = {}
     private_agent = cfg.marl.private_info.agent if cfg.marl.private_info else None
     for e in eps:
         for k, v in episode_metrics(cfg, e, groups).items():
             metrics.setdefault(k, []).append(v)
         for ch, m in comm_metrics(e, channels, private_agent, cfg.marl.mi_resolution).items():
             for k, v in m.items():
-                comm.setdefault(ch, {}).setdefault(k, []).append(v)
+                metrics.setdefault(f"{ch}/{k}", []).append(v)
     out: dict[str, Any] = {k: sum(v) / len(v) for k, v in metrics.items()}
     out["mean_return"] = out.pop("return/mean")
-    for ch, m in comm.items():
-        for k, v in m.items():
-            out[f"{ch}/{k}"] = sum(v) / len(v)
     out["_episode"] = eps[0]
     return out
 

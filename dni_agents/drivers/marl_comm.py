@@ -33,7 +33,8 @@ ABLATIONS = ("permute", "zero")
 
 def channel_model(cfg: Config, sender: str, receiver: str) -> ChannelModel:
     c = interface_config(cfg, sender, receiver).channel
-    return ChannelModel(noise=c.noise, discretize=c.discretize, levels=c.levels, delay=c.delay)
+    return ChannelModel(noise=c.noise, discretize=c.discretize, levels=c.levels, delay=c.delay,
+                        outage=c.outage)
 
 
 def speaking_order(groups: list[Any], channels: list[Any]) -> list[Any]:
@@ -68,17 +69,26 @@ def route(
 def hear(
     c: Any, sent: torch.Tensor | None, noise: torch.Tensor | None, sources: torch.Tensor, batch: int,
     training: bool, ablate: str | None = None, perm: torch.Tensor | None = None,
-    device: torch.device | None = None,
+    device: torch.device | None = None, up: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What the receiving members of channel ``c`` hear of the messages ``sent`` (copies, senders, size):
-    through the channel (noise in training, discrete values at evaluation), then routed."""
+    through the channel (noise in training, discrete values at evaluation, silence in the copies where
+    ``up`` is 0), then routed."""
     if sent is not None:
-        sent = c.model.transmit(sent, noise, training)
+        sent = c.model.transmit(sent, noise, training, up)
         if ablate == "zero":
             sent = torch.zeros_like(sent)
         elif ablate == "permute":
             sent = sent[perm]
     return route(sent, sources, c.size, batch, device)
+
+
+def transmitted(c: Any, ep: Any, t: int, mb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """What the receivers of ``c`` heard of the messages ``h`` (B, senders, size) sent at step ``t`` in the
+    copies ``mb`` of episode ``ep``: through the noise the rollout drew, silent where its channel was down."""
+    noise = ep.noise[c.name][t, mb] if c.name in ep.noise else None
+    up = ep.outage[c.name][mb] if c.name in ep.outage else None
+    return c.model.transmit(h, noise, up=up)
 
 
 def ablation_permutation(copies: int, seed: int) -> torch.Tensor:
@@ -239,8 +249,7 @@ def sensitivities(
     for t in reversed(range(ep.length)):
         for g in reversed(order):  # a delay-0 receiver speaks after its sender
             for c in (c for c in g.outbound if c.name in sens.bootstrap and t + c.model.delay < ep.length):
-                noise = ep.noise[c.name][t, mb] if c.name in ep.noise else None
-                heard = c.model.transmit(ep.messages[c.name][t, mb], noise)
+                heard = transmitted(c, ep, t, mb, ep.messages[c.name][t, mb])
                 context = None
                 if c.mode == "cdni":
                     context = sender_context(c, by_name[c.receiver], ep, t, mb, heard.shape[1], heard, sens)
