@@ -20,12 +20,15 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .core.interface import Mode  # defined once, in the core
+
 # Adding a driver is one edit here; the CLI derives its registry from this Literal.
 Driver = Literal["ff", "hier", "marl", "rnn"]
 DRIVERS: tuple[str, ...] = get_args(Driver)
 
-Mode = Literal["dni", "cdni", "backprop", "none"]
-ChannelMode = Literal["dni", "cdni", "backprop", "none", "rial"]  # rial: the environment carries it (marl)
+ChannelMode = Literal[Mode, "rial"]  # rial: the environment carries the message (marl)
+UTILITY_KINDS = ("linear", "mlp", "conv")
+_IMPORT_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 Optimizer = Literal["adam", "sgd"]
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -44,6 +47,23 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+def import_object(spec: str, key: str, default_attr: str | None = None) -> Any:
+    """The object an import string ``package.module:name`` names (``package.module`` alone: its
+    ``default_attr``), for the config key ``key``; a one-line ConfigError if it cannot be had."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or default_attr or ""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{key}: cannot import {module_name!r} ({exc})") from None
+    obj: Any = module
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part, None)
+    if not attr or obj is None:
+        raise ConfigError(f"{key}: module {module_name!r} has no {attr or 'object named'!r} (from {spec!r})")
+    return obj
 
 
 class _Strict(BaseModel):
@@ -81,12 +101,26 @@ class AgentConfig(_Strict):
     members: list[str] | None = None  # marl only
     policy: bool = True  # marl only: false = no RL policy; its environment action is its message
     candidates: list[PosInt] | None = None  # marl only: [n, features], action i picks input candidate i
+    # marl only: "package.module:Factory", Factory(in_dim, hidden, **network_kwargs) -> the actor's and the
+    # critic's body (a module from (rows, in_dim) to (rows, hidden) features); None: two tanh layers
+    network: str | None = None
+    network_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("network")
+    @classmethod
+    def _network_is_an_import_string(cls, v: str | None) -> str | None:
+        if v is not None and not _IMPORT_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not an import string (allowed: package.module:Factory)")
+        return v
 
 
 class UtilityConfig(_Strict):
     """The model that predicts the gradient a receiver will send back (the synthetic gradient)."""
 
-    kind: Literal["linear", "mlp", "conv"] = "linear"
+    # one of ours, or "package.module:Class": Class(message_shape, context_dim=, gate=, **kwargs) -> a module
+    # whose forward(message, context) returns ĝ shaped like the message (docs: README "Extending")
+    kind: str = "linear"
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # for a kind given by import string
     hidden: PosInt = 1024
     layers: PosInt = 2
     rank: PosInt | None = None  # low-rank linear utility model
@@ -96,6 +130,16 @@ class UtilityConfig(_Strict):
     horizon: NonNegInt = 0  # marl cdni, recurrent receiver: gate on its next `horizon` decisions too
     optimizer: Optimizer = "adam"
     lr: PosFloat | None = None  # None: trainer.lr
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind_or_import_string(cls, v: str) -> str:
+        if v in UTILITY_KINDS or _IMPORT_RE.fullmatch(v):
+            return v
+        close = difflib.get_close_matches(v, UTILITY_KINDS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{v!r} is not allowed ({hint}allowed: {', '.join(UTILITY_KINDS)}, or an import "
+                         "string package.module:Class)")
 
 
 class SyntheticInputConfig(_Strict):
@@ -433,10 +477,10 @@ def _check_cross_fields(cfg: Config) -> None:
         for i, agent in enumerate(cfg.agents):
             if agent.name not in names:
                 raise ConfigError(f"agents[{i}].name: unknown agent {agent.name!r} (agents: {known})")
-            if agent.members is not None or not agent.policy or agent.candidates is not None:
-                raise ConfigError(
-                    f"agents[{i}]: members, policy and candidates are marl settings (driver is {cfg.driver})"
-                )
+            if (agent.members is not None or not agent.policy or agent.candidates is not None
+                    or agent.network is not None or agent.network_kwargs):
+                raise ConfigError(f"agents[{i}]: members, policy, candidates and network are marl settings "
+                                  f"(driver is {cfg.driver})")
     for agent in (cfg.distributed.placement or {}):
         if agent not in names:
             raise ConfigError(f"distributed.placement.{agent}: unknown agent {agent!r} (agents: {known})")

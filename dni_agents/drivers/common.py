@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ..config import Config, ConfigError, config_to_yaml, interface_config
+from ..config import UTILITY_KINDS, Config, ConfigError, config_to_yaml, import_object, interface_config
 from ..core import Interface, SyntheticInputModel, System, Transport, UtilityModel
 from ..logging import RunDirError, RunLogger, make_run_dir
 
@@ -70,18 +70,27 @@ def build_interface(
                 f"sensitivity the driver hands over (marl: a receiver with a policy; mode {icfg.mode}, "
                 f"{gate_dims} gate entries)"
             )
-        utility = UtilityModel(
-            message_shape,
-            context_dim=context_dim if icfg.mode == "cdni" else 0,
-            kind=u.kind,
-            hidden=u.hidden,
-            layers=u.layers,
-            rank=u.rank,
-            normalize=u.normalize,
-            gate=gate_dims if u.gate else 0,
-            squash_input=u.squash_input,
-            candidates=candidates if u.gate and u.kind == "mlp" else None,
-        ).to(device)
+        if u.kwargs and u.kind in UTILITY_KINDS:
+            raise ConfigError(f"interfaces: {sender}->{receiver}.utility.kwargs: only for a kind given by "
+                              f"import string (kind is {u.kind}; set hidden, layers, rank instead)")
+        if u.kind not in UTILITY_KINDS:  # the user's own class, by import string
+            key = f"interfaces: {sender}->{receiver}.utility.kind"
+            utility = user_utility_model(u, key, message_shape, context_dim if icfg.mode == "cdni" else 0,
+                                         gate_dims if u.gate else 0)
+        else:
+            utility = UtilityModel(
+                message_shape,
+                context_dim=context_dim if icfg.mode == "cdni" else 0,
+                kind=u.kind,
+                hidden=u.hidden,
+                layers=u.layers,
+                rank=u.rank,
+                normalize=u.normalize,
+                gate=gate_dims if u.gate else 0,
+                squash_input=u.squash_input,
+                candidates=candidates if u.gate and u.kind == "mlp" else None,
+            )
+        utility = utility.to(device)
         utility_optimizer = make_optimizer(u.optimizer, utility.parameters(), u.lr or cfg.trainer.lr,
                                            fused=cfg.trainer.fused)
     synthetic_input = synthetic_input_optimizer = None
@@ -107,6 +116,27 @@ def build_interface(
         synthetic_input_optimizer=synthetic_input_optimizer,
         transport=transport,
     )
+
+
+def user_utility_model(u: Any, key: str, message_shape: tuple[int, ...], context_dim: int,
+                       gate: int) -> nn.Module:
+    """A utility model of the user's class ``u.kind`` (``package.module:Class``), built as
+    ``Class(message_shape, context_dim=, gate=, **u.kwargs)``; it must be an ``nn.Module`` whose
+    ``forward(message, context)`` returns ĝ shaped like the message (checked here on a zero message)."""
+    cls = import_object(u.kind, key)
+    try:
+        model = cls(message_shape, context_dim=context_dim, gate=gate, **u.kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{key}: {u.kind}{message_shape} rejects its arguments ({exc})") from None
+    if not isinstance(model, nn.Module) or not any(True for _ in model.parameters()):
+        raise ConfigError(f"{key}: {u.kind} must build a torch.nn.Module with parameters")
+    with torch.no_grad():
+        probe = model(torch.zeros(2, *message_shape), torch.zeros(2, context_dim) if context_dim else None)
+    if not isinstance(probe, torch.Tensor) or probe.shape != (2, *message_shape):
+        got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise ConfigError(f"{key}: {u.kind} returns {got} for messages of shape {(2, *message_shape)} "
+                          "(ĝ must have the message's shape)")
+    return model
 
 
 def mean_stats(records: list[Mapping[str, Any]]) -> dict[str, float]:

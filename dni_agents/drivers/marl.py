@@ -21,7 +21,6 @@ Nothing here knows what DNI is beyond ``tick.send`` / ``tick.receive``: the mech
 from __future__ import annotations
 
 import fnmatch
-import math
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import nn
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, interface_config, load_config
@@ -78,6 +76,7 @@ from .marl_comm import (
     transmitted,
 )
 from .marl_env import DirectParallel, make_copies, make_env  # noqa: F401 (DirectParallel: tests)
+from .marl_policy import PolicyNet, user_body
 from .stop import StopRequest
 
 CHECKPOINT = "checkpoint.pt"
@@ -110,136 +109,6 @@ class Channel:
     obs_slice: tuple[int, int] | None  # None: appended to the receiver's observation
     interface: Interface | None  # None for rial (the environment carries the message)
     model: ChannelModel = field(default_factory=ChannelModel)  # noise, discretisation, delay
-
-
-class PolicyNet(nn.Module):
-    """Actor and critic networks (MLP, or MLP + GRU), one message head per outbound channel.
-
-    * Message heads start small and random (``message_gain``; 0 = silent). A synthetic gradient that sees
-      only the message cannot pull apart messages that coincide: from silent heads, the utility model's
-      first, message-independent output moved every goal's message along one line, and DNI runs kept
-      two goals merged. A faint random code is not decoded on its own (``none`` stays uninformed).
-    * The critic reads the messages detached: a message learns from what the receiver *does* with it (the
-      policy loss), not from the receiver's value regression, whose offset would drag every message the
-      same way. Value targets are normalised by running statistics (buffers, so they are checkpointed).
-    * ``candidates = (n, f)``: the first ``n·f`` inputs are ``n`` candidates and action ``i`` picks candidate
-      ``i``; the actor scores each candidate (with the rest of the input) by one shared network, so it is
-      permutation-equivariant instead of having to learn the same comparison ``n`` times.
-    """
-
-    def __init__(
-        self, in_dim: int, hidden: int, recurrent: bool, action_space: spaces.Space | None,
-        message_sizes: dict[str, int], candidates: tuple[int, int] | None = None, squash: bool = True,
-        message_gain: float = 0.1, raw_channels: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__()
-        self.hidden, self.recurrent, self.candidates, self.squash = hidden, recurrent, candidates, squash
-        self.raw = {_key(k) for k in raw_channels}  # discretised channels squash the message themselves
-        self.actor_width = hidden * (candidates[0] if candidates else 1)
-        scored_dim = in_dim - candidates[0] * candidates[1] + candidates[1] if candidates else in_dim
-        self.actor_body = _body(scored_dim, hidden)
-        self.actor_rnn = nn.GRUCell(hidden, hidden) if recurrent else None
-        self.rnn_free = not recurrent
-        self.discrete = isinstance(action_space, spaces.Discrete)
-        self.acts = action_space is not None
-        if self.acts:
-            n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
-            self.actor = _ortho(nn.Linear(hidden, 1 if candidates else n_out), 0.01)
-            if not self.discrete:
-                self.log_std = nn.Parameter(torch.full((n_out,), -0.5))
-            self.critic_body = _body(in_dim, hidden)
-            self.critic_rnn = nn.GRUCell(hidden, hidden) if recurrent else None
-            self.critic = _ortho(nn.Linear(hidden, 1), 1.0)
-            self.register_buffer("return_mean", torch.zeros(()))
-            self.register_buffer("return_var", torch.ones(()))
-            self.register_buffer("return_count", torch.zeros(()))
-        self.messages = nn.ModuleDict({_key(k): nn.Linear(hidden, n) for k, n in message_sizes.items()})
-        for head in self.messages.values():
-            _ortho(head, message_gain)
-
-    def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Features ``[actor | critic]`` (the critic part only if the network acts) and the new GRU state."""
-        ha = hc = None
-        if h is not None:
-            ha, hc = h[:, : self.hidden], h[:, self.hidden:]
-        if self.candidates:
-            n, f = self.candidates
-            cands = x[:, : n * f].reshape(-1, n, f)
-            rest = x[:, n * f:].unsqueeze(1).expand(-1, n, -1)
-            fa = self.actor_body(torch.cat([cands, rest], -1)).flatten(1)
-        else:
-            fa = self.actor_body(x)
-        if self.actor_rnn is not None:
-            fa = ha = self.actor_rnn(fa, ha)
-        if not self.acts:
-            return fa, ha
-        fc = self.critic_body(x.detach())
-        if self.critic_rnn is not None:
-            fc = hc = self.critic_rnn(fc, hc)
-        return torch.cat([fa, fc], -1), (torch.cat([ha, hc], -1) if self.recurrent else None)
-
-    def message(self, channel: str, features: torch.Tensor, squash: bool = True) -> torch.Tensor:
-        """The message on ``channel``; ``squash=False``: before the tanh (the frozen control's scale)."""
-        fa = features[:, : self.actor_width]
-        if self.candidates:
-            fa = fa.reshape(len(fa), -1, self.hidden).mean(1)
-        message = self.messages[_key(channel)](fa)
-        squash = squash and self.squash and _key(channel) not in self.raw
-        return torch.tanh(message) if squash else message
-
-    def head(self, channel: str) -> nn.Linear:
-        return self.messages[_key(channel)]
-
-    def dist(self, features: torch.Tensor) -> torch.distributions.Distribution:
-        fa = features[..., : self.actor_width]
-        if self.candidates:
-            out = self.actor(fa.reshape(*fa.shape[:-1], -1, self.hidden)).squeeze(-1)
-        else:
-            out = self.actor(fa)
-        if self.discrete:
-            return torch.distributions.Categorical(logits=out)
-        return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
-
-    def value(self, features: torch.Tensor) -> torch.Tensor:
-        """The critic's estimate in return units."""
-        return self.normalized_value(features) * self.return_var.sqrt() + self.return_mean
-
-    def normalized_value(self, features: torch.Tensor) -> torch.Tensor:
-        return self.critic(features[..., self.actor_width:]).squeeze(-1)
-
-    @torch.no_grad()
-    def observe_returns(self, returns: torch.Tensor) -> None:
-        _merge_moments(self.return_mean, self.return_var, self.return_count, returns.reshape(-1))
-        self.return_var.clamp_(min=1e-4)
-
-
-def _merge_moments(mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor, batch: torch.Tensor) -> None:
-    """Merge a batch (rows) into running mean / variance / count in place (parallel Welford)."""
-    n = batch.shape[0]
-    b_mean, b_var = batch.mean(0), batch.var(0, unbiased=False)
-    total = count + n
-    delta = b_mean - mean
-    m2 = var * count + b_var * n + delta**2 * count * n / total
-    mean += delta * n / total
-    var.copy_(m2 / total)
-    count.copy_(total)
-
-
-def _body(in_dim: int, hidden: int) -> nn.Sequential:
-    gain = math.sqrt(2)
-    return nn.Sequential(
-        _ortho(nn.Linear(in_dim, hidden), gain), nn.Tanh(), _ortho(nn.Linear(hidden, hidden), gain), nn.Tanh()
-    )
-
-
-def _ortho(layer: nn.Linear, gain: float) -> nn.Linear:
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def _key(channel: str) -> str:
-    return channel.replace("->", "__to__")
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -327,11 +196,12 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
                 f"action, n*features <= its observation size ({obs_dims[name]}) and marl.recurrent false"
             )
         raw = tuple(k for k in out_sizes if channel_model(cfg, *k.split("->")).discretize)
+        key = f"agents[{cfg.agents.index(a)}].network"
         net = PolicyNet(
             obs_dims[name] + in_extra, cfg.marl.hidden, cfg.marl.recurrent,
             act_spaces[name] if a.policy else None, out_sizes, candidates,
             squash=cfg.marl.message_activation == "tanh", message_gain=cfg.marl.message_init_gain,
-            raw_channels=raw,
+            raw_channels=raw, body=user_body(a.network, a.network_kwargs, key) if a.network else None,
         ).to(device)
         optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr,
                                    fused=cfg.trainer.fused)
@@ -512,8 +382,8 @@ class Player:
                         elif g.net.discrete:
                             action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
                         else:
-                            noise = torch.randn(dist.mean.shape, generator=generator)
-                            action = dist.mean + dist.stddev * noise
+                            jitter = torch.randn(dist.mean.shape, generator=generator)
+                            action = dist.mean + dist.stddev * jitter
                         logp = dist.log_prob(action)
                         logp = logp if g.net.discrete else logp.sum(-1)
                         value = g.net.value(features)
@@ -731,7 +601,7 @@ def ppo_loss(mc: Any, g: Group, ep: Episode, mb: torch.Tensor, features: list[to
     D, B, n = len(decisions), len(mb), len(g.members)
     mask = ep.alive[decisions][:, mb].float().unsqueeze(-1).expand(D, B, n).reshape(D, B * n)
     dist = g.net.dist(feats)
-    action = ep.actions[g.name][decisions][:, mb].reshape(D, B * n, *ep.actions[g.name].shape[4:])
+    action = ep.actions[g.name][decisions][:, mb].reshape(D, B * n, *ep.actions[g.name].shape[3:])
     logp = dist.log_prob(action)
     entropy = dist.entropy()
     if not g.net.discrete:

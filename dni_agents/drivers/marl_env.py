@@ -7,27 +7,29 @@ import importlib
 from typing import Any
 
 import numpy as np
-from pettingzoo.utils.conversions import aec_to_parallel_wrapper
+from pettingzoo.utils.conversions import aec_to_parallel, aec_to_parallel_wrapper
+from pettingzoo.utils.env import AECEnv
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, import_object
 
 
 def make_env(cfg: Config) -> Any:
     """``marl.env`` is a module with ``parallel_env()`` (``mpe2.simple_speaker_listener_v4``,
-    ``dni_envs.referential``) or ``module:callable``."""
+    ``dni_envs.referential``) or ``module:callable``, returning a PettingZoo ``ParallelEnv`` or an ``AECEnv``
+    (converted with PettingZoo's own ``aec_to_parallel`` if it declares ``is_parallelizable``)."""
     spec = cfg.marl.env
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"marl.env: cannot import {module_name!r} ({exc})") from None
-    factory = getattr(module, attr or "parallel_env", None)
+    factory = import_object(spec, "marl.env", default_attr="parallel_env")
     if not callable(factory):
-        raise ConfigError(f"marl.env: {spec!r} has no callable {attr or 'parallel_env'!r}")
+        raise ConfigError(f"marl.env: {spec!r} is not callable")
     try:
         env = factory(**cfg.marl.env_kwargs)
     except TypeError as exc:
         raise ConfigError(f"marl.env_kwargs: {spec} rejects {cfg.marl.env_kwargs} ({exc})") from None
+    if isinstance(env, AECEnv):
+        if not env.metadata.get("is_parallelizable", False):
+            raise ConfigError(f"marl.env: {spec} is an AEC environment whose metadata does not declare "
+                              "is_parallelizable (its agents need not act at once); give a ParallelEnv")
+        env = aec_to_parallel(env)
     return DirectParallel(env) if isinstance(env, aec_to_parallel_wrapper) else env
 
 
