@@ -272,7 +272,7 @@ def _receiver_observations(images: np.ndarray, candidate_rows: np.ndarray, messa
 
 class DigitsReferentialVector:
     """``num_envs`` copies of :class:`DigitsReferential` dealt and scored in one numpy call each (the marl
-    driver's vector-environment protocol: dni_agents/drivers/marl_env.py). Same games, same spaces; all
+    driver's vector-environment protocol: dni_agents/drivers/marl/env.py). Same games, same spaces; all
     copies draw from one generator seeded by ``reset(seed)``, so copy ``i`` does not replay the one-copy
     environment's ``reset(seed + i)``."""
 

@@ -15,7 +15,7 @@ import torch
 from dni_agents.config import load_config
 from dni_agents.core import UtilityModel
 from dni_agents.drivers import marl
-from dni_agents.drivers.marl_comm import Sensitivity, logit_sensitivity, normalized_advantages, sender_context
+from dni_agents.drivers.marl.comm import Sensitivity, logit_sensitivity, normalized_advantages, sender_context
 
 
 def main() -> None:

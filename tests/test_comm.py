@@ -13,8 +13,8 @@ import torch
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
-from dni_agents.drivers.comm_metrics import comm_metrics
-from dni_agents.drivers.marl_comm import ablation_permutation, logit_sensitivity
+from dni_agents.drivers.marl.comm import ablation_permutation, logit_sensitivity
+from dni_agents.drivers.marl.metrics import comm_metrics
 
 TINY = ["trainer.steps=2", "marl.num_envs=32", "marl.eval_episodes=64", "log.every=1",
         "log.histogram_every=2", "log.embedding_samples=20", "trainer.checkpoint_every=2"]
@@ -207,7 +207,7 @@ def test_the_interface_carries_what_the_receiver_hears_and_a_saturated_symbol_ge
 def test_a_module_with_vector_env_is_played_in_lockstep_and_any_other_copy_by_copy(tmp_path):
     from dni_envs.digits_referential import DigitsReferentialVector
 
-    from dni_agents.drivers.marl_env import ParallelCopies, make_copies
+    from dni_agents.drivers.marl.env import ParallelCopies, make_copies
 
     assert isinstance(make_copies(digits(tmp_path), 8), DigitsReferentialVector)
     named = digits(tmp_path, "marl.env=dni_envs.digits_referential:parallel_env")  # a callable: as named

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from ..config import Config, ConfigError, interface_config
-from ..core import ChannelModel
+from ...config import Config, ConfigError, interface_config
+from ...core import ChannelModel
 
 ABLATIONS = ("permute", "zero")
 

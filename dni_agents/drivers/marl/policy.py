@@ -1,6 +1,6 @@
 """The network of one multi-agent agent: actor and critic bodies, a GRU memory, one message head per channel.
 
-This file holds the model and nothing of training (nanoGPT's split): the driver (``marl.py``) plays and
+This file holds the model and nothing of training (nanoGPT's split): ``rollout.py`` plays and ``learn.py``
 learns with it through the methods below. What the driver asks of a policy:
 
 * ``forward(x, h) -> (features, h)``: features ``[actor | critic]`` of a batch of inputs, and the new memory;
@@ -25,7 +25,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from ..config import ConfigError, import_object
+from ...config import ConfigError, import_object
 
 Body = Callable[[int, int], nn.Module]  # (in_dim, hidden) -> a module from (rows, in_dim) to (rows, hidden)
 

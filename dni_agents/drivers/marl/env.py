@@ -10,7 +10,7 @@ import numpy as np
 from pettingzoo.utils.conversions import aec_to_parallel, aec_to_parallel_wrapper
 from pettingzoo.utils.env import AECEnv
 
-from ..config import Config, ConfigError, import_object
+from ...config import Config, ConfigError, import_object
 
 
 def make_env(cfg: Config) -> Any:

@@ -1,0 +1,191 @@
+"""Agents and channels from config: each network (a core ``Agent``) with the environment agents it controls,
+each channel with its interface and channel model, and the core ``System`` that holds them."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from ...config import Config, ConfigError, interface_config
+from ...core import Agent, ChannelModel, Interface, System
+from ..common import (
+    build_interface,
+    make_optimizer,
+)
+from .comm import (
+    bootstrap_size,
+    channel_model,
+    context_size,
+    gate_horizon,
+    gate_size,
+)
+from .policy import PolicyNet, user_body
+
+CHECKPOINT = "checkpoint.pt"
+EVAL_SEED = 1_000_003  # evaluation episodes never reuse training seeds
+
+
+@dataclass
+class Group:
+    """One network (core agent) and the environment agents it controls."""
+
+    name: str
+    members: list[str]
+    agent: Agent
+    net: PolicyNet
+    policy: bool
+    period: int
+    action_space: spaces.Space
+    obs_dim: int
+    inbound: list[Channel] = field(default_factory=list)
+    outbound: list[Channel] = field(default_factory=list)
+
+
+@dataclass
+class Channel:
+    name: str
+    sender: str
+    receiver: str
+    mode: str
+    size: int
+    obs_slice: tuple[int, int] | None  # None: appended to the receiver's observation
+    interface: Interface | None  # None for rial (the environment carries the message)
+    model: ChannelModel = field(default_factory=ChannelModel)  # noise, discretisation, delay
+
+
+# ------------------------------------------------------------------------------------------ building
+def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Group], list[Channel]]:
+    """Networks, channels and the core system, as the config describes them."""
+    if device.type != "cpu":  # rollouts are numpy-bound and the learner's masks live on the CPU for now
+        raise ConfigError(f"device: marl runs on the CPU for now (got {cfg.device!r}; allowed: cpu)")
+    torch.manual_seed(cfg.seed)
+    env_agents = list(env.possible_agents)
+    owner: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for i, a in enumerate(cfg.agents):
+        patterns = a.members or [a.name]
+        found = [e for e in env_agents if any(fnmatch.fnmatchcase(e, p) for p in patterns)]
+        if not found:
+            raise ConfigError(
+                f"agents[{i}].members: {patterns} match no environment agent "
+                f"(env agents: {', '.join(env_agents)})"
+            )
+        for e in found:
+            if e in owner:
+                raise ConfigError(f"agents[{i}].members: {e!r} already belongs to agent {owner[e]!r}")
+            owner[e] = a.name
+        members[a.name] = found
+    missing = [e for e in env_agents if e not in owner]
+    if missing:
+        raise ConfigError(
+            f"agents: environment agents {', '.join(missing)} have no network (add them to agents)"
+        )
+
+    obs_dims: dict[str, int] = {}
+    act_spaces: dict[str, spaces.Space] = {}
+    for name, group in members.items():
+        obs = {env.observation_space(e).shape for e in group}
+        act = {repr(env.action_space(e)) for e in group}
+        if len(obs) != 1 or len(act) != 1:
+            raise ConfigError(f"agents: {name} shares parameters across {group} whose spaces differ")
+        obs_dims[name] = int(np.prod(next(iter(obs))))
+        act_spaces[name] = env.action_space(group[0])
+    _check_private_info(cfg, obs_dims)
+
+    env_slices = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "comm_slice", None) or {}
+    specs: list[tuple[str, str, str, int, tuple[int, int] | None]] = []
+    for i, ov in enumerate(cfg.interfaces):
+        mode = interface_config(cfg, ov.sender, ov.receiver).mode
+        size = ov.size or cfg.marl.message_size
+        if ov.obs_slice is not None:
+            obs_slice = (ov.obs_slice[0], ov.obs_slice[1])
+        elif members[ov.receiver][0] in env_slices:
+            s = env_slices[members[ov.receiver][0]]
+            obs_slice = (s.start, s.stop)
+        else:
+            obs_slice = None
+        if obs_slice is not None:
+            if obs_slice[1] > obs_dims[ov.receiver]:
+                raise ConfigError(
+                    f"interfaces[{i}].obs_slice: {list(obs_slice)} is outside {ov.receiver}'s observation "
+                    f"of size {obs_dims[ov.receiver]}"
+                )
+            if ov.size is not None and ov.size != obs_slice[1] - obs_slice[0]:
+                raise ConfigError(f"interfaces[{i}].size: {ov.size} does not fit obs_slice {list(obs_slice)}")
+            size = obs_slice[1] - obs_slice[0]
+        if mode == "rial":
+            if not isinstance(act_spaces[ov.sender], spaces.Discrete | spaces.MultiDiscrete):
+                raise ConfigError(f"interfaces[{i}].mode: rial needs a discrete action space for {ov.sender}")
+            if obs_slice is None:
+                raise ConfigError(f"interfaces[{i}]: rial needs the environment's comm slot (set obs_slice)")
+        specs.append((ov.sender, ov.receiver, mode, size, obs_slice))
+
+    agents_cfg = {a.name: a for a in cfg.agents}
+    groups: dict[str, Group] = {}
+    for name, group_members in members.items():
+        a = agents_cfg[name]
+        out_sizes = {f"{s}->{r}": n for s, r, m, n, _ in specs if s == name and m != "rial"}
+        in_extra = sum(n for s, r, m, n, sl in specs if r == name and sl is None) + int(cfg.marl.time_feature)
+        if not a.policy and any(s == name and m == "rial" for s, _, m, _, _ in specs):
+            raise ConfigError(f"agents: {name} sends a rial message, which is its policy: set policy: true")
+        candidates = tuple(a.candidates) if a.candidates else None
+        if candidates is not None and (
+            len(candidates) != 2 or candidates != (getattr(act_spaces[name], "n", None), candidates[1])
+            or cfg.marl.recurrent or candidates[0] * candidates[1] > obs_dims[name]
+        ):
+            raise ConfigError(
+                f"agents: {name}.candidates {list(candidates)} must be [n, features] with a Discrete(n) "
+                f"action, n*features <= its observation size ({obs_dims[name]}) and marl.recurrent false"
+            )
+        raw = tuple(k for k in out_sizes if channel_model(cfg, *k.split("->")).discretize)
+        key = f"agents[{cfg.agents.index(a)}].network"
+        net = PolicyNet(
+            obs_dims[name] + in_extra, cfg.marl.hidden, cfg.marl.recurrent,
+            act_spaces[name] if a.policy else None, out_sizes, candidates,
+            squash=cfg.marl.message_activation == "tanh", message_gain=cfg.marl.message_init_gain,
+            raw_channels=raw, body=user_body(a.network, a.network_kwargs, key) if a.network else None,
+        ).to(device)
+        optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr,
+                                   fused=cfg.trainer.fused)
+        agent = Agent(name, net, optimizer, period=a.period, max_grad_norm=cfg.marl.max_grad_norm)
+        groups[name] = Group(name, group_members, agent, net, a.policy, a.period, act_spaces[name],
+                             obs_dims[name])
+
+    channels: list[Channel] = []
+    for sender, receiver, mode, size, obs_slice in specs:
+        name = f"{sender}->{receiver}"
+        ch = Channel(name, sender, receiver, mode, size, obs_slice, None,
+                     channel_model(cfg, sender, receiver))
+        if mode != "rial":
+            r = groups[receiver]
+            shape = (bootstrap_size(r, specs), gate_horizon(cfg, ch, r))
+            context_dim, gate = context_size(ch, r, *shape), gate_size(r, *shape)
+            ch.interface = build_interface(  # a candidate scorer's utility model scores candidates too
+                cfg, sender, receiver, (size,), device, context_dim=context_dim, gate_dims=gate,
+                candidates=groups[receiver].net.candidates if gate > 1 else None)
+        groups[sender].outbound.append(ch)
+        groups[receiver].inbound.append(ch)
+        channels.append(ch)
+    system = System([g.agent for g in groups.values()], [c.interface for c in channels if c.interface],
+                    on_nonfinite=cfg.trainer.on_nonfinite)
+    return system, list(groups.values()), channels
+
+
+def _check_private_info(cfg: Config, obs_dims: dict[str, int]) -> None:
+    """``marl.private_info.obs_argmax`` must lie inside its agent's observation: a range past its end
+    slices nothing, and the mutual information would be reported from an empty slice."""
+    private = cfg.marl.private_info
+    if private is None or private.obs_argmax is None:
+        return
+    lo, hi = private.obs_argmax
+    size = obs_dims[private.agent]  # a config agent (config.py), so it has environment agents (above)
+    if not 0 <= lo < hi <= size:
+        raise ConfigError(
+            f"marl.private_info.obs_argmax: {[lo, hi]} is outside {private.agent}'s observation of size "
+            f"{size} (allowed: [start, stop) with 0 <= start < stop <= {size})"
+        )

@@ -1,0 +1,250 @@
+"""Playing: one synchronous episode in every environment copy with the current networks, recording what
+the learner replays (observations, actions, messages as sent and heard, the channel noise and outages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from ...config import Config, ConfigError
+from .build import Channel, Group
+from .comm import (
+    ablation_permutation,
+    actor_memory,
+    hear,
+    speaking_order,
+)
+from .env import make_copies
+
+
+@dataclass
+class Episode:
+    """One synchronous episode of every environment copy (time-major, ``T`` steps at most)."""
+
+    obs: dict[str, torch.Tensor]  # group -> (T, E, n, obs_dim)
+    actions: dict[str, torch.Tensor]  # group -> (T, E, n) or (T, E, n, A)
+    logp: dict[str, torch.Tensor]
+    values: dict[str, torch.Tensor]
+    rewards: dict[str, torch.Tensor]  # group -> (T, E, n)
+    alive: torch.Tensor  # (T, E): the copy was still running at step t
+    sources: dict[str, torch.Tensor]  # channel -> (T, E, n_receivers): sender member heard at t (-1: none)
+    messages: dict[str, torch.Tensor]  # channel -> (T, E, n_senders, size), as sent
+    private: torch.Tensor | None  # (T, E, n_senders) private info of the private_info agent
+    steps: int  # environment steps played (alive copies only)
+    noise: dict[str, torch.Tensor] = field(default_factory=dict)  # noisy channel -> ε of each message sent
+    heard: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (T, E, n_receivers, size)
+    probs: dict[str, torch.Tensor] = field(default_factory=dict)  # discrete group -> (T, E, n, actions)
+    memory: dict[str, torch.Tensor] = field(default_factory=dict)  # recurrent group -> actor state before t
+    outage: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (E,) 1: up this episode
+
+    @property
+    def length(self) -> int:
+        return self.alive.shape[0]
+
+    def decisions(self, period: int) -> list[int]:
+        """The steps at which a network of this ``period`` acts (all copies start together)."""
+        return list(range(0, self.length, period))
+
+
+class Player:
+    """Plays synchronous episodes in ``E`` environment copies with the current networks."""
+
+    def __init__(self, cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
+                 num_envs: int) -> None:
+        self.cfg, self.groups, self.channels, self.device = cfg, groups, channels, device
+        self.envs = make_copies(cfg, num_envs)  # one vector environment (env.py)
+        self.routing = callable(getattr(self.envs, "message_sources", None))
+        self.order = speaking_order(groups, channels)
+        self.by_name = {g.name: g for g in groups}
+        self._member_index = {g.name: {m: i for i, m in enumerate(g.members)} for g in groups}
+
+    def _sources(self, ch: Channel, first: bool, alive: np.ndarray) -> torch.Tensor:
+        """(copies, receivers): which sender member each receiving member hears (-1: nobody)."""
+        receivers = self.by_name[ch.receiver].members
+        E = len(alive)
+        if first:
+            return torch.full((E, len(receivers)), -1, dtype=torch.long)
+        senders = self.by_name[ch.sender].members
+        if self.routing:
+            index = self._member_index[ch.sender]
+            rows = [[index.get(heard.get(r), -1) if heard.get(r) is not None else -1 for r in receivers]
+                    for heard in self.envs.message_sources()]
+            out = torch.as_tensor(rows, dtype=torch.long)
+        elif len(senders) == 1:
+            out = torch.zeros(E, len(receivers), dtype=torch.long)
+        elif len(senders) == len(receivers):
+            out = torch.arange(len(receivers)).expand(E, -1).clone()
+        else:
+            raise ConfigError(
+                f"interfaces: {ch.name} connects {len(senders)} senders to {len(receivers)} receivers; the "
+                "environment must say who hears whom (message_sources())"
+            )
+        out[torch.as_tensor(~alive)] = -1
+        return out
+
+    def _private(self, obs: dict[str, np.ndarray], infos: dict[str, dict], alive: np.ndarray) -> torch.Tensor:
+        """(copies, members) the private information of ``marl.private_info``'s agent (-1: finished)."""
+        spec = self.cfg.marl.private_info
+        cols = []
+        for m in self.by_name[spec.agent].members:
+            if spec.obs_argmax is not None:
+                a, b = spec.obs_argmax
+                cols.append(np.argmax(obs[m][:, a:b], axis=1))
+            else:
+                cols.append(np.asarray(infos.get(m, {}).get(spec.info, np.full(len(alive), -1))))
+        out = torch.as_tensor(np.stack(cols, 1).astype(np.int64))
+        out[torch.as_tensor(~alive)] = -1
+        return out
+
+    @torch.no_grad()
+    def play(self, seed: int, generator: torch.Generator | None, greedy: bool = False,
+             ablate: str | None = None) -> Episode:
+        """One episode in every copy; ``greedy``: most likely actions and clean (discrete) channels;
+        ``ablate``: every channel's messages shuffled across copies (``permute``) or silenced (``zero``)."""
+        cfg, T, E = self.cfg, self.cfg.marl.max_steps, self.envs.num_envs
+        perm = ablation_permutation(E, seed) if ablate == "permute" else None
+        groups, channels = self.groups, self.channels
+        obs_np, infos = self.envs.reset(seed=seed)
+        kinds = ("obs", "actions", "logp", "values", "rewards", "probs")
+        store: dict[str, dict[str, list]] = {k: {g.name: [] for g in groups} for k in kinds}
+        sources = {c.name: [] for c in channels}
+        messages = {c.name: [] for c in channels if c.interface is not None}
+        private, alive_rows = [], []
+        alive = np.ones(E, dtype=bool)
+        hidden: dict[str, torch.Tensor | None] = {g.name: None for g in groups}
+        held: dict[str, dict[str, torch.Tensor]] = {g.name: {} for g in groups}
+        sent: dict[str, torch.Tensor] = {}
+        noise: dict[str, torch.Tensor | None] = {}
+        noises: dict[str, list[torch.Tensor]] = {c.name: [] for c in channels if c.model.noise and not greedy}
+        up = {c.name: c.model.sample_outage(E, generator) for c in channels if c.model.outage and not greedy}
+        heard_rows: dict[str, list[torch.Tensor]] = {c.name: [] for c in channels if c.interface is not None}
+        memory: dict[str, list[torch.Tensor]] = {}
+        steps = 0
+        for t in range(T):
+            if not alive.any():
+                break
+            alive_rows.append(torch.as_tensor(alive.copy()))
+            obs_t = {g.name: self._stack_obs(obs_np, g) for g in groups}
+            src_t = {c.name: self._sources(c, t < c.model.delay, alive) for c in channels}
+            for c in channels:
+                sources[c.name].append(src_t[c.name])
+            if cfg.marl.private_info is not None:
+                private.append(self._private(obs_np, infos, alive))
+            out, heard = {}, {}
+            before, noise_before = dict(sent), dict(noise)  # what was sent at t-1 (delay 1)
+            for g in self.order:
+                for c in g.inbound:
+                    if c.interface is not None:
+                        early = c.model.delay == 1
+                        heard[c.name] = hear(c, (before if early else sent).get(c.name),
+                                             (noise_before if early else noise).get(c.name), src_t[c.name], E,
+                                             not greedy, ablate, perm, self.device, up.get(c.name))
+                        heard_rows[c.name].append(heard[c.name])
+                x = self.inputs(g, obs_t[g.name], heard, t)
+                if t % g.period == 0:
+                    if g.net.recurrent:  # what a cDNI context shows of a receiver's memory
+                        memory.setdefault(g.name, []).append(actor_memory(g, hidden[g.name], E))
+                    features, hidden[g.name] = g.net(x.flatten(0, 1), hidden[g.name])
+                    h = {c.name: g.net.message(c.name, features).view(E, len(g.members), c.size)
+                         for c in g.outbound if c.interface is not None}
+                    if g.policy:
+                        dist = g.net.dist(features)
+                        if greedy:
+                            action = dist.probs.argmax(-1) if g.net.discrete else dist.mean
+                        elif g.net.discrete:
+                            action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
+                        else:
+                            jitter = torch.randn(dist.mean.shape, generator=generator)
+                            action = dist.mean + dist.stddev * jitter
+                        logp = dist.log_prob(action)
+                        logp = logp if g.net.discrete else logp.sum(-1)
+                        value = g.net.value(features)
+                        h.update(action=action.view(E, len(g.members), *action.shape[1:]),
+                                 logp=logp.view(E, -1), value=value.view(E, -1))
+                        if g.net.discrete:
+                            h["probs"] = dist.probs.view(E, len(g.members), -1)
+                    held[g.name] = h
+                out[g.name] = held[g.name]
+                for c in g.outbound:
+                    if c.interface is not None:
+                        sent[c.name] = held[g.name][c.name]
+                        messages[c.name].append(held[g.name][c.name])
+                        if c.name in noises:
+                            noise[c.name] = c.model.sample_noise(tuple(sent[c.name].shape), generator)
+                            noises[c.name].append(noise[c.name])
+            steps += int(alive.sum())
+            obs_np, r, term, trunc, infos = self.envs.step(self._env_actions(out, E))
+            rewards = {g.name: torch.as_tensor(np.stack([r.get(m, np.zeros(E)) for m in g.members], 1),
+                                               dtype=torch.float32) * torch.as_tensor(alive)[:, None]
+                       for g in groups}
+            done = np.zeros(E, dtype=bool)
+            for a in term:
+                done |= term[a] | trunc[a]
+            alive = alive & ~done if t < T - 1 else np.zeros(E, dtype=bool)
+            for g in groups:
+                store["obs"][g.name].append(obs_t[g.name])
+                store["rewards"][g.name].append(rewards[g.name])
+                if g.policy:
+                    for k in ("actions", "logp", "values", "probs"):
+                        key = {"actions": "action", "logp": "logp", "values": "value", "probs": "probs"}[k]
+                        if key in out[g.name]:
+                            store[k][g.name].append(out[g.name][key])
+        stack = {k: {g: torch.stack(v) for g, v in d.items() if v} for k, d in store.items()}
+        return Episode(
+            stack["obs"], stack["actions"], stack["logp"], stack["values"], stack["rewards"],
+            torch.stack(alive_rows), {c: torch.stack(v) for c, v in sources.items()},
+            {c: torch.stack(v) for c, v in messages.items()},
+            torch.stack(private) if private else None, steps,
+            {c: torch.stack(v) for c, v in noises.items()},
+            {c: torch.stack(v) for c, v in heard_rows.items()}, stack["probs"],
+            {g: torch.stack(v) for g, v in memory.items()}, up,
+        )
+
+    def _stack_obs(self, obs: dict[str, np.ndarray], g: Group) -> torch.Tensor:
+        """(copies, members, obs_dim) of a vector environment's observations."""
+        E = self.envs.num_envs
+        rows = np.stack([obs[m].reshape(E, -1) for m in g.members], 1).astype(np.float32, copy=False)
+        return torch.as_tensor(rows, device=self.device)
+
+    def inputs(self, g: Group, obs: torch.Tensor, inbound: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        """The network's input: the observation with each channel's message in its comm slot (or appended),
+        and (``marl.time_feature``) the fraction of the episode gone, so the critic knows how much is left."""
+        x = obs.clone()
+        extra = []
+        if self.cfg.marl.time_feature:
+            extra.append(obs.new_full((*obs.shape[:-1], 1), t / self.cfg.marl.max_steps))
+        for c in g.inbound:
+            if c.interface is None:
+                continue  # rial: the environment put the message in the observation already
+            z = inbound[c.name]
+            if c.obs_slice is not None:
+                x[..., c.obs_slice[0]: c.obs_slice[1]] = z
+            else:
+                extra.append(z)
+        return torch.cat([x, *extra], -1) if extra else x
+
+    def _env_actions(self, out: dict[str, dict[str, torch.Tensor]], copies: int) -> dict[str, np.ndarray]:
+        """Each environment agent's action in every copy: its sampled action, or (no policy) its message in
+        the form the environment expects (argmax for a discrete action, the vector for a box)."""
+        actions: dict[str, np.ndarray] = {}
+        for g in self.groups:
+            space = g.action_space
+            if g.policy:
+                chosen = out[g.name]["action"].cpu().numpy()
+                if not isinstance(space, spaces.Discrete):
+                    chosen = np.clip(chosen, space.low, space.high)
+            else:
+                msg = next((out[g.name][c.name] for c in g.outbound if c.interface is not None), None)
+                if isinstance(space, spaces.Discrete) and msg is not None and msg.shape[-1] == space.n:
+                    chosen = msg.argmax(-1).cpu().numpy()
+                elif isinstance(space, spaces.Box) and msg is not None and msg.shape[-1] == space.shape[-1]:
+                    chosen = msg.cpu().numpy().reshape(*msg.shape[:2], *space.shape)
+                    chosen = np.clip(chosen, space.low, space.high)
+                else:
+                    chosen = np.zeros((copies, len(g.members), *space.shape), dtype=space.dtype)
+            for i, m in enumerate(g.members):
+                actions[m] = chosen[:, i]
+        return actions
