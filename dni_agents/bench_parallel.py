@@ -521,7 +521,7 @@ def slow_b_study(quick: bool, save: Callable[[], None] | None = None) -> dict:
     """The hierarchical system on 2 processes with a slow B (it sleeps 10 ms per tick): A's updates per
     second under ``backprop`` (A waits for B every block) against ``dni`` (A waits only when its staleness
     window of 1 block is full, or never: a window as long as the run). Ratios are dni over backprop."""
-    from .drivers.hier_dist import measure_slow_b
+    from .drivers.hier.dist import measure_slow_b
 
     blocks = 20 if quick else 60
     runs: list[dict] = []

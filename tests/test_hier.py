@@ -248,7 +248,7 @@ def test_two_processes_resume_from_the_newest_common_checkpoint(tmp_path):
 
 @needs_gloo
 def test_with_a_slow_b_dni_keeps_a_going_and_backprop_makes_it_wait(tmp_path):
-    from dni_agents.drivers.hier_dist import measure_slow_b
+    from dni_agents.drivers.hier.dist import measure_slow_b
 
     sizes = ["hier.a_hidden=16", "hier.b_hidden=16", "hier.message_size=8", "trainer.batch_size=8"]
     rates = {mode: measure_slow_b(mode, b_delay_s=0.1, blocks=8, max_staleness=1, overrides=sizes)
@@ -261,7 +261,7 @@ def test_with_a_slow_b_dni_keeps_a_going_and_backprop_makes_it_wait(tmp_path):
 
 
 def test_two_process_placement_is_one_agent_per_rank(tmp_path):
-    from dni_agents.drivers.hier_dist import placement_for
+    from dni_agents.drivers.hier.dist import placement_for
 
     assert placement_for(small(tmp_path), 2) == {"A": 0, "B": 1}
     assert placement_for(small(tmp_path, "distributed.placement={A: 1, B: 0}"), 2) == {"A": 1, "B": 0}

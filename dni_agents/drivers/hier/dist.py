@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..config import Config, ConfigError, config_to_yaml
-from ..core.distributed import Route, TorchDistributed
-from ..launch import cli_command, launch
-from ..logging import RunLogger
-from .common import (
+from ...config import Config, ConfigError, config_to_yaml
+from ...core.distributed import Route, TorchDistributed
+from ...launch import cli_command, launch
+from ...logging import RunLogger
+from ..common import (
     join_process_group,
     load_system,
     local_system,
@@ -41,7 +41,8 @@ from .common import (
     save_rank_checkpoint,
     write_report,
 )
-from .hier import (
+from ..stop import StopRequest
+from .model import (
     A_SELF,
     B_SELF,
     MESSAGE,
@@ -50,15 +51,13 @@ from .hier import (
     Block,
     Carry,
     Hier,
-    _streams,
     a_window,
     b_unroll,
     block_metrics,
     build,
-    check_carried,
     tick_step,
 )
-from .stop import StopRequest
+from .train import _streams, check_carried
 
 
 def placement_for(cfg: Config, world_size: int) -> dict[str, int]:
