@@ -39,7 +39,7 @@ def load_driver(name: str) -> ModuleType:
 
 
 # benches that span drivers (module per name)
-EXTRA_BENCHES = {"parallel": "dni_agents.bench_parallel", "comm": "dni_agents.benches.comm"}
+EXTRA_BENCHES = {"parallel": "dni_agents.benches.parallel", "comm": "dni_agents.benches.comm"}
 
 
 def bench_names() -> list[str]:

@@ -1,6 +1,6 @@
 """Markdown tables from a `dni-agents bench parallel --out FILE` JSON file (the numbers in
 docs/distributed.md): the measured methods, the acceptance ratios, the part costs, and the projection to
-K stages computed from those costs by ``dni_agents.bench_parallel.project``.
+K stages computed from those costs by ``dni_agents.benches.parallel.project``.
 
     python scripts/parallel_table.py results/parallel.json [--stages 2 4 8 16]
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dni_agents.bench_parallel import project, summarize
+from dni_agents.benches.parallel import project, summarize
 
 
 def ms(seconds: float) -> str:

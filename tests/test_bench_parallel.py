@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dni_agents import bench_parallel as bp
+from dni_agents.benches import parallel as bp
 from dni_agents.cli import bench_names, main
 from dni_agents.config import ConfigError
 

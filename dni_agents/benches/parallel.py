@@ -46,11 +46,11 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from .config import ConfigError
-from .core import Agent, Interface, System, UtilityModel
-from .core.distributed import Route, TorchDistributed, init_process_group
-from .data import FASHION_MNIST_DIR, ImageDataset, batches, load_dataset
-from .launch import launch
+from ..config import ConfigError
+from ..core import Agent, Interface, System, UtilityModel
+from ..core.distributed import Route, TorchDistributed, init_process_group
+from ..data import FASHION_MNIST_DIR, ImageDataset, batches, load_dataset
+from ..launch import launch
 
 METHODS = ("backprop_2threads", "backprop_1thread", "pipelining", "dni_full", "dni_lowrank")
 REFERENCES = {"dni_full": "dni_full_inprocess", "dni_lowrank": "dni_lowrank_inprocess"}
@@ -223,7 +223,7 @@ def _run_backprop(setup: Setup, data: ImageDataset, steps: int, stream, snap_of)
 
 
 def _run_dni_inprocess(setup: Setup, data: ImageDataset, steps: int, stream, snap_of, lowrank: bool) -> dict:
-    from .drivers.ff import train_step
+    from ..drivers.ff import train_step
 
     stages = build_stages(setup, data.input_dim, data.num_classes)
     system = build_dni_system(setup, stages, lowrank, data.num_classes)
@@ -257,7 +257,7 @@ def measure_comm(rank: int, shape: tuple[int, ...], reps: int) -> float:
 
 def _run_dni_distributed(setup: Setup, data: ImageDataset, steps: int, stream, snap_of, rank: int,
                          lowrank: bool) -> dict:
-    from .drivers.ff import local_system, train_step_distributed
+    from ..drivers.ff import local_system, train_step_distributed
 
     comm = measure_comm(rank, (setup.batch_size, setup.width), setup.comm_reps)
     stages = build_stages(setup, data.input_dim, data.num_classes)
@@ -384,7 +384,7 @@ def measure_costs(setup: Setup, data: ImageDataset) -> dict:
 
 
 def worker(spec_path: str) -> None:
-    """One process of one method (``python -m dni_agents.bench_parallel SPEC``): trains, writes
+    """One process of one method (``python -m dni_agents.benches.parallel SPEC``): trains, writes
     ``rank{r}.pt`` (timings and snapshots) into the spec's folder."""
     spec = json.loads(Path(spec_path).read_text())
     setup = Setup(**{**spec["setup"], "micro_batches": tuple(spec["setup"]["micro_batches"])})
@@ -435,7 +435,7 @@ def run_method(setup: Setup, method: str, procs: int, threads: int, steps: int, 
             "data": str(folder.parent / "data.pt")}
     path = folder / "spec.json"
     path.write_text(json.dumps(spec))
-    status = launch([sys.executable, "-m", "dni_agents.bench_parallel", str(path)], procs,
+    status = launch([sys.executable, "-m", "dni_agents.benches.parallel", str(path)], procs,
                     grace=setup.timeout + 10)
     if status != 0:
         raise RuntimeError(f"bench parallel: method {method} failed (exit status {status}; see its stderr)")
@@ -478,7 +478,7 @@ def bench(
     """``dni-agents bench parallel``: the five methods (``only``: some of them) on the same samples, the
     in-process DNI references, the per-part costs and their projection to more stages. Writes JSON to
     ``out`` after every method, and a plot of accuracy against seconds beside it (``.png``)."""
-    from .drivers.common import write_report
+    from ..drivers.common import write_report
 
     setup = apply_overrides(default_setup(quick), overrides)
     methods = list(METHODS)
@@ -521,7 +521,7 @@ def slow_b_study(quick: bool, save: Callable[[], None] | None = None) -> dict:
     """The hierarchical system on 2 processes with a slow B (it sleeps 10 ms per tick): A's updates per
     second under ``backprop`` (A waits for B every block) against ``dni`` (A waits only when its staleness
     window of 1 block is full, or never: a window as long as the run). Ratios are dni over backprop."""
-    from .drivers.hier.dist import measure_slow_b
+    from ..drivers.hier.dist import measure_slow_b
 
     blocks = 20 if quick else 60
     runs: list[dict] = []
