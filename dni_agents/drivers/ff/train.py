@@ -1,0 +1,188 @@
+"""Training in one process: one step of the chain of agents, evaluation on the real forward chain, the
+loop (``dni-agents train ff_*``) and ``eval``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ...config import Config, load_config
+from ...core import System
+from ...data import ImageDataset, batches, load_dataset
+from ..common import (
+    apply_checkpoint,
+    eval_hint,
+    load_checkpoint,
+    load_system,
+    log_interfaces,
+    merge_rank_checkpoints,
+    open_run,
+    rank_files,
+    resolve_device,
+    save_checkpoint,
+)
+from ..stop import StopRequest
+from .model import CHECKPOINT, build_system
+
+
+def train_step(system: System, step: int, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    """One clock step: each layer ticks in turn; with DNI each one has updated before the next runs."""
+    agents = list(system.agents.values())
+    onehot = F.one_hot(y, num_classes).float()
+    sent: dict[str, torch.Tensor] = {}
+    for i, agent in enumerate(agents):
+        with system.tick(agent, step) as t:
+            if i == 0:
+                inp = x
+            else:
+                inbound = system.inbound(agent.name)[0]
+                inp = t.receive(inbound, source=x if inbound.synthetic_input is not None else None)
+            out = agent.module(inp)
+            if i == len(agents) - 1:
+                loss = F.cross_entropy(out, y)
+                t.add_loss(loss)
+            else:
+                outbound = system.outbound(agent.name)[0]
+                t.send(outbound, out, context=onehot)
+                sent[outbound.name] = out.detach()
+    system.settle()
+    system.check_settled()
+    accuracy = (out.detach().argmax(1) == y).float().mean()
+    return {"loss": loss.detach(), "accuracy": accuracy, "messages": sent}
+
+
+@torch.no_grad()
+def evaluate_chain(system: System, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict:
+    """Accuracy and loss of the real forward chain (eval mode: batch-norm running statistics)."""
+    modules = [a.module for a in system.agents.values()]
+    for m in modules:
+        m.eval()
+    correct, total_loss = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        h = x[i : i + batch_size]
+        for m in modules:
+            h = m(h)
+        correct += int((h.argmax(1) == y[i : i + batch_size]).sum())
+        total_loss += float(F.cross_entropy(h, y[i : i + batch_size], reduction="sum"))
+    for m in modules:
+        m.train()
+    return {"test_accuracy": correct / len(x), "test_loss": total_loss / len(x)}
+
+
+@torch.no_grad()
+def top_messages(system: System, x: torch.Tensor) -> torch.Tensor:
+    """What the last hidden layer sends to the top for inputs x (eval mode): the projector's vectors."""
+    modules = [a.module for a in system.agents.values()][:-1]
+    h = x
+    for m in modules:
+        m.eval()
+        h = m(h)
+        m.train()
+    return h
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    resume: Path | None = None,
+    data: ImageDataset | None = None,
+    log: bool = True,
+    progress: bool = True,
+    stop_at: int | None = None,
+    stop: StopRequest | None = None,
+) -> dict:
+    """Train ``cfg`` and return the final metrics. ``stop_at`` ends early (as a crash would), for tests;
+    ``stop`` (the CLI's): on SIGINT/SIGTERM checkpoint at the next step boundary and raise Interrupted."""
+    device = resolve_device(cfg.device)
+    data = data or load_dataset(cfg.ff.dataset, cfg.ff.data_root)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    system = build_system(cfg, data, device)
+    start = 0
+
+    def restore(state: dict) -> int:
+        nonlocal start
+        load_system(system, state["system"])
+        start = int(state["step"])
+        return start  # steps are logged at ``step``: the crashed run's from here on are dropped
+
+    run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
+
+    tc = cfg.trainer
+    stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
+    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="step")
+    stop = stop or StopRequest()
+
+    def save(step: int) -> Path | None:
+        if not log:
+            return None
+        save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": step, "system": system.state_dict()})
+        return Path(run_dir) / CHECKPOINT
+
+    t0 = time.perf_counter()
+    for step in range(start, end):
+        stop.check(step, save, bar, logger)
+        x, y = next(stream)
+        log_now = step % cfg.log.every == 0 or step == tc.steps - 1
+        system.track_stats = log and log_now
+        out = train_step(system, step, x, y, data.num_classes)
+        if log and log_now:
+            top = list(system.agents)[-1]
+            logger.agent(top, {"loss": float(out["loss"]), "accuracy": float(out["accuracy"])}, step)
+            log_interfaces(logger, system, step)
+            bar.set_postfix(loss=f"{float(out['loss']):.3f}")
+        elif not log:
+            system.drain_stats()
+        if log and step % cfg.log.histogram_every == 0:
+            for name, message in out["messages"].items():
+                logger.message_histogram(name, message, step)
+        if log and tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
+            logger.scalars("eval", evaluate_chain(system, x_test, y_test), step)
+        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
+            save(step + 1)
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if end < tc.steps:  # stopped early on purpose: leave it as a crash would
+        logger.close()
+        return {}
+    metrics = evaluate_chain(system, x_test, y_test)
+    metrics.update(steps=tc.steps, steps_per_s=(end - start) / max(seconds, 1e-9))
+    if log:
+        logger.scalars("eval", {k: metrics[k] for k in ("test_accuracy", "test_loss")}, tc.steps)
+        n = min(cfg.log.embedding_samples, len(x_test))
+        if n:
+            vectors = top_messages(system, x_test[:n])
+            logger.embedding("messages/top_input", vectors, y_test[:n].tolist(), tc.steps)
+        save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": tc.steps, "system": system.state_dict()})
+        metrics["run_dir"] = str(run_dir)
+    logger.close()
+    return metrics
+
+
+def evaluate(run_dir: Path) -> dict:
+    """``dni-agents eval RUN_DIR``: test accuracy of the checkpointed chain (of a run on several processes
+    too: its ranks' checkpoints put together, evaluated in this one process)."""
+    run_dir = Path(run_dir)
+    cfg = load_config(str(run_dir / "config.yaml"))
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.ff.dataset, cfg.ff.data_root)
+    system = build_system(cfg, data, device)
+    if not (run_dir / CHECKPOINT).is_file() and rank_files(run_dir):
+        path, state = run_dir / "checkpoint.rank*.pt", merge_rank_checkpoints(run_dir, device)
+    else:
+        path = run_dir / CHECKPOINT
+        state = load_checkpoint(path, device)
+
+    def restore(state: dict) -> int:
+        load_system(system, state["system"])
+        return int(state["step"])
+
+    step = apply_checkpoint(path, state, restore, eval_hint(run_dir))
+    metrics = evaluate_chain(system, data.x_test.to(device), data.y_test.to(device))
+    return {"run_dir": str(run_dir), "step": step, **metrics}
