@@ -14,7 +14,7 @@ MAX_LINES = 400
 # Modules still over budget, at most as long as they are now: the cap may only come down (issue 15).
 OVER_BUDGET = {
     "dni_agents.benches.parallel": 689, "dni_agents.config": 643,
-    "dni_agents.drivers.common": 598, "dni_agents.drivers.rnn": 594, "dni_agents.core.distributed": 485,
+    "dni_agents.drivers.common": 598, "dni_agents.core.distributed": 485,
 }
 
 
@@ -96,7 +96,7 @@ def test_the_layers_point_one_way():
             own = ".".join(n.split(".")[:3])
             others = {t for t in targets if t.startswith("dni_agents.drivers.") and not t.startswith(own)
                       and t not in ("dni_agents.drivers.common", "dni_agents.drivers.stop",
-                                    "dni_agents.drivers.rnn")}  # hier's A and B are the rnn driver's cores
+                                    "dni_agents.drivers.rnn.model")}  # hier's A and B: the rnn driver's Core
             assert not others, (n, others)
 
 

@@ -3,6 +3,7 @@ two windows give exactly the gradients of full BPTT; plain truncation cuts them;
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
@@ -270,7 +271,7 @@ def test_bench_only_selects_tasks_and_methods_together(monkeypatch, tmp_path):
         return {"solved_length": 1, "test_bpc": 2.0, "valid_bpc": 2.0, "chars_per_s": 1.0, "wall_s": 0.0,
                 "curve": []}
 
-    monkeypatch.setattr(rnn, "_run", fake_run)
+    monkeypatch.setattr(importlib.import_module("dni_agents.drivers.rnn.bench"), "_run", fake_run)
     rnn.bench(only=["repeat_copy", "dni"], out=tmp_path / "r.json")
     assert ran == [("repeat_copy", "dni")] * 5  # T = 2, 3, 4, 5, 8
     ran.clear()

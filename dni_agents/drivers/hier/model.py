@@ -16,7 +16,7 @@ from ..common import (
     build_interface,
     make_optimizer,
 )
-from ..rnn import Core
+from ..rnn.model import Core
 
 A, B = "A", "B"
 MESSAGE, A_SELF, B_SELF = "A->B", "A->A", "B->B"
