@@ -25,8 +25,8 @@ from dni_agents import __version__
 from dni_agents.config import DRIVERS, ConfigError, bundled_configs, find_config, load_config
 from dni_agents.core import NonFiniteError
 from dni_agents.core.distributed import PeerError
-from dni_agents.drivers.stop import Interrupted, StopRequest
 from dni_agents.launch import cli_command, launch
+from dni_agents.runtime.stop import Interrupted, StopRequest
 
 PROG = "dni-agents"
 

@@ -310,7 +310,7 @@ def test_synthetic_inputs_whose_messages_come_late_still_learn():
 
 def merged_state(run: Path) -> dict:
     """The ranks' final checkpoints as one system (each agent and each interface half from its rank)."""
-    from dni_agents.drivers.common import merge_rank_checkpoints
+    from dni_agents.runtime.ranks import merge_rank_checkpoints
 
     return merge_rank_checkpoints(run)["system"]
 
@@ -363,7 +363,7 @@ def test_a_killed_run_resumes_from_the_ranks_common_checkpoint_and_ends_as_if_ne
 
 
 def test_resume_needs_a_step_every_rank_has(tmp_path):
-    from dni_agents.drivers.common import common_checkpoint_step
+    from dni_agents.runtime.ranks import common_checkpoint_step
 
     assert common_checkpoint_step({0: [10, 20, 30], 1: [10, 20]}) == 20
     with pytest.raises(ConfigError, match="no checkpoint step that every rank has.*rank 1: none"):

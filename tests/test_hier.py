@@ -215,7 +215,7 @@ def without_counters(system: dict) -> dict:
 @needs_gloo
 @pytest.mark.parametrize("mode", ["dni", "backprop"])
 def test_two_processes_in_lockstep_equal_the_in_process_run(tmp_path, mode):
-    from dni_agents.drivers.common import merge_rank_checkpoints
+    from dni_agents.runtime.ranks import merge_rank_checkpoints
 
     extra = [*TWO, f"log.dir={tmp_path}", "trainer.steps=12", f"interfaces.0.mode={mode}"]
     if mode == "dni":
@@ -232,7 +232,7 @@ def test_two_processes_in_lockstep_equal_the_in_process_run(tmp_path, mode):
 
 @needs_gloo
 def test_two_processes_resume_from_the_newest_common_checkpoint(tmp_path):
-    from dni_agents.drivers.common import checkpoint_steps, merge_rank_checkpoints
+    from dni_agents.runtime.ranks import checkpoint_steps, merge_rank_checkpoints
 
     extra = [*TWO, f"log.dir={tmp_path}", "trainer.steps=9", "trainer.checkpoint_every=3",
              "interfaces.0.mode=cdni", "interfaces.1.mode=dni", "interfaces.2.mode=dni"]

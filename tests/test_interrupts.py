@@ -20,8 +20,8 @@ import pytest
 import torch
 from exact import assert_equal_states
 
-from dni_agents.drivers.common import merge_rank_checkpoints
 from dni_agents.launch import cli_command
+from dni_agents.runtime.ranks import merge_rank_checkpoints
 
 FF = ["ff.hidden=32", "trainer.batch_size=16", "trainer.eval_every=0", "log.every=5",
       "log.embedding_samples=0", "trainer.checkpoint_every=20", "distributed.timeout=20"]
@@ -128,7 +128,7 @@ def test_a_signal_to_a_two_process_run_stops_both_ranks_at_one_step_and_it_resum
 def test_stop_request_is_inert_off_the_main_thread_and_restores_the_handlers():
     import threading
 
-    from dni_agents.drivers.stop import Interrupted, StopRequest
+    from dni_agents.runtime.stop import Interrupted, StopRequest
 
     before = signal.getsignal(signal.SIGINT)
     with StopRequest() as stop:

@@ -14,7 +14,7 @@ MAX_LINES = 400
 # Modules still over budget, at most as long as they are now: the cap may only come down (issue 15).
 OVER_BUDGET = {
     "dni_agents.benches.parallel": 689, "dni_agents.config": 643,
-    "dni_agents.drivers.common": 598, "dni_agents.core.distributed": 485,
+    "dni_agents.core.distributed": 485,
 }
 
 
@@ -87,16 +87,17 @@ def test_the_layers_point_one_way():
     for n, targets in g.items():
         if n.startswith("dni_agents.core"):
             assert all(t.startswith("dni_agents.core") for t in targets), (n, targets)
-        if n in ("dni_agents.config", "dni_agents.logging", "dni_agents.data"):
+        if n.startswith("dni_agents.runtime") or n in ("dni_agents.config", "dni_agents.logging",
+                                                         "dni_agents.data"):
             assert not any(t.startswith(("dni_agents.drivers", "dni_agents.benches", "dni_agents.cli"))
                            for t in targets), (n, targets)
         if n.startswith(("dni_agents.drivers", "dni_agents.benches")):
             assert "dni_agents.cli" not in targets, n
         if n.startswith("dni_agents.drivers."):  # a driver does not reach into another driver's package
             own = ".".join(n.split(".")[:3])
+            shared = ("dni_agents.drivers.common", "dni_agents.drivers.rnn.model")  # hier: rnn's Core
             others = {t for t in targets if t.startswith("dni_agents.drivers.") and not t.startswith(own)
-                      and t not in ("dni_agents.drivers.common", "dni_agents.drivers.stop",
-                                    "dni_agents.drivers.rnn.model")}  # hier's A and B: the rnn driver's Core
+                      and t not in shared}
             assert not others, (n, others)
 
 

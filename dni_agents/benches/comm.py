@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, load_config
 from ..drivers import marl
-from ..drivers.common import write_report
+from ..runtime.report import write_report
 
 # upper: the return of a receiver that is told the private information (speaker-listener: measured in
 # DESIGN.md, a listener told the goal; the games: every pick right). frozen_rms: the per-component RMS of

@@ -478,7 +478,7 @@ def bench(
     """``dni-agents bench parallel``: the five methods (``only``: some of them) on the same samples, the
     in-process DNI references, the per-part costs and their projection to more stages. Writes JSON to
     ``out`` after every method, and a plot of accuracy against seconds beside it (``.png``)."""
-    from ..drivers.common import write_report
+    from ..runtime.report import write_report
 
     setup = apply_overrides(default_setup(quick), overrides)
     methods = list(METHODS)

@@ -17,7 +17,7 @@ too: the synthetic inputs are a training device, never used at evaluation).
 
 from __future__ import annotations
 
-from ..common import local_system
+from ...runtime.ranks import local_system
 from .bench import FULL_MODELS, bench, method_config, time_methods
 from .dist import (
     drain,

@@ -10,9 +10,7 @@ from tqdm.auto import tqdm
 
 from ...config import Config, ConfigError, load_config, parse_config
 from ...data import ImageDataset, batches
-from ..common import (
-    write_report,
-)
+from ...runtime.report import write_report
 from .model import METHODS, build_system
 from .train import train, train_step
 

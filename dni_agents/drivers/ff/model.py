@@ -8,10 +8,7 @@ from torch import nn
 from ...config import Config, agent_names
 from ...core import Agent, System
 from ...data import ImageDataset
-from ..common import (
-    build_interface,
-    make_optimizer,
-)
+from ..common import build_interface, make_optimizer
 
 METHODS: dict[str, list[str]] = {
     "backprop": ["interface_defaults.mode=backprop"],

@@ -13,19 +13,11 @@ from tqdm.auto import tqdm
 from ...config import Config, load_config
 from ...core import System
 from ...data import ImageDataset, batches, load_dataset
-from ..common import (
-    apply_checkpoint,
-    eval_hint,
-    load_checkpoint,
-    load_system,
-    log_interfaces,
-    merge_rank_checkpoints,
-    open_run,
-    rank_files,
-    resolve_device,
-    save_checkpoint,
-)
-from ..stop import StopRequest
+from ...runtime.checkpoint import apply_checkpoint, load_checkpoint, load_system, save_checkpoint
+from ...runtime.ranks import merge_rank_checkpoints, rank_files
+from ...runtime.run import eval_hint, open_run, resolve_device
+from ...runtime.stop import StopRequest
+from ..common import log_interfaces
 from .model import CHECKPOINT, build_system
 
 

@@ -31,17 +31,17 @@ from ...config import Config, ConfigError, config_to_yaml
 from ...core.distributed import Route, TorchDistributed
 from ...launch import cli_command, launch
 from ...logging import RunLogger
-from ..common import (
+from ...runtime.checkpoint import load_system
+from ...runtime.ranks import (
     join_process_group,
-    load_system,
     local_system,
-    log_interfaces,
     open_distributed_run,
     rank_checkpoint,
     save_rank_checkpoint,
-    write_report,
 )
-from ..stop import StopRequest
+from ...runtime.report import write_report
+from ...runtime.stop import StopRequest
+from ..common import log_interfaces
 from .model import (
     A_SELF,
     B_SELF,

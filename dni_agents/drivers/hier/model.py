@@ -12,10 +12,7 @@ from torch import nn
 
 from ...config import Config, ConfigError, interface_config
 from ...core import Agent, Interface, System, Tick
-from ..common import (
-    build_interface,
-    make_optimizer,
-)
+from ..common import build_interface, make_optimizer
 from ..rnn.model import Core
 
 A, B = "A", "B"

@@ -10,20 +10,11 @@ from tqdm.auto import tqdm
 
 from ...config import Config, ConfigError, load_config
 from ...data import load_dataset
-from ..common import (
-    apply_checkpoint,
-    check_like,
-    eval_hint,
-    load_checkpoint,
-    load_system,
-    log_interfaces,
-    merge_rank_checkpoints,
-    open_run,
-    rank_files,
-    resolve_device,
-    save_checkpoint,
-)
-from ..stop import StopRequest
+from ...runtime.checkpoint import apply_checkpoint, check_like, load_checkpoint, load_system, save_checkpoint
+from ...runtime.ranks import merge_rank_checkpoints, rank_files
+from ...runtime.run import eval_hint, open_run, resolve_device
+from ...runtime.stop import StopRequest
+from ..common import log_interfaces
 from .model import (
     CHECKPOINT,
     MESSAGE,

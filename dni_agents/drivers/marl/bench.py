@@ -8,9 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ...config import ConfigError, load_config
-from ..common import (
-    write_report,
-)
+from ...runtime.report import write_report
 from .train import train
 
 METHODS: dict[str, list[str]] = {

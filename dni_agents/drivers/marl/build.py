@@ -13,10 +13,7 @@ from gymnasium import spaces
 
 from ...config import Config, ConfigError, interface_config
 from ...core import Agent, ChannelModel, Interface, System
-from ..common import (
-    build_interface,
-    make_optimizer,
-)
+from ..common import build_interface, make_optimizer
 from .comm import (
     bootstrap_size,
     channel_model,

@@ -11,18 +11,10 @@ import torch
 from tqdm import tqdm
 
 from ...config import Config, load_config
-from ..common import (
-    apply_checkpoint,
-    eval_hint,
-    load_checkpoint,
-    load_system,
-    log_interfaces,
-    mean_stats,
-    open_run,
-    resolve_device,
-    save_checkpoint,
-)
-from ..stop import StopRequest
+from ...runtime.checkpoint import apply_checkpoint, load_checkpoint, load_system, save_checkpoint
+from ...runtime.run import eval_hint, open_run, resolve_device
+from ...runtime.stop import StopRequest
+from ..common import log_interfaces, mean_stats
 from .build import CHECKPOINT, EVAL_SEED, Channel, Group, build
 from .comm import (
     FidelityHistory,

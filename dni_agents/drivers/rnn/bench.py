@@ -8,10 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ...config import ConfigError, load_config
-from ..common import (
-    plot_against_data_and_time,
-    write_report,
-)
+from ...runtime.report import plot_against_data_and_time, write_report
 from .model import METHODS
 from .train import train
 

@@ -9,10 +9,7 @@ from torch import nn
 
 from ...config import Config
 from ...core import Agent, Interface, System
-from ..common import (
-    build_interface,
-    make_optimizer,
-)
+from ..common import build_interface, make_optimizer
 
 METHODS: dict[str, list[str]] = {
     "bptt": ["interface_defaults.mode=none", "rnn.aux=false"],

@@ -14,18 +14,10 @@ from tqdm.auto import tqdm
 from ...config import Config, load_config
 from ...core import Interface, System
 from ...data import load_text
-from ..common import (
-    apply_checkpoint,
-    check_like,
-    eval_hint,
-    load_checkpoint,
-    load_system,
-    log_interfaces,
-    open_run,
-    resolve_device,
-    save_checkpoint,
-)
-from ..stop import StopRequest
+from ...runtime.checkpoint import apply_checkpoint, check_like, load_checkpoint, load_system, save_checkpoint
+from ...runtime.run import eval_hint, open_run, resolve_device
+from ...runtime.stop import StopRequest
+from ..common import log_interfaces
 from .model import CHECKPOINT, build, window
 from .tasks import CopyStream, CopyTask, Sequence, TextStream, bits_per_char
 

@@ -1,0 +1,71 @@
+"""A run folder: new or resumed (restored before anything is written), its logger with the config and the
+hyperparameters as text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config, ConfigError, config_to_yaml
+from ..logging import RunLogger, make_run_dir
+from .checkpoint import apply_checkpoint, load_checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA on a machine without it is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here (allowed: cpu, auto)")
+    return torch.device(name)
+
+
+def flat_hparams(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for the hyperparameter table (``trainer.lr: 0.001``)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_hparams(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def run_dir_key(cfg: Config, run_dir: Path) -> str:
+    """The setting that chose ``run_dir``, for error messages: ``log.dir`` or the CLI's ``--run-dir``."""
+    return "log.dir" if Path(run_dir).parent == Path(cfg.log.dir) else "--run-dir"
+
+
+def open_run(
+    cfg: Config, run_dir: Path, resume: Path | None, log: bool, device: torch.device, checkpoint: str,
+    restore: Callable[[dict], int],
+) -> tuple[Path, RunLogger]:
+    """The run folder (new, or ``resume``'s) and its logger with the config and hyperparameters. Prints
+    where the TensorBoard run is.
+
+    On a resume, ``restore`` puts the checkpoint into the driver's system and returns the first step the
+    continued run logs at; it runs before anything is written, so a checkpoint that cannot be read or
+    does not fit this config (:class:`CheckpointError`) leaves the run folder exactly as it was."""
+    purge_step = None
+    if resume is not None:
+        run_dir = make_run_dir(Path(resume).parent, Path(resume).name, resume=True)
+        path = run_dir / checkpoint
+        state = load_checkpoint(path, device)
+        hint = f"resume with the run's own config, {run_dir / 'config.yaml'}"
+        purge_step = apply_checkpoint(path, state, restore, hint)
+    elif log:
+        run_dir = make_run_dir(Path(run_dir).parent, Path(run_dir).name, key=run_dir_key(cfg, run_dir))
+    logger = RunLogger(run_dir, config_to_yaml(cfg), flat_hparams(cfg.model_dump()), enabled=log,
+                       purge_step=purge_step)
+    if log:
+        print(f"TensorBoard run: {run_dir}  (tensorboard --logdir {Path(run_dir).parent})", flush=True)
+    return run_dir, logger
+
+
+def eval_hint(run_dir: Path) -> str:
+    """What to check when a finished run's checkpoint does not fit its own config."""
+    return f"was {Path(run_dir) / 'config.yaml'} edited?"
