@@ -282,7 +282,7 @@ def _run_dni_distributed(setup: Setup, data: ImageDataset, steps: int, stream, s
     seconds = clock.now()
     in_flight = transport.max_in_flight
     transport.close()
-    updates = next(iter(full.interfaces.values()))._utility_updates
+    updates = next(iter(full.interfaces.values())).utility_updates
     return {"seconds": seconds, "comm_message_s": comm, "max_in_flight": in_flight,
             "utility_updates": updates}
 

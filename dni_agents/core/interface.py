@@ -205,6 +205,11 @@ class Interface:
             return None
         return record.prediction.detach() * (self.scale / self._units(record.message))
 
+    @property
+    def utility_updates(self) -> int:
+        """How many optimizer steps the utility model has taken (a bench counts how often it learned)."""
+        return self._utility_updates
+
     def target_arrived(self, step: int) -> bool:
         """Whether the true gradient for the message of ``step`` is here (pulling it from the transport)."""
         record = self._sent.get(step)
