@@ -3,8 +3,9 @@
     python scripts/comm_table.py docs/results/comm_digits_a.json docs/results/comm_digits_b.json … [--png OUT]
 
 Per task: one row per method (mean and range over seeds of the greedy return, the return with messages
-shuffled across copies, heard MI, held-out ĝ cosine and R², training env steps/s), then the fractions issue
-14's acceptance reads (`dni_agents.benches.comm.summarize`).
+shuffled across copies, the return with every channel silent (recorded since channel outages), heard MI,
+held-out ĝ cosine and R², training env steps/s), then the fractions issue 14's acceptance reads
+(`dni_agents.benches.comm.summarize`).
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ def main(args: list[str]) -> None:
     summary = summarize(results)
     for task, s in summary.items():
         print(f"\n### {task}\n")
-        print("| method | seeds | greedy return | ablated (permuted) | heard MI (bits) | ĝ cosine | ĝ R² "
-              "| env steps/s |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| method | seeds | greedy return | ablated (permuted) | silenced | heard MI (bits) | ĝ cosine "
+              "| ĝ R² | env steps/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for method in s["methods"]:
             rows = [r for r in results if r["task"] == task and r["method"] == method]
             print(f"| {method} | {len(rows)} | {fmt([r['mean_return'] for r in rows])} "
-                  f"| {fmt([r['ablated_return'] for r in rows])} | {fmt([r['mi_bits'] for r in rows], 2)} "
+                  f"| {fmt([r['ablated_return'] for r in rows])} "
+                  f"| {fmt([r.get('silenced_return') for r in rows])} "
+                  f"| {fmt([r['mi_bits'] for r in rows], 2)} "
                   f"| {fmt([r['grad_cosine'] for r in rows], 2)} | {fmt([r['grad_r2'] for r in rows], 2)} "
                   f"| {fmt([r['env_steps_per_s'] for r in rows], 0)} |")
         print()
