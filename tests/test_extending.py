@@ -1,15 +1,19 @@
-"""Extension points: a user's network, utility model, AEC environment and continuous actions, each plugged
-in from outside the package (tests/user_plugins.py) by config alone and trained."""
+"""Extension points: a user's network, utility model, AEC environment, continuous actions and a whole driver,
+each plugged in from outside the package (tests/user_plugins.py, tests/user_driver.py) and trained."""
 
 from __future__ import annotations
 
+import importlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import user_plugins
 
-from dni_agents.config import ConfigError, load_config
+from dni_agents import registry
+from dni_agents.cli import bench_names, main
+from dni_agents.config import ConfigError, agent_names, config_to_yaml, load_config
 from dni_agents.drivers import marl
 
 TINY = ["trainer.steps=3", "marl.num_envs=16", "marl.eval_episodes=32", "marl.max_steps=10"]
@@ -121,3 +125,39 @@ def test_continuous_actions_train_and_the_learner_replays_their_probabilities(tm
     assert torch.allclose(logp, ep.logp["listener_0"].flatten(1), atol=1e-5)
     result = marl.train(cfg, tmp_path / "c", log=False, progress=False)
     assert torch.isfinite(torch.tensor([result["mean_return"], result["ablated_return"]])).all()
+
+
+def registry_driver(name: str):
+    return importlib.import_module(registry.drivers()[name])
+
+
+def installed(tmp_path: Path, monkeypatch, group: str, line: str) -> None:
+    """Declare an entry point as an installed package would (a ``*.dist-info`` folder on the path)."""
+    info = tmp_path / "site" / "user_driver-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: user-driver\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{line}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+
+
+def test_a_driver_from_an_installed_package_trains_with_no_edit_of_the_package(tmp_path, monkeypatch, capsys):
+    installed(tmp_path, monkeypatch, "dni_agents.drivers", "regression = user_driver")
+    assert "regression" in registry.drivers() and "regression" in bench_names()
+    config = tmp_path / "reg.yaml"
+    config.write_text("driver: regression\ntrainer: {steps: 600, lr: 0.01}\n"
+                      "interface_defaults: {mode: cdni}\nregression: {inputs: 6, targets: [2]}\n")
+    cfg = load_config(str(config))
+    assert cfg.regression.inputs == 6 and agent_names(cfg) == ["encoder", "decoder"]
+    assert "regression:" in config_to_yaml(cfg) and "marl:" not in config_to_yaml(cfg)  # its section only
+    assert main(["train", str(config), f"log.dir={tmp_path / 'runs'}"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["last_loss"] < 0.05 * result["first_loss"]  # the encoder learned through ĝ ...
+    silent = load_config(str(config), ["interface_defaults.mode=none"])
+    alone = registry_driver("regression").train(silent, tmp_path / "none", log=False)
+    assert alone["last_loss"] > 10 * result["last_loss"]  # ... which it cannot without one
+    with pytest.raises(ConfigError, match=r"regression.input: unknown key \(did you mean 'inputs'\?\)"):
+        load_config(str(config), ["regression.input=3"])  # the driver's own schema, the same errors
+    with pytest.raises(ConfigError, match=r"agents\[0\].name: unknown agent 'listener' \(agents: encoder, "):
+        load_config(str(config), ["agents=[{name: listener}]"])
+    with pytest.raises(ConfigError, match=r"driver: 'regresion' is not allowed \(did you mean 'regression"):
+        load_config(str(config), ["driver=regresion"])

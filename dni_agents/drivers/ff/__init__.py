@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ...runtime.ranks import local_system
 from .bench import FULL_MODELS, bench, method_config, time_methods
+from .config import SECTION, agent_names
 from .dist import (
     drain,
     evaluate_pipeline,
@@ -31,6 +32,8 @@ from .model import CHECKPOINT, METHODS, build_layers, build_system, message_shap
 from .train import evaluate, evaluate_chain, top_messages, train, train_step
 
 __all__ = [
+    "agent_names",
+    "SECTION",
     "CHECKPOINT", "FULL_MODELS", "METHODS", "bench", "build_layers", "build_system", "drain", "evaluate",
     "evaluate_chain", "evaluate_pipeline", "local_system", "message_shapes", "method_config", "placement_for",
     "stage_placement", "time_methods", "top_messages", "train", "train_distributed", "train_step",

@@ -26,6 +26,7 @@ driver). Clock: step ids are digit indices; A's tick of window ``w`` is step ``(
 from __future__ import annotations
 
 from .bench import bench, plot, summarize
+from .config import SECTION, agent_names
 from .dist import measure_slow_b, placement_for, train_distributed
 from .model import (
     A_SELF,
@@ -52,6 +53,8 @@ from .model import (
 from .train import _streams, check_carried, evaluate, train
 
 __all__ = [
+    "agent_names",
+    "SECTION",
     "A", "A_SELF", "B", "B_SELF", "CHECKPOINT", "MESSAGE", "METHODS", "TEMPORAL", "Block", "Carry",
     "DigitStream", "Hier", "Sender", "_streams", "a_window", "b_unroll", "bench", "block_metrics", "build",
     "check_carried", "evaluate", "evaluate_stream", "measure_slow_b", "placement_for", "plot", "summarize",

@@ -21,11 +21,14 @@ and a character-level language model (bits per character; early stopping on vali
 from __future__ import annotations
 
 from .bench import bench, plot_wallclock
+from .config import SECTION, agent_names
 from .model import AGENT, CHECKPOINT, METHODS, Core, build, window
 from .tasks import CopyStream, CopyTask, Sequence, TextStream, bits_per_char
 from .train import Curriculum, _task, evaluate, train, train_lm
 
 __all__ = [
+    "agent_names",
+    "SECTION",
     "AGENT", "CHECKPOINT", "METHODS", "CopyStream", "CopyTask", "Core", "Curriculum", "Sequence",
     "TextStream", "_task", "bench", "bits_per_char", "build", "evaluate", "plot_wallclock", "train",
     "train_lm", "window",

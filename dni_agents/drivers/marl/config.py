@@ -1,0 +1,77 @@
+"""The ``marl:`` section of a config: the environment, the networks' size, PPO, the communication metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ...config import Config, ConfigError, NonNegFloat, NonNegInt, PosFloat, PosInt, UnitFloat, _Strict
+
+
+class PrivateInfoConfig(_Strict):
+    """What the sender knows that the receiver needs (for mutual information and projector labels):
+    ``info`` names a key of the sender's env info dict, or ``obs_argmax`` = [start, stop) of its obs."""
+
+    agent: str
+    info: str | None = None
+    obs_argmax: list[NonNegInt] | None = None
+
+
+class MarlConfig(_Strict):
+    """Multi-agent RL on a PettingZoo ParallelEnv with PPO; ``trainer.steps`` counts updates, each one
+    episode of every environment copy."""
+
+    env: str = "mpe2.simple_speaker_listener_v4"  # a module with parallel_env(), or "module:callable"
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_envs: PosInt = 64
+    max_steps: PosInt = 25  # longest episode; the rollout length
+    message_size: PosInt = 4
+    # tanh keeps messages in [-1, 1]; linear lets them grow (a drifting tanh message can saturate and go dead)
+    message_activation: Literal["tanh", "linear"] = "tanh"
+    # Message heads start small and random (orthogonal, this gain; 0: every channel starts silent). A
+    # utility model that sees only the message needs the goals' messages apart from the start (see
+    # docs/benchmarks.md); a fixed code this faint is not decoded by a receiver on its own (mode none).
+    message_init_gain: NonNegFloat = 0.1
+    # The frozen control: scale every message head once at the start so that the messages of the first
+    # observations have this RMS per component (a fixed random code at the scale trained codes reach)
+    message_rms: PosFloat | None = None
+    hidden: PosInt = 64
+    recurrent: bool = False  # GRU policies
+    time_feature: bool = True  # append t / max_steps to every input (time-aware value estimates)
+    gamma: UnitFloat = 0.99
+    gae_lambda: UnitFloat = 0.95
+    clip: PosFloat = 0.2
+    epochs: PosInt = 10  # PPO epochs over each batch of episodes
+    minibatches: PosInt = 1
+    ent_coef: NonNegFloat = 0.01
+    vf_coef: NonNegFloat = 0.5
+    max_grad_norm: PosFloat = 0.5
+    success_reward: float | None = None  # an episode succeeds when its last reward reaches this
+    private_info: PrivateInfoConfig | None = None
+    mi_resolution: PosFloat = 0.2  # messages closer than this count as one symbol for entropy / MI
+    eval_episodes: PosInt = 500
+    threads: NonNegInt = 1  # torch intra-op threads while training (0: leave torch's default)
+
+SECTION = MarlConfig
+
+APPLIES_CHANNELS = True  # the shared schema's channel keys (rial, channel models, message sizes) are marl's
+
+
+def check_config(cfg: Config) -> None:
+    """What pydantic cannot check per field: the agents are listed, and ``private_info`` names one."""
+    if not cfg.agents:
+        raise ConfigError("agents: marl needs its agents listed (e.g. [{name: speaker_0}, "
+                          "{name: listener_0}])")
+    names = [a.name for a in cfg.agents]
+    private = cfg.marl.private_info
+    if private is not None:
+        if private.agent not in names:
+            raise ConfigError(f"marl.private_info.agent: unknown agent {private.agent!r} "
+                              f"(agents: {', '.join(names)})")
+        if (private.info is None) == (private.obs_argmax is None):
+            raise ConfigError("marl.private_info: give exactly one of info (an env info key) or obs_argmax")
+        if private.obs_argmax is not None and (
+            len(private.obs_argmax) != 2 or private.obs_argmax[0] >= private.obs_argmax[1]
+        ):
+            raise ConfigError(f"marl.private_info.obs_argmax: {private.obs_argmax} is not [start, stop)")

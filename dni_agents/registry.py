@@ -1,0 +1,49 @@
+"""Drivers and benches by name: ours, and any that an installed package declares, so a new driver needs no
+edit of this package (BenchMARL's registry, with Python's entry points as the table).
+
+A driver is a module (or package) with:
+
+* ``SECTION``: the pydantic model of its config section, the key named like the driver (``marl:``);
+  optional, a driver without settings of its own has none;
+* ``agent_names(cfg) -> list[str]``: the agents a run of it has (optional: the config's ``agents`` names);
+* ``check_config(cfg)``: checks across its section and the shared keys, raising ``ConfigError`` (optional);
+* ``train(cfg, run_dir, log=True, progress=True, resume=None, stop=None) -> dict`` and
+  ``evaluate(run_dir) -> dict``; optionally ``train_distributed`` (same arguments, ``--procs N``),
+  ``placement_for(cfg, world_size)`` and ``bench(quick, out, seeds, overrides, only)``.
+
+A package adds a driver with an entry point in its ``pyproject.toml``::
+
+    [project.entry-points."dni_agents.drivers"]
+    mydriver = "mypkg.mydriver"
+
+and a bench that is no one driver's under ``"dni_agents.benches"``. Nothing here is imported eagerly and
+nothing is cached: the table is read from the installed metadata when asked.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+DRIVER_GROUP = "dni_agents.drivers"
+BENCH_GROUP = "dni_agents.benches"
+BUILTIN_DRIVERS = {
+    "ff": "dni_agents.drivers.ff",
+    "hier": "dni_agents.drivers.hier",
+    "marl": "dni_agents.drivers.marl",
+    "rnn": "dni_agents.drivers.rnn",
+}
+BUILTIN_BENCHES = {"parallel": "dni_agents.benches.parallel", "comm": "dni_agents.benches.comm"}
+
+
+def _declared(group: str) -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=group)}
+
+
+def drivers() -> dict[str, str]:
+    """Driver name -> module, ours first (an installed package cannot shadow one of ours)."""
+    return {**_declared(DRIVER_GROUP), **BUILTIN_DRIVERS}
+
+
+def benches() -> dict[str, str]:
+    """Bench name -> module of the benches that are no one driver's."""
+    return {**_declared(BENCH_GROUP), **BUILTIN_BENCHES}
