@@ -77,7 +77,9 @@ def test_a_recurrent_receivers_context_holds_its_memory_and_its_gates_through_th
     with torch.no_grad():
         again = c.interface.utility(heard_last.flatten(0, 1),
                                     marl.sender_context(c, g, ep, last, mb, n, heard_last, sens))
-    assert torch.allclose(sens.bootstrap[c.name][last], again.view_as(heard_last))
+    up = ep.outage[c.name].view(-1, 1, 1)  # a bulb the broken channel did not carry gets ĝ · 0
+    assert torch.allclose(sens.bootstrap[c.name][last], again.view_as(heard_last) * up)
+    assert (up == 0).any() and (sens.bootstrap[c.name][:, ep.outage[c.name] == 0] == 0).all()
     assert sens.bootstrap[c.name][last].abs().sum() > 0 and (sens.bootstrap[c.name][T - 1] == 0).all()
 
 

@@ -254,7 +254,10 @@ def sensitivities(
                 if c.mode == "cdni":
                     context = sender_context(c, by_name[c.receiver], ep, t, mb, heard.shape[1], heard, sens)
                 u = c.interface.utility
-                sens.bootstrap[c.name][t] = u(heard.flatten(0, 1), context).view_as(heard) * c.interface.scale
+                g_hat = u(heard.flatten(0, 1), context).view_as(heard) * c.interface.scale
+                if c.name in ep.outage:  # a message its channel did not carry gets no gradient: ĝ · 0
+                    g_hat = g_hat * ep.outage[c.name][mb].view(-1, 1, 1)
+                sens.bootstrap[c.name][t] = g_hat
     return sens
 
 
