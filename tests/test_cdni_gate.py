@@ -33,7 +33,8 @@ def logit_sensitivity(ep, g, adv, step, e, r, ent_coef):
 
 def test_a_recurrent_receivers_context_holds_its_memory_and_its_gates_through_the_horizon(tmp_path):
     horizon = 2
-    cfg, groups, channels, player = switch(tmp_path, f"interface_defaults.utility.horizon={horizon}")
+    cfg, groups, channels, player = switch(tmp_path, f"interface_defaults.utility.horizon={horizon}",
+                                           "interface_defaults.channel.outage=0.3")  # some bulbs broken
     g, c = groups[0], channels[0]
     torch.manual_seed(0)
     torch.nn.init.normal_(c.interface.utility.net[-1].weight)  # a utility model that predicts something
@@ -116,7 +117,8 @@ def test_the_gate_holds_every_path_from_a_heard_bulb_to_the_receivers_loss(tmp_p
     epoch: ratio 1; the critic reads messages detached; a large entropy bonus, so that its term counts); a
     day-of-hearing gate (horizon 0) misses the later days the memory carries the bulb to."""
     cfg = load_config("switch_riddle_noisy", [f"log.dir={tmp_path}", *TINY, "marl.ent_coef=0.3",
-                                              f"interface_defaults.utility.horizon={horizon}"])
+                                              f"interface_defaults.utility.horizon={horizon}",
+                                              "interface_defaults.channel.outage=0.3"])
     system, groups, channels = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
     player = marl.Player(cfg, groups, channels, torch.device("cpu"), cfg.marl.num_envs)
     g, c = groups[0], channels[0]
