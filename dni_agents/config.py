@@ -248,10 +248,10 @@ class Config(_Strict):
 # Public helpers
 
 
-def driver_module(name: str) -> types.ModuleType:
-    """The driver ``name`` (:mod:`dni_agents.registry`), imported; one line naming the drivers there are if
-    it is unknown."""
-    table = registry.drivers()
+def driver_module(name: str, table: dict[str, str] | None = None) -> types.ModuleType:
+    """The driver ``name`` (:mod:`dni_agents.registry`, or the ``table`` read from it), imported; one line
+    naming the drivers there are if it is unknown."""
+    table = registry.drivers() if table is None else table
     if name not in table:
         close = difflib.get_close_matches(name, sorted(table), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -271,9 +271,9 @@ def config_class(driver: str) -> type[Config]:
                                  **{driver: field})
 
 
-def agent_names(cfg: Config) -> list[str]:
+def agent_names(cfg: Config, module: types.ModuleType | None = None) -> list[str]:
     """The agents a run has: the driver's ``agent_names`` (ff derives one per layer), else the config's."""
-    names = getattr(driver_module(cfg.driver), "agent_names", None)
+    names = getattr(module or driver_module(cfg.driver), "agent_names", None)
     return names(cfg) if names is not None else [agent.name for agent in cfg.agents]
 
 
@@ -332,35 +332,37 @@ def parse_config(data: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config: top level must be a mapping of keys, got {type(data).__name__}")
     data = _apply_overrides(data, overrides)
-    table = sorted(registry.drivers())
+    table = registry.drivers()  # read once: each read scans the installed packages' metadata
+    names = sorted(table)
     driver = data.get("driver")
     if driver is None:
-        raise ConfigError(f"driver: required (allowed: {', '.join(table)})")
+        raise ConfigError(f"driver: required (allowed: {', '.join(names)})")
     if not isinstance(driver, str) or driver not in table:
-        close = difflib.get_close_matches(str(driver), table, n=1)
+        close = difflib.get_close_matches(str(driver), names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"driver: {driver!r} is not allowed ({hint}allowed: {', '.join(table)})")
+        raise ConfigError(f"driver: {driver!r} is not allowed ({hint}allowed: {', '.join(names)})")
+    module = driver_module(driver, table)
     data = _without_other_sections(data, driver, table)
     cls = config_class(driver)
     try:
         cfg = cls.model_validate(data)
     except ValidationError as exc:
         raise _to_config_error(exc, cls) from None
-    _check_cross_fields(cfg)
-    check = getattr(driver_module(driver), "check_config", None)
+    _check_cross_fields(cfg, module)
+    check = getattr(module, "check_config", None)
     if check is not None:
         check(cfg)
     return cfg
 
 
-def _without_other_sections(data: dict[str, Any], driver: str, drivers: list[str]) -> dict[str, Any]:
+def _without_other_sections(data: dict[str, Any], driver: str, drivers: dict[str, str]) -> dict[str, Any]:
     """``data`` without the sections of other drivers that only restate their defaults (the config.yaml of
     a run recorded before each driver owned its section carries them all); any other is an error."""
     out = dict(data)
     for other in drivers:
         if other == driver or other not in out:
             continue
-        section = getattr(driver_module(other), "SECTION", None)
+        section = getattr(driver_module(other, drivers), "SECTION", None)
         defaults = section().model_dump(mode="json") if section is not None else None
         if out[other] not in ({}, None, defaults):
             raise ConfigError(f"{other}: a section of driver {other} (this config's driver is {driver}; "
@@ -421,15 +423,14 @@ def _check_list_index(conf: Any, key: str) -> None:
             )
 
 
-def _check_cross_fields(cfg: Config) -> None:
+def _check_cross_fields(cfg: Config, module: types.ModuleType) -> None:
     """Checks pydantic cannot express per field: names must refer to agents that exist."""
     seen: set[str] = set()
     for i, agent in enumerate(cfg.agents):
         if agent.name in seen:
             raise ConfigError(f"agents[{i}].name: duplicate agent {agent.name!r} (names must be unique)")
         seen.add(agent.name)
-    module = driver_module(cfg.driver)
-    names = agent_names(cfg)
+    names = agent_names(cfg, module)
     known = ", ".join(names) or "none"
     channels = getattr(module, "APPLIES_CHANNELS", False)  # marl: rial, channel models, message sizes
     if hasattr(module, "agent_names"):  # the driver derives its agents; `agents` entries may only tune them
