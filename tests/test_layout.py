@@ -13,7 +13,7 @@ PACKAGE = ROOT / "dni_agents"
 MAX_LINES = 400
 # Modules still over budget, at most as long as they are now: the cap may only come down (issue 15).
 OVER_BUDGET = {
-    "dni_agents.benches.parallel": 689, "dni_agents.config": 643,
+    "dni_agents.benches.parallel": 689, "dni_agents.config": 584,
     "dni_agents.core.distributed": 485,
 }
 
