@@ -5,6 +5,8 @@ A driver is a module (or package) with:
 
 * ``SECTION``: the pydantic model of its config section, the key named like the driver (``marl:``);
   optional, a driver without settings of its own has none;
+* ``AGENT_CONFIG``: the pydantic model of one ``agents`` entry, when its agents have settings of their own (a
+  subclass of ``AgentConfig``; marl's: members, policy, network); optional;
 * ``agent_names(cfg) -> list[str]``: the agents a run of it has (optional: the config's ``agents`` names);
 * ``check_config(cfg)``: checks across its section and the shared keys, raising ``ConfigError`` (optional);
 * ``train(cfg, run_dir, log=True, progress=True, resume=None, stop=None) -> dict`` and

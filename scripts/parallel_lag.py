@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from dni_agents.benches.parallel import Setup, accuracy, apply_overrides, build_dni_system, build_stages
+from dni_agents.benches.parallel.setup import Setup, accuracy, apply_overrides, build_dni_system, build_stages
 from dni_agents.core import InProcess
 from dni_agents.data import batches, load_dataset
 from dni_agents.drivers.ff import train_step

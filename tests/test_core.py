@@ -607,3 +607,33 @@ def test_a_zero_target_has_no_cosine_or_relative_error():
         chain_step(system, step, *data(step))
     later = system.drain_stats()["a0->a1"][-1]
     assert float(later["target_norm"]) > 0 and {"grad_cosine", "grad_rel_error"} <= set(later)
+
+
+def test_a_row_of_weight_zero_is_no_example_of_the_utility_regression():
+    """An outage: a row the channel did not carry is sent with weight 0. The utility model then learns
+    and measures its fidelity exactly as if only the carried rows had been sent."""
+    torch.manual_seed(0)
+    model = UtilityModel((4,), context_dim=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    h, ctx, target = torch.randn(3, 4), torch.randn(3, 2), torch.randn(3, 4)
+    kept = torch.tensor([0, 2])
+    runs = {}
+    for name, (rows, weight, units) in {"weighted": (slice(None), torch.tensor([1.0, 0.0, 1.0]), 3),
+                                        "kept": (kept, None, 2)}.items():
+        u = copy.deepcopy(model)
+        iface = Interface("a->b", "a", "b", "cdni", u, torch.optim.SGD(u.parameters(), lr=0.1))
+        iface.send(h[rows], 0, ctx[rows], weight=weight)
+        iface.transport.put_target("a->b", 0, target[rows] / units)  # per-example units: both regress target
+        runs[name] = (iface.collect(track=True)[0], u)
+    (weighted, u_w), (only_kept, u_k) = runs["weighted"], runs["kept"]
+    assert float(weighted["utility_loss"]) == pytest.approx(float(only_kept["utility_loss"]), rel=1e-6)
+    for key in ("grad_cosine", "grad_r2", "target_norm", "synthetic_norm", "message_norm"):
+        assert float(weighted[key]) == pytest.approx(float(only_kept[key]), rel=1e-5), key
+    for a, b in zip(u_w.parameters(), u_k.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(u_w.parameters(), model.parameters(), strict=True))
+    iface = Interface("a->b", "a", "b", "dni", UtilityModel((4,)))
+    with pytest.raises(ValueError, match="one entry per row"):
+        iface.send(h, 1, weight=torch.ones(2))

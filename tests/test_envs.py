@@ -171,3 +171,19 @@ def test_reference_narrow_carries_nothing_between_the_agents_and_its_oracle_is_t
     with pytest.raises(ValueError, match="a move is 0..4"):
         env.reset(seed=0)
         env.step({"agent_0": 7, "agent_1": 0})
+
+
+@pytest.mark.parametrize("name", ["switch_riddle_v0", "referential_v0", "digits_referential_v0",
+                                  "reference_narrow_v0"])
+def test_every_versioned_module_passes_the_parallel_and_the_aec_api_tests(name: str) -> None:
+    """PettingZoo's module convention: ``parallel_env``, ``env`` (AEC) and ``raw_env`` (the class)."""
+    import importlib
+
+    from pettingzoo.test import api_test
+
+    module = importlib.import_module(f"dni_envs.{name}")
+    parallel_api_test(module.parallel_env(), num_cycles=20)
+    api_test(module.env(), num_cycles=20)
+    assert isinstance(module.parallel_env(), module.raw_env)
+    assert module.raw_env.metadata["name"] == name
+    assert "| Import" in module.__doc__ and name in module.__doc__  # the documentation table

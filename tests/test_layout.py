@@ -11,11 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dni_agents"
 MAX_LINES = 400
-# Modules still over budget, at most as long as they are now: the cap may only come down (issue 15).
-OVER_BUDGET = {
-    "dni_agents.benches.parallel": 689, "dni_agents.config": 584,
-    "dni_agents.core.distributed": 485,
-}
+# Modules allowed over budget, at most this long (the cap may only come down; issue 15 emptied it).
+OVER_BUDGET: dict[str, int] = {}
 
 
 def module_name(path: Path) -> str:
@@ -87,7 +84,8 @@ def test_the_layers_point_one_way():
     for n, targets in g.items():
         if n.startswith("dni_agents.core"):
             assert all(t.startswith("dni_agents.core") for t in targets), (n, targets)
-        if n.startswith("dni_agents.runtime") or n in ("dni_agents.config", "dni_agents.logging",
+        if n.startswith("dni_agents.runtime") or n in ("dni_agents.config", "dni_agents.schema",
+                                                         "dni_agents.config_errors", "dni_agents.logging",
                                                          "dni_agents.data"):
             assert not any(t.startswith(("dni_agents.drivers", "dni_agents.benches", "dni_agents.cli"))
                            for t in targets), (n, targets)

@@ -178,7 +178,7 @@ def test_read_projector_without_embeddings(tmp_path: Path) -> None:
 
 
 def test_mean_stats_averages_each_key_over_the_records_that_carry_it() -> None:
-    from dni_agents.drivers.common import mean_stats
+    from dni_agents.runtime.loop import mean_stats
 
     records = [{"step": 0, "utility_loss": torch.tensor(1.0)},  # untracked, or a zero target
                {"step": 1, "utility_loss": torch.tensor(3.0), "grad_cosine": torch.tensor(0.5)}]

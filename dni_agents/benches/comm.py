@@ -35,15 +35,12 @@ it: the faint code's clean signs at evaluation say something the receiver half-l
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from ..config import ConfigError, load_config
 from ..drivers import marl
-from ..runtime.report import write_report
+from ..runtime.report import Report, timed_run
 
 # upper: the return of a receiver that is told the private information (speaker-listener: measured in
 # DESIGN.md, a listener told the goal; the games: every pick right). frozen_rms: the per-component RMS of
@@ -79,8 +76,7 @@ def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str]
     if method == "frozen":
         extra.append(f"marl.message_rms={frozen_rms or spec['frozen_rms']}")
     cfg = load_config(spec["config"], [*METHODS[method], *extra, *overrides, f"seed={seed}"])
-    t0 = time.perf_counter()
-    m = marl.train(cfg, Path("runs") / cfg.name, log=False, progress=False)
+    m, wall = timed_run(marl.train, cfg)
     channel = next(k.rsplit("/", 1)[0] for k in m if k.endswith("/message_entropy_bits"))
     return {
         "task": task, "method": method, "seed": seed, "mean_return": m["mean_return"],
@@ -89,7 +85,7 @@ def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str]
         "grad_cosine": m.get(f"{channel}/grad_cosine"),
         "grad_r2": m.get(f"{channel}/grad_r2"), "message_rms": m.get(f"{channel}/message_rms"),
         "frozen_rms": cfg.marl.message_rms, "env_steps_per_s": m["env_steps_per_s"],
-        "wall_s": time.perf_counter() - t0, "updates": cfg.trainer.steps,
+        "wall_s": wall, "updates": cfg.trainer.steps,
         "env_steps": cfg.trainer.steps * cfg.marl.num_envs * cfg.marl.max_steps, "curve": m["curve"],
     }
 
@@ -172,8 +168,8 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
                           f"{', '.join(TASKS)}; methods: {', '.join(METHODS)})")
     tasks = [t for t in TASKS if not names & set(TASKS) or t in names]
     methods = [m for m in METHODS if not names & set(METHODS) or m in names]
-    results: list[dict] = []
-    report = {"benchmark": "comm", "quick": quick, "overrides": list(overrides), "results": results}
+    report = Report("comm", quick, overrides, out)
+    results = report.results
     for task in tasks:
         for method in methods:
             scales = [r["message_rms"] for r in results if r["task"] == task and r["method"] == "backprop"
@@ -181,13 +177,10 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
             frozen_rms = sum(scales) / len(scales) if scales else None
             for seed in range(seeds):
                 row = run_one(task, method, seed, quick, list(overrides), frozen_rms)
-                results.append(row)
-                tqdm.write(f"{task} {method:>8} seed {seed}: return {row['mean_return']:.3f}, ablated "
-                           f"{row['ablated_return']:.3f}, MI {row['mi_bits']:.2f}, cos {row['grad_cosine']}, "
-                           f"{row['env_steps_per_s']:.0f} env steps/s")
-                write_report(out, report)
-    report["summary"] = summarize(results)
-    write_report(out, report)
+                report.add(row, f"{task} {method:>8} seed {seed}: return {row['mean_return']:.3f}, "
+                                f"ablated {row['ablated_return']:.3f}, MI {row['mi_bits']:.2f}, "
+                                f"cos {row['grad_cosine']}, {row['env_steps_per_s']:.0f} env steps/s")
+    report.finish(summary=summarize(results))
     if out is not None:
         plot(results, Path(out).with_suffix(".png"))
-    return {"summary": report["summary"], "out": str(out) if out else None}
+    return {"summary": report.data["summary"], "out": str(out) if out else None}

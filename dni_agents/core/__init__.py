@@ -4,9 +4,10 @@ Pure torch. Nothing here imports a driver, an environment, a data set or the CLI
 """
 
 from .channel import ChannelModel
-from .interface import MODES, Interface, Mode, NonFiniteError, OnNonFinite
+from .interface import MODES, Interface, Mode
 from .message import InProcess, Message, Transport
 from .models import SyntheticInputModel, UtilityModel
+from .nonfinite import NonFiniteError, OnNonFinite
 from .system import Agent, System, Tick
 
 __all__ = [

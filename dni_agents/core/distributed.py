@@ -29,101 +29,21 @@ on them and keeps their tensors alive until they are done.
 
 from __future__ import annotations
 
-import datetime
-import os
 import queue
-import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from . import wire
 from .message import InProcess, Message, Transport
+from .wire import DEFAULT_TIMEOUT, FINISHED, PeerError, Route, free_port, init_process_group
 
-DEFAULT_TIMEOUT = 30.0
-MAX_NDIM = 8
-# header: kind, interface id, step, has_context, then (dtype code, ndim, shape[MAX_NDIM]) for the message
-# tensor and for the context
-HEADER_LEN = 4 + 2 * (2 + MAX_NDIM)
-KIND_MESSAGE, KIND_TARGET, KIND_CLOSE, KIND_ACK, KIND_STOP = 1, 2, 3, 4, 5
-DTYPES: tuple[torch.dtype, ...] = (
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8,
-    torch.bool,
-)
-FINISHED = 2**62  # the stop proposal of a rank that has run to the end
-_FOREVER = datetime.timedelta(days=365)  # a gloo wait that times out poisons the group: never let it
-
-
-class PeerError(RuntimeError):
-    """A peer rank did not deliver what was awaited in time, died, or closed too early."""
-
-    def __init__(self, message: str, peer: int) -> None:
-        super().__init__(message)
-        self.peer = peer
-
-
-@dataclass(frozen=True)
-class Route:
-    """One interface as the transport sees it. ``replies=False`` (mode ``none``): no target ever comes
-    back, so the receiving rank acknowledges each message it takes instead (a bare header), and the
-    staleness window bounds the sender all the same (otherwise it could run arbitrarily far ahead).
-
-    ``block``: the staleness window counts blocks of this many consecutive steps (step ``s`` is in block
-    ``s // block``). 1 (default): it counts steps. A sender whose receiver replies only once per several of
-    its messages (a slow agent that unrolls over a block of them) needs the block, or a window of 0 would
-    wait for a target the receiver cannot give before it has the rest of the block. The targets of a block
-    are also handed over together (:meth:`TorchDistributed.take_target` returns None while some of the
-    block's are still on their way), so the sender learns from them in one go whatever the arrival timing,
-    as it would in one process."""
-
-    name: str
-    sender: str
-    receiver: str
-    replies: bool = True
-    block: int = 1
-
-    def __post_init__(self) -> None:
-        if self.block < 1:
-            raise ValueError(f"route {self.name}: block must be >= 1, got {self.block}")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for a rendezvous on this machine)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def init_process_group(
-    rank: int | None = None,
-    world_size: int | None = None,
-    backend: str | None = None,
-    addr: str | None = None,
-    port: int | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> tuple[int, int]:
-    """Join the default process group (env:// rendezvous) and return ``(rank, world_size)``.
-
-    Arguments left None come from ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` (as ``torchrun``
-    sets them); the address defaults to 127.0.0.1 so nothing listens beyond this machine unless asked.
-    ``timeout`` bounds the rendezvous and any collective."""
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    os.environ["MASTER_ADDR"] = addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
-    if port is not None:
-        os.environ["MASTER_PORT"] = str(port)
-    elif "MASTER_PORT" not in os.environ:
-        raise ValueError("init_process_group: no port given and MASTER_PORT is not set")
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(
-        backend, init_method="env://", rank=rank, world_size=world_size,
-        timeout=datetime.timedelta(seconds=timeout),
-    )
-    return rank, world_size
+__all__ = ["DEFAULT_TIMEOUT", "FINISHED", "PeerError", "Route", "TorchDistributed", "free_port",
+           "init_process_group"]
 
 
 class TorchDistributed(Transport):
@@ -202,7 +122,7 @@ class TorchDistributed(Transport):
         return self.placement[r.sender] != self.placement[r.receiver]
 
     def _block(self, work: dist.Work) -> None:
-        work.wait(_FOREVER)
+        work.wait(wire.FOREVER)
         if self.device.type == "cuda":  # NCCL's wait only orders streams; make the data really be here
             torch.cuda.current_stream(self.device).synchronize()
 
@@ -213,26 +133,12 @@ class TorchDistributed(Transport):
             q.popitem(last=False)
 
     # ------------------------------------------------------------------------------------------ sending
-    def _header(self, kind: int, iface_id: int, step: int, tensor: torch.Tensor | None,
-                context: torch.Tensor | None) -> torch.Tensor:
-        fields = [kind, iface_id, step, int(context is not None)]
-        for t in (tensor, context):
-            if t is None:
-                fields += [0, 0] + [0] * MAX_NDIM
-                continue
-            if t.dim() > MAX_NDIM:
-                raise ValueError(f"tensors of more than {MAX_NDIM} dimensions cannot be sent, got {t.dim()}")
-            if t.dtype not in DTYPES:
-                raise ValueError(f"dtype {t.dtype} cannot be sent (allowed: {', '.join(map(str, DTYPES))})")
-            fields += [DTYPES.index(t.dtype), t.dim(), *t.shape, *[0] * (MAX_NDIM - t.dim())]
-        return torch.tensor(fields, dtype=torch.int64, device=self.device)
-
     def _send(self, peer: int, kind: int, iface_id: int, step: int, tensor: torch.Tensor | None = None,
               context: torch.Tensor | None = None) -> None:
         if peer in self._send_errors:
             raise PeerError(f"rank {self.rank}: cannot send to rank {peer}: {self._send_errors[peer]}", peer)
         payload = [t.detach().to(self.device).contiguous() for t in (tensor, context) if t is not None]
-        header = self._header(kind, iface_id, step, tensor, context)
+        header = wire.encode_header(kind, iface_id, step, tensor, context, self.device)
         works = [dist.isend(t, dst=peer) for t in (header, *payload)]
         self._sends[peer].put((works, [header, *payload]))  # kept alive until the reaper saw them done
 
@@ -263,7 +169,7 @@ class TorchDistributed(Transport):
                 pending.add(message.step)  # receiver may reply before it has the message
             self.max_in_flight = max(self.max_in_flight, len(pending))
         peer = self.placement[route.receiver]
-        self._send(peer, KIND_MESSAGE, self.ids[message.interface], message.step, message.tensor,
+        self._send(peer, wire.KIND_MESSAGE, self.ids[message.interface], message.step, message.tensor,
                    message.context)
 
     def put_target(self, interface: str, step: int, target: torch.Tensor) -> None:
@@ -271,7 +177,7 @@ class TorchDistributed(Transport):
         if not self.is_remote(interface):
             self.local.put_target(interface, step, target)
             return
-        self._send(self.placement[route.sender], KIND_TARGET, self.ids[interface], step, target)
+        self._send(self.placement[route.sender], wire.KIND_TARGET, self.ids[interface], step, target)
 
     # ---------------------------------------------------------------------------------------- receiving
     def _receive_loop(self, peer: int) -> None:
@@ -279,22 +185,21 @@ class TorchDistributed(Transport):
         names = list(self.routes)
         try:
             while True:
-                header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+                header = torch.empty(wire.HEADER_LEN, dtype=torch.int64, device=self.device)
                 self._block(dist.irecv(header, src=peer))
                 kind, iface_id, step, has_context, *rest = header.tolist()
-                if kind == KIND_CLOSE:
+                if kind == wire.KIND_CLOSE:
                     self._inbox.put(("close", peer, None))
                     return
-                if kind == KIND_ACK:
+                if kind == wire.KIND_ACK:
                     self._inbox.put((kind, peer, (names[iface_id], step)))
                     continue
-                if kind == KIND_STOP:  # iface_id: the proposing rank; rest[0]: the signal
+                if kind == wire.KIND_STOP:  # iface_id: the proposing rank; rest[0]: the signal
                     self._inbox.put((kind, peer, (iface_id, step, rest[0])))
                     continue
                 tensors = []
-                for part in range(1 + has_context):
-                    code, ndim, *shape = rest[part * (2 + MAX_NDIM): (part + 1) * (2 + MAX_NDIM)]
-                    t = torch.empty(shape[:ndim], dtype=DTYPES[code], device=self.device)
+                for dtype, shape in wire.payload_layout(rest, has_context):
+                    t = torch.empty(shape, dtype=dtype, device=self.device)
                     self._block(dist.irecv(t, src=peer))
                     tensors.append(t)
                 self._inbox.put((kind, peer, (names[iface_id], step, *tensors)))
@@ -303,25 +208,25 @@ class TorchDistributed(Transport):
 
     def _file(self, item: tuple) -> None:
         kind, peer, body = item
-        if kind == KIND_MESSAGE:
+        if kind == wire.KIND_MESSAGE:
             self._store(self._arrived, body[0], body[1], None)
         if kind == "error":
             self._dead.setdefault(peer, body)
         elif kind == "close":
             self._dead.setdefault(peer, "it closed its transport")
-        elif kind == KIND_MESSAGE:
+        elif kind == wire.KIND_MESSAGE:
             name, step, tensor, *context = body
             home = self.deliver_to
             message = Message(name, step, tensor.to(home), context[0].to(home) if context else None)
             self._store(self._messages, name, step, message)
-        elif kind == KIND_TARGET:
+        elif kind == wire.KIND_TARGET:
             name, step, tensor = body
             self._awaiting.get(name, set()).discard(step)
             self._store(self._targets, name, step, tensor.to(self.deliver_to))
-        elif kind == KIND_ACK:
+        elif kind == wire.KIND_ACK:
             name, step = body
             self._awaiting.get(name, set()).discard(step)
-        elif kind == KIND_STOP:
+        elif kind == wire.KIND_STOP:
             origin, step, signum = body
             if origin not in self.stop_proposals:
                 self.stop_proposals[origin] = step
@@ -367,7 +272,7 @@ class TorchDistributed(Transport):
         message = self._messages.get(interface, {}).pop(step, None)
         route = self.routes[interface]
         if message is not None and step >= 0 and not route.replies:
-            self._send(self.placement[route.sender], KIND_ACK, self.ids[interface], step)
+            self._send(self.placement[route.sender], wire.KIND_ACK, self.ids[interface], step)
         return message
 
     def take_target(self, interface: str, step: int) -> torch.Tensor | None:
@@ -445,8 +350,8 @@ class TorchDistributed(Transport):
             return
         for peer in self.peers:
             if peer != exclude and peer not in self._dead and peer not in self._send_errors:
-                header = torch.zeros(HEADER_LEN, dtype=torch.int64, device=self.device)
-                header[:5] = torch.tensor([KIND_STOP, origin, step, 0, signum])
+                header = torch.zeros(wire.HEADER_LEN, dtype=torch.int64, device=self.device)
+                header[:5] = torch.tensor([wire.KIND_STOP, origin, step, 0, signum])
                 self._sends[peer].put(([dist.isend(header, dst=peer)], [header]))
 
     def agreed_stop(self) -> int | None:
@@ -475,7 +380,7 @@ class TorchDistributed(Transport):
         for peer in self.peers:
             if peer not in self._send_errors:
                 try:
-                    self._send(peer, KIND_CLOSE, -1, -1)
+                    self._send(peer, wire.KIND_CLOSE, -1, -1)
                 except Exception:  # noqa: BLE001 - a dead peer cannot be told; nothing to wait for
                     pass
             self._sends[peer].put(None)

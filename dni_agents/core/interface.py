@@ -23,7 +23,6 @@ Units: gradients of a batch-mean loss are 1/B of per-example gradients, so with 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,34 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .message import InProcess, Message, Transport
+from .nonfinite import NonFiniteError, OnNonFinite, first_nonfinite
 
 Mode = Literal["dni", "cdni", "backprop", "none"]
 MODES: tuple[str, ...] = ("dni", "cdni", "backprop", "none")
-OnNonFinite = Literal["stop", "skip"]
-
-
-class NonFiniteError(RuntimeError):
-    """A NaN or Inf that would poison training: ``what`` of ``where`` at clock ``step``, where ``what`` is
-    'loss' or 'gradient' (of its parameters) of an agent, 'synthetic gradient' or 'target' of an interface.
-    Raised when the policy is ``stop``."""
-
-    def __init__(self, where: str, what: str, step: int) -> None:
-        kind = "agent" if what in ("loss", "gradient") else "interface"
-        super().__init__(f"non-finite {what} of {kind} {where} at step {step}")
-        self.where, self.what, self.step = where, what, step
-
-
-def first_nonfinite(tensors: list[torch.Tensor]) -> int | None:
-    """The index of the first tensor holding a NaN or Inf, or None. Cheap: a NaN or Inf survives a sum, so
-    one sum per tensor (a twentieth of what ``isfinite`` costs on a CPU) and one device sync for all;
-    only then is each tensor checked element by element (a sum of huge finite values may overflow)."""
-    if not tensors:
-        return None
-    device = tensors[0].device
-    sums = torch.stack([t.detach().sum(dtype=torch.float32).to(device) for t in tensors])
-    if math.isfinite(float(sums.sum())):
-        return None
-    return next((i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())), None)
 
 
 @dataclass
@@ -74,6 +49,7 @@ class _Sent:
     target: torch.Tensor | None = None
     learned: bool = False  # the utility model has regressed onto the target
     consumed: bool = False  # a locked sender has taken its gradient
+    weight: torch.Tensor | None = None  # per row, how much it counts in the utility model's regression
 
 
 class Interface:
@@ -142,9 +118,15 @@ class Interface:
         return h.shape[0] if self.per_example else 1
 
     # ------------------------------------------------------------------ sender half
-    def send(self, h: torch.Tensor, step: int, context: torch.Tensor | None = None) -> torch.Tensor | None:
+    def send(
+        self, h: torch.Tensor, step: int, context: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """Send ``h`` at ``step``; return the gradient the sender applies to ``h`` now, or None (it gets
-        nothing now: mode ``none``, warm-up, or a locked mode whose gradient comes with the target)."""
+        nothing now: mode ``none``, warm-up, or a locked mode whose gradient comes with the target).
+        ``weight`` (one entry per row of ``h``, default all 1) is how much each row counts as an example of
+        the utility model's regression: 0 for a row the channel did not carry (an outage), whose target says
+        nothing about the utility of a message that was heard."""
         message = h.detach()
         self.transport.put_message(Message(self.name, step, message, context))
         if self.mode == "none":
@@ -161,7 +143,11 @@ class Interface:
                 with torch.no_grad():
                     prediction = self.utility(message, ctx)
         warm = self.messages_sent <= self.warmup_steps
-        record = _Sent(message, prediction, warm, ctx, version=self._utility_updates)
+        if weight is not None and weight.shape != message.shape[:1]:
+            raise ValueError(f"interface {self.name}: weight must have one entry per row of the message "
+                             f"({message.shape[0]}), got shape {tuple(weight.shape)}")
+        record = _Sent(message, prediction, warm, ctx, version=self._utility_updates,
+                       weight=None if weight is None else weight.detach().to(message.device, message.dtype))
         self._sent[step] = record
         self._bound(self._sent)  # targets that never came back: forget the oldest
         if self.locked:
@@ -286,11 +272,18 @@ class Interface:
                 # changed in place (autograd raises)
                 prediction = self.utility(record.message, record.context)
             target = record.target * self._units(record.message)
-            loss = F.mse_loss(prediction, target)
+            if record.weight is None:
+                loss = F.mse_loss(prediction, target)
+            else:  # the weighted mean over rows, of the mean over a row's entries
+                w = record.weight.view(-1, *([1] * (target.dim() - 1)))
+                per_row = (prediction - target).pow(2).flatten(1).mean(1)
+                loss = (per_row * w.flatten()).sum() / w.sum().clamp_min(1e-12)
             losses.append(loss)
             out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": loss.detach()}
-            if track:
-                out.update(self._fidelity(record.prediction.detach(), target, record.message))
+            kept = slice(None) if record.weight is None else record.weight > 0
+            if track and (record.weight is None or bool(kept.any())):
+                out.update(self._fidelity(record.prediction.detach()[kept], target[kept],
+                                          record.message[kept]))
             stats.append(out)
         trainable = [loss for loss in losses if loss.requires_grad]
         if self.learn and self.utility_optimizer is not None and trainable:

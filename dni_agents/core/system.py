@@ -39,8 +39,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .interface import Interface, NonFiniteError, OnNonFinite, first_nonfinite
+from .interface import Interface
 from .message import Transport
+from .nonfinite import NonFiniteError, OnNonFinite, first_nonfinite
 
 
 class Agent:
@@ -113,15 +114,17 @@ class Tick:
         h: torch.Tensor,
         context: torch.Tensor | None = None,
         step: int | None = None,
+        weight: torch.Tensor | None = None,
     ) -> None:
         """Send ``h`` (as the message of ``step``, default this tick's step); its synthetic gradient (if
-        any) is applied when the tick ends."""
+        any) is applied when the tick ends. ``weight``: see :meth:`Interface.send`."""
         iface = self.system.interfaces[interface] if isinstance(interface, str) else interface
         step = self.step if step is None else step
         if iface.mode == "backprop" and iface.receiver in self._names:
             self._live[(iface.name, step)] = h  # receiver updates in this same backward pass
             return
-        gradient = iface.send(h, step, context)
+        # (an interface of one's own that predates ``weight`` keeps working where it is not used)
+        gradient = iface.send(h, step, context) if weight is None else iface.send(h, step, context, weight)
         if iface.locked:
             self._locked.append((iface, h, step))
         elif gradient is not None:

@@ -1,21 +1,17 @@
 """What every driver needs between a config and the core: devices, optimizers, interfaces built from
-config, stats logging and atomic checkpoints. Drivers wire agents; the DNI mechanics stay in the core."""
+config. Drivers wire agents; the DNI mechanics stay in the core (the loop, logging and checkpoints are the
+runtime's)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import UTILITY_KINDS, Config, ConfigError, import_object, interface_config
-from ..core import Interface, SyntheticInputModel, System, Transport, UtilityModel
-from ..logging import RunLogger
-
-T = TypeVar("T")
-
-
+from ..core import Interface, SyntheticInputModel, Transport, UtilityModel
 
 
 def make_optimizer(
@@ -127,24 +123,3 @@ def user_utility_model(u: Any, key: str, message_shape: tuple[int, ...], context
         raise ConfigError(f"{key}: {u.kind} returns {got} for messages of shape {(2, *message_shape)} "
                           "(ĝ must have the message's shape)")
     return model
-
-
-def mean_stats(records: list[Mapping[str, Any]]) -> dict[str, float]:
-    """Average each stat over the records that carry it (fidelity is measured only on logging steps; the
-    utility loss on every step)."""
-    out: dict[str, float] = {}
-    for key in dict.fromkeys(k for r in records for k in r if k != "step"):
-        values = [float(r[key]) for r in records if key in r]
-        out[key] = sum(values) / len(values)
-    return out
-
-
-def log_interfaces(logger: RunLogger, system: System, step: int) -> dict[str, dict[str, float]]:
-    """Drain the system's fidelity stats and log their means under ``interface/<name>/…``, and what
-    ``trainer.on_nonfinite=skip`` skipped so far under ``skipped/<agent or interface>``."""
-    out = {}
-    for name, records in system.drain_stats().items():
-        out[name] = mean_stats(records)
-        logger.interface(name, out[name], step)
-    logger.scalars("skipped", system.skipped, step)
-    return out

@@ -69,3 +69,4 @@ def open_run(
 def eval_hint(run_dir: Path) -> str:
     """What to check when a finished run's checkpoint does not fit its own config."""
     return f"was {Path(run_dir) / 'config.yaml'} edited?"
+

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ...config import Config, ConfigError, load_config, parse_config
 from ...data import ImageDataset, batches
-from ...runtime.report import write_report
+from ...runtime.report import Report, timed_run
 from .model import METHODS, build_system
 from .train import train, train_step
 
@@ -77,8 +77,8 @@ def bench(
         runs = [("ff_digits", [])]
     else:
         runs = [(f"ff_fashion_{m}", [f"ff.layers={n}"]) for m, n in FULL_MODELS]
-    results: list[dict] = []
-    report = {"benchmark": "ff", "quick": quick, "overrides": list(overrides), "results": results}
+    report = Report("ff", quick, overrides, out)
+    results = report.results
 
     jobs = [(b, extra, method, seed) for b, extra in runs for method in METHODS for seed in range(seeds)]
     if only:
@@ -91,22 +91,20 @@ def bench(
             )
     for base, extra, method, seed in tqdm(jobs, desc="bench ff", unit="run"):
         cfg = method_config(base, method, [*extra, *overrides, f"seed={seed}"])
-        metrics = train(cfg, Path("runs") / cfg.name, log=False, progress=False)
-        results.append(
+        metrics, _ = timed_run(train, cfg)
+        report.add(
             {"method": method, "dataset": cfg.ff.dataset, "model": _model_name(cfg),
              "test_accuracy": metrics["test_accuracy"], "steps_per_s": metrics["steps_per_s"],
-             "steps": metrics["steps"], "seed": seed, "device": cfg.device}
+             "steps": metrics["steps"], "seed": seed, "device": cfg.device},
+            f"{_model_name(cfg):>6} {method:>9} seed {seed}: "
+            f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['steps_per_s']:.0f} steps/s",
         )
-        tqdm.write(f"{results[-1]['model']:>6} {method:>9} seed {seed}: "
-                   f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['steps_per_s']:.0f} steps/s")
-        write_report(out, report)
     results += time_methods(["backprop", "dni"], steps=100)
     timing = {r["method"]: r for r in results if r["dataset"] == "timing"}
-    report["dni_cost_vs_backprop"] = timing["dni"]["cost_vs_backprop"]
-    write_report(out, report)
+    report.finish(dni_cost_vs_backprop=timing["dni"]["cost_vs_backprop"])
     summary = {}
     for r in results:
         if r["dataset"] != "timing":
             summary.setdefault(f"{r['model']}/{r['method']}", []).append(r["test_accuracy"])
     return {"test_accuracy": {k: sum(v) / len(v) for k, v in summary.items()},
-            "dni_cost_vs_backprop": report["dni_cost_vs_backprop"], "out": str(out) if out else None}
+            "dni_cost_vs_backprop": report.data["dni_cost_vs_backprop"], "out": str(out) if out else None}

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ...config import Config, ConfigError, agent_names, config_to_yaml
 from ...core import Message, System
@@ -17,6 +16,7 @@ from ...core.distributed import Route, TorchDistributed
 from ...data import ImageDataset, batches, load_dataset
 from ...logging import RunLogger
 from ...runtime.checkpoint import load_system
+from ...runtime.loop import Loop
 from ...runtime.ranks import (
     join_process_group,
     local_system,
@@ -26,7 +26,6 @@ from ...runtime.ranks import (
 )
 from ...runtime.report import write_report
 from ...runtime.stop import StopRequest
-from ..common import log_interfaces
 from .model import build_system
 
 
@@ -198,8 +197,6 @@ def train_distributed(
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     tc = cfg.trainer
     stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
-    bar = tqdm(total=tc.steps, initial=start, desc=f"{cfg.name} rank {rank}",
-               disable=not progress or rank != 0, leave=False, unit="step")
     losses: list[float] = []
     keep = world + 1
 
@@ -219,29 +216,27 @@ def train_distributed(
         save(step)
         return rank_checkpoint(run_path, rank)
 
+    def checkpoint(step: int) -> None:  # on the cadence: the targets in flight first, and not the last
+        nonlocal seconds, t0
+        if log and step < tc.steps:
+            drain(system, transport, step - 1)
+            seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(step)
+
     stop = stop or StopRequest()
+    loop = Loop(cfg, start, logger, checkpoint, log=log, progress=progress, stop=stop, rank=rank,
+                check=lambda step, bar: stop.check_ranks(step, transport, finish, bar, logger))
     t0 = time.perf_counter()
-    for step in range(start, tc.steps):
-        stop.check_ranks(step, transport, finish, bar, logger)
+    for step in loop:
         x, y = next(stream)
-        log_now = log and (step % cfg.log.every == 0 or step == tc.steps - 1)
-        system.track_stats = log_now
+        system.track_stats = loop.logs(step)
         out = train_step_distributed(system, transport, chain, step, x, y, data.num_classes)
         if "loss" in out:
             losses.append(float(out["loss"]))
-        if log_now:
-            if "loss" in out:
-                logger.agent(chain[-1], {"loss": losses[-1], "accuracy": float(out["accuracy"])}, step)
-            log_interfaces(logger, system, step)
-        elif not log:
-            system.drain_stats()
-        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
-            drain(system, transport, step)
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            save(step + 1)
-        bar.update(1)
-    bar.close()
+        if loop.logs(step) and "loss" in out:
+            logger.agent(chain[-1], {"loss": losses[-1], "accuracy": float(out["accuracy"])}, step)
+        loop.drain(system, step)
     if tc.steps:
         drain(system, transport, tc.steps - 1)  # the last targets, and real inputs Î learns from
     seconds += time.perf_counter() - t0

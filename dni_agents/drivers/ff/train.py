@@ -8,16 +8,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ...config import Config, load_config
+from ...config import Config
 from ...core import System
 from ...data import ImageDataset, batches, load_dataset
-from ...runtime.checkpoint import apply_checkpoint, load_checkpoint, load_system, save_checkpoint
-from ...runtime.ranks import merge_rank_checkpoints, rank_files
-from ...runtime.run import eval_hint, open_run, resolve_device
+from ...runtime.checkpoint import load_system, save_checkpoint
+from ...runtime.finished import finished_run, restore_finished
+from ...runtime.loop import Loop
+from ...runtime.run import open_run, resolve_device
 from ...runtime.stop import StopRequest
-from ..common import log_interfaces
 from .model import CHECKPOINT, build_system
 
 
@@ -103,12 +102,8 @@ def train(
         return start  # steps are logged at ``step``: the crashed run's from here on are dropped
 
     run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
-
     tc = cfg.trainer
     stream = batches(x_train, y_train, tc.batch_size, torch.Generator().manual_seed(cfg.seed), start=start)
-    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="step")
-    stop = stop or StopRequest()
 
     def save(step: int) -> Path | None:
         if not log:
@@ -116,35 +111,28 @@ def train(
         save_checkpoint(Path(run_dir) / CHECKPOINT, {"step": step, "system": system.state_dict()})
         return Path(run_dir) / CHECKPOINT
 
+    loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop)
     t0 = time.perf_counter()
-    for step in range(start, end):
-        stop.check(step, save, bar, logger)
+    for step in loop:
         x, y = next(stream)
-        log_now = step % cfg.log.every == 0 or step == tc.steps - 1
-        system.track_stats = log and log_now
+        system.track_stats = loop.logs(step)
         out = train_step(system, step, x, y, data.num_classes)
-        if log and log_now:
+        if loop.logs(step):
             top = list(system.agents)[-1]
             logger.agent(top, {"loss": float(out["loss"]), "accuracy": float(out["accuracy"])}, step)
-            log_interfaces(logger, system, step)
-            bar.set_postfix(loss=f"{float(out['loss']):.3f}")
-        elif not log:
-            system.drain_stats()
-        if log and step % cfg.log.histogram_every == 0:
+            loop.bar.set_postfix(loss=f"{float(out['loss']):.3f}")
+        loop.drain(system, step)
+        if log and loop.due(cfg.log.histogram_every, step):
             for name, message in out["messages"].items():
                 logger.message_histogram(name, message, step)
         if log and tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
             logger.scalars("eval", evaluate_chain(system, x_test, y_test), step)
-        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
-            save(step + 1)
-        bar.update(1)
-    bar.close()
     seconds = time.perf_counter() - t0
-    if end < tc.steps:  # stopped early on purpose: leave it as a crash would
+    if not loop.finished:  # stopped early on purpose: leave it as a crash would
         logger.close()
         return {}
     metrics = evaluate_chain(system, x_test, y_test)
-    metrics.update(steps=tc.steps, steps_per_s=(end - start) / max(seconds, 1e-9))
+    metrics.update(steps=tc.steps, steps_per_s=(loop.end - start) / max(seconds, 1e-9))
     if log:
         logger.scalars("eval", {k: metrics[k] for k in ("test_accuracy", "test_loss")}, tc.steps)
         n = min(cfg.log.embedding_samples, len(x_test))
@@ -160,21 +148,14 @@ def train(
 def evaluate(run_dir: Path) -> dict:
     """``dni-agents eval RUN_DIR``: test accuracy of the checkpointed chain (of a run on several processes
     too: its ranks' checkpoints put together, evaluated in this one process)."""
-    run_dir = Path(run_dir)
-    cfg = load_config(str(run_dir / "config.yaml"))
-    device = resolve_device(cfg.device)
+    run_dir, cfg, device = finished_run(run_dir)
     data = load_dataset(cfg.ff.dataset, cfg.ff.data_root)
     system = build_system(cfg, data, device)
-    if not (run_dir / CHECKPOINT).is_file() and rank_files(run_dir):
-        path, state = run_dir / "checkpoint.rank*.pt", merge_rank_checkpoints(run_dir, device)
-    else:
-        path = run_dir / CHECKPOINT
-        state = load_checkpoint(path, device)
 
     def restore(state: dict) -> int:
         load_system(system, state["system"])
         return int(state["step"])
 
-    step = apply_checkpoint(path, state, restore, eval_hint(run_dir))
+    step = restore_finished(run_dir, CHECKPOINT, device, restore)
     metrics = evaluate_chain(system, data.x_test.to(device), data.y_test.to(device))
     return {"run_dir": str(run_dir), "step": step, **metrics}

@@ -28,28 +28,9 @@ from __future__ import annotations
 from .bench import bench, plot, summarize
 from .config import SECTION, agent_names
 from .dist import measure_slow_b, placement_for, train_distributed
-from .model import (
-    A_SELF,
-    B_SELF,
-    CHECKPOINT,
-    MESSAGE,
-    METHODS,
-    TEMPORAL,
-    A,
-    B,
-    Block,
-    Carry,
-    DigitStream,
-    Hier,
-    Sender,
-    a_window,
-    b_unroll,
-    block_metrics,
-    build,
-    evaluate_stream,
-    tick_step,
-    train_block,
-)
+from .model import A_SELF, B_SELF, CHECKPOINT, MESSAGE, METHODS, TEMPORAL, A, B, Hier, Sender, build
+from .step import Carry, a_window, b_unroll, block_metrics, evaluate_stream, tick_step, train_block
+from .stream import Block, DigitStream
 from .train import _streams, check_carried, evaluate, train
 
 __all__ = [

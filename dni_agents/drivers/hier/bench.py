@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ...config import load_config
-from ...runtime.report import plot_against_data_and_time, write_report
+from ...runtime.report import Report, mean_and_range, plot_against_data_and_time, timed_run
 from .model import METHODS, TEMPORAL
 from .train import train
 
@@ -22,8 +21,8 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
     seeds = seeds or (2 if quick else 3)
     steps = 2000 if quick else 4000
     runs = [(m, "off") for m in METHODS] + ([("dni", "on")] if quick else [(m, "on") for m in METHODS])
-    records: list[dict] = []
-    report = {"benchmark": "hier", "quick": quick, "overrides": list(overrides), "results": records}
+    report = Report("hier", quick, overrides, out)
+    records = report.results
     bar = tqdm(total=len(runs) * seeds, desc="bench hier", unit="run", leave=False)
     for seed in range(seeds):
         for method, temporal in runs:
@@ -33,25 +32,20 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
             cfg = load_config("hier", [*METHODS[method], *TEMPORAL[temporal], f"trainer.steps={steps}",
                                        f"trainer.eval_every={steps // 10}", *overrides, f"seed={seed}",
                                        f"name=bench_{label.replace('+', '_')}"])
-            t0 = time.perf_counter()
-            res = train(cfg, Path("runs") / cfg.name, log=False, progress=False)
-            wall = time.perf_counter() - t0
-            records.append({
+            res, wall = timed_run(train, cfg)
+            report.add({
                 "method": method, "temporal_dni": temporal == "on", "T": cfg.hier.period,
                 "K": cfg.hier.memory, "seed": seed,
                 "a_accuracy": res["a_accuracy"], "b_accuracy": res["b_accuracy"],
                 "steps": steps,
                 "digits": steps * cfg.hier.period * cfg.hier.b_truncation * cfg.trainer.batch_size,
                 "wall_s": wall, "train_s": res["train_seconds"], "curve": res["curve"],
-            })
+            }, f"{label:>18} seed {seed}: B {res['b_accuracy']:.3f}  A {res['a_accuracy']:.3f}  "
+               f"({wall:.0f} s)")
             bar.update(1)
-            tqdm.write(f"{label:>18} seed {seed}: B {res['b_accuracy']:.3f}  A {res['a_accuracy']:.3f}  "
-                       f"({wall:.0f} s)")
-            write_report(out, report)
     bar.close()
     summary = summarize(records)
-    report["summary"] = summary
-    write_report(out, report)
+    report.finish(summary=summary)
     if out is not None:
         plot(records, Path(out).with_suffix(".png"))
     return {"summary": summary, "out": str(out) if out else None}
@@ -66,9 +60,7 @@ def summarize(records: list[dict]) -> list[dict]:
     for (method, temporal), rs in groups.items():
         row = {"method": method, "temporal_dni": temporal, "seeds": len(rs)}
         for key in ("b_accuracy", "a_accuracy", "wall_s"):
-            values = [r[key] for r in rs]
-            row[key] = sum(values) / len(values)
-            row[f"{key}_min"], row[f"{key}_max"] = min(values), max(values)
+            row.update(mean_and_range(rs, key))
         rows.append(row)
     return rows
 

@@ -32,6 +32,7 @@ from ...core.distributed import Route, TorchDistributed
 from ...launch import cli_command, launch
 from ...logging import RunLogger
 from ...runtime.checkpoint import load_system
+from ...runtime.loop import Loop, step_generator
 from ...runtime.ranks import (
     join_process_group,
     local_system,
@@ -41,22 +42,9 @@ from ...runtime.ranks import (
 )
 from ...runtime.report import write_report
 from ...runtime.stop import StopRequest
-from ..common import log_interfaces
-from .model import (
-    A_SELF,
-    B_SELF,
-    MESSAGE,
-    A,
-    B,
-    Block,
-    Carry,
-    Hier,
-    a_window,
-    b_unroll,
-    block_metrics,
-    build,
-    tick_step,
-)
+from .model import A_SELF, B_SELF, MESSAGE, A, B, Hier, build
+from .step import Carry, a_window, b_unroll, block_metrics, tick_step
+from .stream import Block
 from .train import _streams, check_carried
 
 
@@ -168,47 +156,47 @@ def train_distributed(
             "prediction": own_self.in_flight(tick_step(step * U - 1, T)),
         }, keep=world + 1)
 
-    bar = tqdm_blocks(cfg, start, rank, progress)
     first: dict = {}
     last: dict = {}
+
     def finish(step: int) -> Path | None:  # stopped by a signal at this boundary, on both ranks
         nonlocal seconds
         drain(hier, transport, step, T, U)
         seconds += time.perf_counter() - t0
-        bar.close()
+        loop.bar.close()
         if not log:
             return None
         save(step)
         return rank_checkpoint(run_path, rank)
 
+    def checkpoint(step: int) -> None:  # on the cadence: the targets in flight first, and not the last
+        nonlocal seconds, t0
+        if log and step < tc.steps:
+            drain(hier, transport, step, T, U)
+            seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(step)
+
     stop = stop or StopRequest()
+    loop = Loop(cfg, start, logger, checkpoint, log=log, progress=progress, stop=stop, rank=rank,
+                unit="block", count_from=1,
+                check=lambda step, bar: stop.check_ranks(step, transport, finish, logger))
     t0 = time.perf_counter()
-    for step in range(start, tc.steps):
-        stop.check_ranks(step, transport, finish, logger)
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        block = stream.block(generator)
+    for step in loop:
+        block = stream.block(step_generator(cfg.seed, step))
         block = Block(*(t.to(device) for t in (block.x, block.odd, block.count, block.window_count)))
-        system.track_stats = log and (step + 1) % cfg.log.every == 0
+        system.track_stats = loop.logs(step)
         last = train_block_rank(hier, transport, block, step * U, carry, T, h.b_delay_s)
         first = first or last
-        bar.update(1)
-        if log and (step + 1) % cfg.log.every == 0:
+        if loop.logs(step):
             if "a_loss" in last:
                 logger.agent(A, {"loss": last["a_loss"], "accuracy": last["a_accuracy"]}, step + 1)
             if "b_loss" in last:
                 logger.agent(B, {"loss": last["b_loss"], "accuracy": last["b_accuracy"]}, step + 1)
-            log_interfaces(logger, system, step + 1)
-        else:
-            system.drain_stats()
-        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
-            drain(hier, transport, step + 1, T, U)
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            save(step + 1)
+        loop.drain(system, step)
     own_seconds = seconds + time.perf_counter() - t0  # until this rank's last tick: A never waits at the end
     drain(hier, transport, tc.steps, T, U)
     seconds += time.perf_counter() - t0
-    bar.close()
     blocks = tc.steps - start
     updates = blocks * (1 if mine == B or hier.message.locked else U)
     metrics: dict = {"rank": rank, "agents": [mine], "method": hier.message.mode, "steps": tc.steps,
@@ -228,13 +216,6 @@ def train_distributed(
     transport.close()
     dist.destroy_process_group()
     return metrics
-
-
-def tqdm_blocks(cfg: Config, start: int, rank: int, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.trainer.steps, initial=start, desc=f"{cfg.name} rank {rank}",
-                disable=not progress or rank != 0, leave=False, unit="block")
 
 
 def measure_slow_b(

@@ -6,28 +6,17 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from ...config import Config, ConfigError, load_config
+from ...config import Config, ConfigError
 from ...data import load_dataset
-from ...runtime.checkpoint import apply_checkpoint, check_like, load_checkpoint, load_system, save_checkpoint
-from ...runtime.ranks import merge_rank_checkpoints, rank_files
-from ...runtime.run import eval_hint, open_run, resolve_device
+from ...runtime.checkpoint import check_like, load_system, save_checkpoint
+from ...runtime.finished import finished_run, restore_finished
+from ...runtime.loop import Loop, step_generator
+from ...runtime.run import open_run, resolve_device
 from ...runtime.stop import StopRequest
-from ..common import log_interfaces
-from .model import (
-    CHECKPOINT,
-    MESSAGE,
-    A,
-    B,
-    Block,
-    Carry,
-    DigitStream,
-    build,
-    evaluate_stream,
-    tick_step,
-    train_block,
-)
+from .model import CHECKPOINT, MESSAGE, A, B, build
+from .step import Carry, evaluate_stream, tick_step, train_block
+from .stream import Block, DigitStream
 
 
 def _streams(cfg: Config):
@@ -79,7 +68,6 @@ def train(
         return start + 1  # blocks are logged at ``step + 1``: the one at ``start`` came before the save
 
     run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
-    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     if carry.a_state is None:
         carry = Carry(torch.zeros(tc.batch_size, h.a_hidden, device=device),
                       torch.zeros(tc.batch_size, h.b_hidden, device=device))
@@ -103,32 +91,25 @@ def train(
         })
         return Path(run_dir) / CHECKPOINT
 
-    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="block")
-    stop = stop or StopRequest()
-    for step in range(start, end):
-        stop.check(step, save, bar, logger)
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop,
+                unit="block", count_from=1)
+    for step in loop:
         t0 = time.perf_counter()
-        block = stream.block(generator)
+        block = stream.block(step_generator(cfg.seed, step))
         block = Block(*(t.to(device) for t in (block.x, block.odd, block.count, block.window_count)))
-        hier.system.track_stats = log and (step + 1) % cfg.log.every == 0
+        hier.system.track_stats = loop.logs(step)
         metrics = train_block(hier, block, step * U, carry, T, h.b_delay_s)
         seconds += time.perf_counter() - t0
-        bar.update(1)
-        if log and (step + 1) % cfg.log.every == 0:
+        if loop.logs(step):
             logger.agent(A, {"loss": metrics["a_loss"], "accuracy": metrics["a_accuracy"]}, step + 1)
             logger.agent(B, {"loss": metrics["b_loss"], "accuracy": metrics["b_accuracy"]}, step + 1)
-            log_interfaces(logger, hier.system, step + 1)
-            bar.set_postfix(a=f"{metrics['a_accuracy']:.2f}", b=f"{metrics['b_accuracy']:.2f}")
-        else:
-            hier.system.drain_stats()
-        if log and (step + 1) % cfg.log.histogram_every == 0:
+            loop.bar.set_postfix(a=f"{metrics['a_accuracy']:.2f}", b=f"{metrics['b_accuracy']:.2f}")
+        loop.drain(hier.system, step)
+        if log and loop.due(cfg.log.histogram_every, step):
             logger.message_histogram(MESSAGE, metrics["messages"], step + 1)
         if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
             evaluate(step + 1)
-        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
-            save(step + 1)
-    bar.close()
+    end = loop.end
     result: dict = {"method": hier.message.mode, "T": T, "K": h.memory, "steps": end,
                     "train_seconds": seconds}
     if end == tc.steps:
@@ -149,14 +130,7 @@ def train(
 
 def evaluate(run_dir: Path) -> dict:
     """``dni-agents eval RUN_DIR``: A's and B's accuracy on held-out digit streams."""
-    run_dir = Path(run_dir)
-    cfg = load_config(str(run_dir / "config.yaml"))
-    device = resolve_device(cfg.device)
-    if not (run_dir / CHECKPOINT).is_file() and rank_files(run_dir):  # a run on several processes
-        path, state = run_dir / "checkpoint.rank*.pt", merge_rank_checkpoints(run_dir, device)
-    else:
-        path = run_dir / CHECKPOINT
-        state = load_checkpoint(path, device)
+    run_dir, cfg, device = finished_run(run_dir)
     data, _, make_stream = _streams(cfg)
     hier = build(cfg, data.input_dim, device)
 
@@ -164,7 +138,7 @@ def evaluate(run_dir: Path) -> dict:
         load_system(hier.system, state["system"])
         return int(state["step"])
 
-    steps = apply_checkpoint(path, state, restore, eval_hint(run_dir))
+    steps = restore_finished(run_dir, CHECKPOINT, device, restore)
     test = make_stream(data.x_test, data.y_test, cfg.hier.eval_streams)
     metrics, _, _ = evaluate_stream(hier, test, cfg.hier.eval_blocks, cfg.seed + 999, device)
     return {"run_dir": str(run_dir), "steps": steps, **metrics}

@@ -35,7 +35,7 @@ from .comm import (
     sensitivities,
     transmitted,
 )
-from .config import APPLIES_CHANNELS, SECTION, check_config
+from .config import AGENT_CONFIG, APPLIES_CHANNELS, SECTION, check_config
 from .env import DirectParallel, make_copies, make_env
 from .learn import advantages, ppo_loss, ppo_update, replay
 from .metrics import comm_metrics, entropy_bits, message_symbols, mutual_information_bits
@@ -46,6 +46,7 @@ from .train import episode_metrics, evaluate, evaluate_system, train
 __all__ = [
     "check_config",
     "SECTION",
+    "AGENT_CONFIG",
     "APPLIES_CHANNELS",
     "CHECKPOINT", "EVAL_SEED", "METHODS", "Channel", "DirectParallel", "Episode", "FidelityHistory", "Group",
     "Player", "PolicyNet", "Sensitivity", "ablation_permutation", "advantages", "bench", "build",

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ...config import ConfigError, load_config
-from ...runtime.report import write_report
+from ...runtime.report import Report, timed_run
 from .train import train
 
 METHODS: dict[str, list[str]] = {
@@ -26,30 +23,26 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
     if not methods:
         raise ConfigError(f"--only: {','.join(only)} matches no method (methods: {', '.join(METHODS)})")
     extra = ["trainer.steps=150", "marl.eval_episodes=250"] if quick else []
-    results: list[dict] = []
-    report = {"benchmark": "marl", "quick": quick, "overrides": list(overrides), "results": results}
+    report = Report("marl", quick, overrides, out)
+    results = report.results
 
     for method in methods:
         for seed in range(seeds):
             cfg = load_config("speaker_listener", [*METHODS[method], *extra, *overrides, f"seed={seed}"])
-            t0 = time.perf_counter()
-            m = train(cfg, Path("runs") / cfg.name, log=False, progress=False)
+            m, wall = timed_run(train, cfg)
             mi = next((v for k, v in m.items() if k.endswith("/mi_bits")), None)
-            results.append({
+            report.add({
                 "method": method, "env": cfg.marl.env, "seed": seed, "mean_return": m["mean_return"],
                 "success_rate": m.get("success_rate"), "mi_bits": mi, "env_steps_per_s": m["env_steps_per_s"],
-                "wall_s": time.perf_counter() - t0, "updates": cfg.trainer.steps,
+                "wall_s": wall, "updates": cfg.trainer.steps,
                 "env_steps": cfg.trainer.steps * cfg.marl.num_envs * cfg.marl.max_steps,
-            })
-            tqdm.write(f"{method:>9} seed {seed}: return {m['mean_return']:.2f}, "
-                       f"success {m.get('success_rate')}, MI {mi}, {m['env_steps_per_s']:.0f} env steps/s")
-            write_report(out, report)
+            }, f"{method:>9} seed {seed}: return {m['mean_return']:.2f}, "
+               f"success {m.get('success_rate')}, MI {mi}, {m['env_steps_per_s']:.0f} env steps/s")
     summary: dict[str, dict[str, float]] = {}
     for method in methods:
         rows = [r for r in results if r["method"] == method]
         summary[method] = {k: sum(r[k] for r in rows) / len(rows) for k in ("mean_return", "env_steps_per_s")}
         mis = [r["mi_bits"] for r in rows if r["mi_bits"] is not None]
         summary[method]["mi_bits"] = sum(mis) / len(mis) if mis else None
-    report["summary"] = summary
-    write_report(out, report)
+    report.finish(summary=summary)
     return {"summary": summary, "out": str(out) if out else None}

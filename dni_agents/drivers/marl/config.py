@@ -4,9 +4,30 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ...config import Config, ConfigError, NonNegFloat, NonNegInt, PosFloat, PosInt, UnitFloat, _Strict
+from ...schema import IMPORT_STRING, AgentConfig
+
+
+class MarlAgentConfig(AgentConfig):
+    """One network that controls the environment agents in ``members`` (names or glob patterns; default:
+    its own name), which share its parameters."""
+
+    members: list[str] | None = None
+    policy: bool = True  # false = no RL policy; its environment action is its message
+    candidates: list[PosInt] | None = None  # [n, features]: action i picks input candidate i
+    # "package.module:Factory", Factory(in_dim, hidden, **network_kwargs) -> the actor's and the critic's
+    # body (a module from (rows, in_dim) to (rows, hidden) features); None: two tanh layers
+    network: str | None = None
+    network_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("network")
+    @classmethod
+    def _network_is_an_import_string(cls, v: str | None) -> str | None:
+        if v is not None and not IMPORT_STRING.fullmatch(v):
+            raise ValueError(f"{v!r} is not an import string (allowed: package.module:Factory)")
+        return v
 
 
 class PrivateInfoConfig(_Strict):
@@ -54,6 +75,7 @@ class MarlConfig(_Strict):
     threads: NonNegInt = 1  # torch intra-op threads while training (0: leave torch's default)
 
 SECTION = MarlConfig
+AGENT_CONFIG = MarlAgentConfig
 
 APPLIES_CHANNELS = True  # the shared schema's channel keys (rial, channel models, message sizes) are marl's
 

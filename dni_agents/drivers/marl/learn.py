@@ -134,7 +134,10 @@ def replay(
                 if c.mode == "cdni":
                     context = sender_context(c, player.by_name[c.receiver], ep, t, mb, len(g.members),
                                              out.detach().view(B, -1, c.size), sens)
-                tick.send(c.interface, out, context, step=base + t)
+                weight = None  # a message its channel did not carry says nothing of what a heard one is worth
+                if c.name in ep.outage:
+                    weight = ep.outage[c.name][mb].repeat_interleave(len(g.members))
+                tick.send(c.interface, out, context, step=base + t, weight=weight)
     return features_out
 
 

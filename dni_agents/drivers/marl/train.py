@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from ...config import Config, load_config
-from ...runtime.checkpoint import apply_checkpoint, load_checkpoint, load_system, save_checkpoint
-from ...runtime.run import eval_hint, open_run, resolve_device
+from ...config import Config
+from ...runtime.checkpoint import load_system, save_checkpoint
+from ...runtime.finished import finished_run, restore_finished
+from ...runtime.loop import Loop, step_generator
+from ...runtime.run import open_run, resolve_device
 from ...runtime.stop import StopRequest
-from ..common import log_interfaces, mean_stats
 from .build import CHECKPOINT, EVAL_SEED, Channel, Group, build
 from .comm import (
     FidelityHistory,
@@ -82,8 +82,6 @@ def _train(
 
     run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
     private_agent = mc.private_info.agent if mc.private_info else None
-    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="update")
     env_steps, seconds, recent = 0, 0.0, []
     fidelity, curve = FidelityHistory(), []  # curve: (environment steps, return) on measured updates
     if mc.message_rms is not None and start == 0:  # the frozen control's scale (a resumed run has it)
@@ -96,13 +94,13 @@ def _train(
                         {"update": update, "clock": clock, "system": system.state_dict()})
         return Path(run_dir) / CHECKPOINT
 
-    for update in range(start, end):
-        stop.check(update, save, bar, logger)
+    loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop,
+                unit="update")
+    for update in loop:
         t0 = time.perf_counter()
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + update)
+        generator = step_generator(cfg.seed, update)
         ep = player.play(seed=(cfg.seed * 100_000 + update) * mc.num_envs, generator=generator)
-        measure = update % cfg.log.every == 0 or update == tc.steps - 1
-        log_now = log and measure
+        measure = loop.measured(update)
         losses, clock = ppo_update(cfg, system, groups, player, ep, generator, clock, track=measure)
         seconds += time.perf_counter() - t0
         env_steps += ep.steps
@@ -112,28 +110,22 @@ def _train(
             curve.append(((update + 1) * mc.num_envs * mc.max_steps, metrics["return/mean"]))
             usage = channel_stats(ep, channels)
             fidelity.add(update, usage)  # the messages' scale, for the frozen control
-        if log_now:
+            fidelity.add(update, loop.drain(system, update))  # ĝ's (held-out) fidelity
+        if loop.logs(update):
             logger.scalars("episode", metrics, update)
             for name, parts in losses.items():
                 logger.agent(name, parts, update)
-            fidelity.add(update, log_interfaces(logger, system, update))
             for name, m in comm_metrics(ep, channels, private_agent, mc.mi_resolution).items():
                 logger.scalars(f"comm/{name}", m, update)
             for name, m in usage.items():
                 logger.scalars(f"channel/{name}", m, update)
             logger.scalar("perf/env_steps_per_s", env_steps / max(seconds, 1e-9), update)
             logger.scalar("perf/env_steps", (update + 1) * mc.num_envs * mc.max_steps, update)
-            bar.set_postfix(ret=f"{sum(recent) / len(recent):.2f}")
-        elif measure:
-            fidelity.add(update, {k: mean_stats(v) for k, v in system.drain_stats().items()})
-        if log and update % cfg.log.histogram_every == 0:
+            loop.bar.set_postfix(ret=f"{sum(recent) / len(recent):.2f}")
+        if log and loop.due(cfg.log.histogram_every, update):
             for name, msgs in ep.messages.items():
                 logger.message_histogram(name, msgs[ep.alive], update)
-        if tc.checkpoint_every and (update + 1) % tc.checkpoint_every == 0:
-            save(update + 1)
-        bar.update(1)
-    bar.close()
-    if end < tc.steps:
+    if not loop.finished:
         logger.close()
         return {}
     result = evaluate_system(cfg, groups, channels, device, episodes=mc.eval_episodes)
@@ -179,17 +171,14 @@ def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], d
 def evaluate(run_dir: Path, ablate: str | None = None) -> dict:
     """``dni-agents eval RUN_DIR [--ablate permute|zero]``: replay the trained agents greedily; return,
     success, communication."""
-    run_dir = Path(run_dir)
-    cfg = load_config(str(run_dir / "config.yaml"))
-    device = resolve_device(cfg.device)
+    run_dir, cfg, device = finished_run(run_dir)
     system, groups, channels = build(cfg, make_env(cfg), device)
-    state = load_checkpoint(run_dir / CHECKPOINT, device)
 
     def restore(state: dict) -> int:
         load_system(system, state["system"])
         return int(state["update"])
 
-    update = apply_checkpoint(run_dir / CHECKPOINT, state, restore, eval_hint(run_dir))
+    update = restore_finished(run_dir, CHECKPOINT, device, restore)
     result = evaluate_system(cfg, groups, channels, device, episodes=cfg.marl.eval_episodes, ablate=ablate)
     result.pop("_episode", None)
     return {"run_dir": str(run_dir), "update": update, **({"ablate": ablate} if ablate else {}), **result}

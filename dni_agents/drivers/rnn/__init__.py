@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from .bench import bench, plot_wallclock
 from .config import SECTION, agent_names
-from .model import AGENT, CHECKPOINT, METHODS, Core, build, window
+from .model import AGENT, CHECKPOINT, METHODS, Core, build
+from .step import window
 from .tasks import CopyStream, CopyTask, Sequence, TextStream, bits_per_char
 from .train import Curriculum, _task, evaluate, train, train_lm
 

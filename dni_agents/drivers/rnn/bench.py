@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ...config import ConfigError, load_config
-from ...runtime.report import plot_against_data_and_time, write_report
+from ...runtime.report import Report, plot_against_data_and_time, timed_run
 from .model import METHODS
 from .train import train
 
 
 def _run(base: str, method: str, extra: list[str]) -> dict:
-    cfg = load_config(base, [*METHODS[method], *extra])
-    t0 = time.perf_counter()
-    result = train(cfg, Path("runs") / cfg.name, log=False, progress=False)
-    result["wall_s"] = time.perf_counter() - t0
-    return result
+    result, wall = timed_run(train, load_config(base, [*METHODS[method], *extra]))
+    return {**result, "wall_s": wall}
 
 
 def _split_only(only: list[str] | None) -> tuple[set[str], set[str]]:
@@ -50,8 +46,8 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
     only_tasks, only_methods = _split_only(only)
     keep = lambda task, method=None: (not only_tasks or task in only_tasks) and (  # noqa: E731
         method is None or not only_methods or method in only_methods)
-    records: list[dict] = []
-    report = {"benchmark": "rnn", "quick": quick, "overrides": list(overrides), "results": records}
+    report = Report("rnn", quick, overrides, out)
+    records = report.results
     bar = tqdm(desc="bench rnn", unit="run", leave=False)
     for seed in range(seeds):
         for task in tasks:
@@ -67,16 +63,13 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
                         base = "copy"
                     res = _run(base, method, [*extra, *overrides, f"seed={seed}", f"name=bench_{task}"])
                     metric = "test_bpc" if task == "charlm" else "solved_length"
-                    records.append({
+                    report.add({
                         "study": "table1", "method": method, "task": task, "T": T, "seed": seed,
                         "metric": metric, "value": res[metric],
                         "chars_per_s": res.get("chars_per_s"), "wall_s": res["wall_s"],
                         "curve": res.get("curve"),
-                    })
+                    }, f"{task:>11} T={T} {method:>7}: {metric} {res[metric]:.3f} ({res['wall_s']:.0f} s)")
                     bar.update(1)
-                    tqdm.write(f"{task:>11} T={T} {method:>7}: {metric} {res[metric]:.3f} "
-                               f"({res['wall_s']:.0f} s)")
-                    write_report(out, report)
         # wall-clock study: the same characters for every run, so the curves are comparable in data and time
         if keep("wallclock"):
             per_row = lm_steps * 8  # characters each of the batch's streams reads, the same for every run
@@ -86,15 +79,13 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
                 extra = [f"rnn.truncation={T}", f"trainer.steps={per_row // T}", *lm_eval,
                          f"trainer.eval_every={max(1, (per_row // T) // (3 if quick else 12))}"]
                 res = _run("charlm", method, [*extra, *overrides, f"seed={seed}", "name=bench_wallclock"])
-                records.append({
+                report.add({
                     "study": "wallclock", "method": method, "task": "charlm", "T": T, "seed": seed,
                     "metric": "valid_bpc", "value": res["valid_bpc"], "chars_per_s": res["chars_per_s"],
                     "wall_s": res["wall_s"], "curve": res["curve"],
-                })
+                }, f"  wallclock {method} T={T}: best valid BPC {res['valid_bpc']:.3f}, "
+                   f"{res['chars_per_s']:.0f} chars/s")
                 bar.update(1)
-                tqdm.write(f"  wallclock {method} T={T}: best valid BPC {res['valid_bpc']:.3f}, "
-                           f"{res['chars_per_s']:.0f} chars/s")
-                write_report(out, report)
     bar.close()
     if out is not None:
         plot_wallclock(records, Path(out).with_suffix(".png"))

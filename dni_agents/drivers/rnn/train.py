@@ -9,16 +9,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ...config import Config, load_config
+from ...config import Config
 from ...core import Interface, System
 from ...data import load_text
-from ...runtime.checkpoint import apply_checkpoint, check_like, load_checkpoint, load_system, save_checkpoint
-from ...runtime.run import eval_hint, open_run, resolve_device
+from ...runtime.checkpoint import check_like, load_system, save_checkpoint
+from ...runtime.finished import finished_run, restore_finished
+from ...runtime.loop import Loop, step_generator
+from ...runtime.run import open_run, resolve_device
 from ...runtime.stop import StopRequest
-from ..common import log_interfaces
-from .model import CHECKPOINT, build, window
+from .model import CHECKPOINT, build
+from .step import window
 from .tasks import CopyStream, CopyTask, Sequence, TextStream, bits_per_char
 
 
@@ -85,8 +86,6 @@ def train(
         return start + 1  # windows are logged at ``step + 1``: the one at ``start`` came before the save
 
     run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
-    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
     B, T = tc.batch_size, r.truncation
     seconds, error = 0.0, float("nan")
 
@@ -95,12 +94,13 @@ def train(
             _save(run_dir, system, iface, step, cur, stream, sent, bits, scored)
         return Path(run_dir) / CHECKPOINT if log else None
 
-    for step in range(start, end):
-        stop.check(step, save, bar, logger)
+    loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop,
+                unit="window", count_from=1)
+    for step in loop:
         t0 = time.perf_counter()
-        seq = stream.window(T, cur.n, cur.r, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        seq = stream.window(T, cur.n, cur.r, step_generator(cfg.seed, step))
         seq = Sequence(seq.inputs.to(device), seq.targets.to(device), seq.mask.to(device))
-        system.track_stats = log and (step + 1) % cfg.log.every == 0
+        system.track_stats = loop.logs(step)
         _, sent, loss = window(
             system, core, iface, step, seq.inputs, lambda o, seq=seq: task.loss_sum(o, seq, 0, T) / (B * T),
             sent if sent is not None else core.initial_state(B, device), first=sent is None, last=False,
@@ -114,18 +114,13 @@ def train(
             error, bits, scored = bits / scored, 0.0, 0.0
             if error < r.threshold:
                 cur.advance(task.repeat, r.max_repeats)
-        bar.update(1)
-        if log and (step + 1) % cfg.log.every == 0:
+        if loop.logs(step):
             length, solved = cur.length(task.repeat), cur.solved(task.repeat)
             logger.scalars("train", {"loss_nats": loss, "error_bits": error, "length": length,
                                      "solved_length": solved}, step + 1)
-            log_interfaces(logger, system, step + 1)
-            bar.set_postfix(length=length, solved=solved, err=f"{error:.2f}")
-        else:
-            system.drain_stats()
-        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
-            _save(run_dir, system, iface, step + 1, cur, stream, sent, bits, scored)
-    bar.close()
+            loop.bar.set_postfix(length=length, solved=solved, err=f"{error:.2f}")
+        loop.drain(system, step)
+    end = loop.end
     result = {"task": r.task, "T": T, "solved_length": cur.solved(task.repeat),
               "length": cur.length(task.repeat), "windows": end, "train_seconds": seconds}
     if log:
@@ -176,8 +171,6 @@ def train_lm(
         return start + 1  # windows are logged at ``step + 1``: the one at ``start`` came before the save
 
     run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
-    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    bar = tqdm(total=end, initial=start, desc=cfg.name, disable=not progress, leave=False, unit="window")
     B, T = tc.batch_size, r.truncation
 
     def save(step: int) -> Path | None:
@@ -189,12 +182,12 @@ def train_lm(
         })
         return Path(run_dir) / CHECKPOINT
 
-    stop = stop or StopRequest()
-    for step in range(start, end):
-        stop.check(step, save, bar, logger)
+    loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop,
+                unit="window", count_from=1)
+    for step in loop:
         t0 = time.perf_counter()
         x, y = (t.to(device) for t in stream.window(T))
-        system.track_stats = log and (step + 1) % cfg.log.every == 0
+        system.track_stats = loop.logs(step)
         _, sent, loss = window(
             system, core, iface, step, x,
             lambda o, y=y: F.cross_entropy(o.reshape(-1, V), y.reshape(-1), reduction="sum") / (B * T),
@@ -202,12 +195,9 @@ def train_lm(
             aux_weight=r.aux_weight,
         )
         seconds += time.perf_counter() - t0
-        bar.update(1)
-        if log and (step + 1) % cfg.log.every == 0:
+        if loop.logs(step):
             logger.scalars("train", {"bpc": loss / math.log(2)}, step + 1)
-            log_interfaces(logger, system, step + 1)
-        else:
-            system.drain_stats()
+        loop.drain(system, step)
         if (tc.eval_every and (step + 1) % tc.eval_every == 0) or step + 1 == tc.steps:
             bpc = bits_per_char(core, valid, device)
             curve.append({"windows": step + 1, "chars": (step + 1) * B * T, "seconds": seconds,
@@ -216,10 +206,8 @@ def train_lm(
                 best = {"bpc": bpc, "step": step + 1,
                         "module": {k: v.detach().clone() for k, v in core.state_dict().items()}}
             logger.scalars("valid", {"bpc": bpc, "best_bpc": best["bpc"]}, step + 1)
-            bar.set_postfix(valid_bpc=f"{bpc:.3f}")
-        if log and tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0:
-            save(step + 1)
-    bar.close()
+            loop.bar.set_postfix(valid_bpc=f"{bpc:.3f}")
+    end = loop.end
     result: dict = {"task": "charlm", "corpus": r.corpus, "T": T, "windows": end, "train_seconds": seconds,
                     "chars_per_s": end * B * T / max(seconds, 1e-9), "curve": curve}
     if end == tc.steps and best["module"] is not None:
@@ -236,10 +224,7 @@ def train_lm(
 
 def evaluate(run_dir: Path) -> dict:
     """``dni-agents eval RUN_DIR``: the curriculum reached, and the error at the longest solved length."""
-    run_dir = Path(run_dir)
-    cfg = load_config(str(run_dir / "config.yaml"))
-    device = resolve_device(cfg.device)
-    state = load_checkpoint(run_dir / CHECKPOINT, device)
+    run_dir, cfg, device = finished_run(run_dir)
     if cfg.rnn.task == "charlm":  # the best validation model, on the test split
         corpus = load_text(cfg.rnn.corpus, cfg.rnn.data_root)
         system, core, _ = build(cfg, cfg.rnn.embed, len(corpus.vocab), len(corpus.vocab), device)
@@ -251,7 +236,7 @@ def evaluate(run_dir: Path) -> dict:
                 core.load_state_dict(state["best"]["module"])
             return int(state["step"]), float(state["best"]["bpc"])
 
-        windows, valid_bpc = apply_checkpoint(run_dir / CHECKPOINT, state, best_model, eval_hint(run_dir))
+        windows, valid_bpc = restore_finished(run_dir, CHECKPOINT, device, best_model)
         return {"run_dir": str(run_dir), "task": "charlm", "valid_bpc": valid_bpc,
                 "test_bpc": bits_per_char(core, corpus.test, device), "windows": windows}
     task = _task(cfg)
@@ -261,7 +246,7 @@ def evaluate(run_dir: Path) -> dict:
         load_system(system, state["system"])
         return int(state["step"]), Curriculum(**state["curriculum"])
 
-    windows, cur = apply_checkpoint(run_dir / CHECKPOINT, state, restore, eval_hint(run_dir))
+    windows, cur = restore_finished(run_dir, CHECKPOINT, device, restore)
     n, rr = (cur.solved_n, cur.solved_r) if cur.solved_n else (cur.n, cur.r)
     seq = task.sample(256, n, rr, torch.Generator().manual_seed(12345))
     with torch.no_grad():

@@ -1,0 +1,210 @@
+"""The config schema: the keys every run shares (:class:`Config`, pydantic models that refuse unknown keys),
+the types a driver's own section is built from, and :class:`ConfigError`, the one-line user error.
+
+A driver adds its section (``SECTION``) under its own name; :func:`dni_agents.config.config_class` builds
+the model of a run of that driver."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.resources
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .core.interface import Mode  # defined once, in the core
+
+ChannelMode = Literal[Mode, "rial"]  # rial: the environment carries the message (marl)
+UTILITY_KINDS = ("linear", "mlp", "conv")
+IMPORT_STRING = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+Optimizer = Literal["adam", "sgd"]
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_DEVICE_RE = re.compile(r"cpu|auto|cuda(:\d+)?")
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config; the message is one line so the CLI can print it as-is."""
+
+    user_error = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def import_object(spec: str, key: str, default_attr: str | None = None) -> Any:
+    """The object an import string ``package.module:name`` names (``package.module`` alone: its
+    ``default_attr``), for the config key ``key``; a one-line ConfigError if it cannot be had."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or default_attr or ""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{key}: cannot import {module_name!r} ({exc})") from None
+    obj: Any = module
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part, None)
+    if not attr or obj is None:
+        raise ConfigError(f"{key}: module {module_name!r} has no {attr or 'object named'!r} (from {spec!r})")
+    return obj
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainerConfig(_Strict):
+    steps: PosInt = 1000
+    batch_size: PosInt = 256
+    optimizer: Optimizer = "adam"
+    lr: PosFloat = 3e-4
+    weight_decay: NonNegFloat = 0.0
+    fused: bool = False  # Adam as one kernel for all tensors: faster for small networks, rounds differently
+    eval_every: NonNegInt = 0  # 0: evaluate only at the end
+    checkpoint_every: NonNegInt = 0  # 0: checkpoint only at the end
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss, ĝ, target or gradient: stop, or skip it
+
+
+class LogConfig(_Strict):
+    dir: str = "runs"
+    every: PosInt = 50
+    histogram_every: PosInt = 500
+    embedding_samples: NonNegInt = 512  # messages written to the projector at the end; 0 = none
+
+
+class AgentConfig(_Strict):
+    """One network with its own optimizer, ticking every ``period`` steps. A driver whose agents have more
+    settings extends this (its ``AGENT_CONFIG``: marl's agents have members, a policy, a network)."""
+
+    name: str
+    period: PosInt = 1
+    lr: PosFloat | None = None
+
+
+class UtilityConfig(_Strict):
+    """The model that predicts the gradient a receiver will send back (the synthetic gradient)."""
+
+    # one of ours, or "package.module:Class": Class(message_shape, context_dim=, gate=, **kwargs) -> a module
+    # whose forward(message, context) returns ĝ shaped like the message (docs: README "Extending")
+    kind: str = "linear"
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # for a kind given by import string
+    hidden: PosInt = 1024
+    layers: PosInt = 2
+    rank: PosInt | None = None  # low-rank linear utility model
+    normalize: bool = False  # layer-norm the message first (RNN states whose scale drifts)
+    gate: bool = False  # cdni: ĝ is linear in the context's tail (marl: the receiver's advantage × (e_a − π))
+    squash_input: bool = False  # the model sees tanh(message): bounded input for unbounded messages
+    horizon: NonNegInt = 0  # marl cdni, recurrent receiver: gate on its next `horizon` decisions too
+    optimizer: Optimizer = "adam"
+    lr: PosFloat | None = None  # None: trainer.lr
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind_or_import_string(cls, v: str) -> str:
+        if v in UTILITY_KINDS or IMPORT_STRING.fullmatch(v):
+            return v
+        close = difflib.get_close_matches(v, UTILITY_KINDS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{v!r} is not allowed ({hint}allowed: {', '.join(UTILITY_KINDS)}, or an import "
+                         "string package.module:Class)")
+
+
+class SyntheticInputConfig(_Strict):
+    """Forward unlocking: the receiver predicts its input instead of waiting for the sender."""
+
+    kind: Literal["linear", "mlp"] = "mlp"
+    hidden: PosInt = 1024
+    layers: PosInt = 2
+    lr: PosFloat | None = None
+
+
+class ChannelConfig(_Strict):
+    """What the channel does to a message (DIAL's discretise/regularise unit) and when it is heard."""
+
+    noise: NonNegFloat = 0.0  # std of Gaussian noise on the message in training
+    discretize: bool = False  # training: tanh(message + noise); evaluation: one of `levels` values exactly
+    levels: Annotated[int, Field(ge=2)] = 2
+    delay: Literal[0, 1] = 1  # 0: heard in the step it is sent (the sender acts first); 1: the next step
+    # training: probability that the channel is down for a whole episode of one environment copy (the
+    # receiver hears silence, the sender gets no gradient), so silence means "no information"
+    outage: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class InterfaceConfig(_Strict):
+    mode: ChannelMode = "dni"
+    scale: NonNegFloat = 1.0  # synthetic gradient is multiplied by this before use
+    lambda_true: UnitFloat = 0.0  # >0: BP(lambda), lambda*true + (1-lambda)*synthetic
+    warmup_steps: NonNegInt = 0  # utility model learns but its gradient is not applied yet
+    utility: UtilityConfig = Field(default_factory=UtilityConfig)
+    synthetic_input: SyntheticInputConfig | None = None
+    channel: ChannelConfig = Field(default_factory=ChannelConfig)  # marl: noise, discretisation, delay
+
+
+class InterfaceOverride(_Strict):
+    """Per-channel overrides; None inherits ``interface_defaults``, dicts deep-merge onto them.
+
+    ``utility`` and ``synthetic_input`` stay partial dicts here and are validated after merging,
+    so a channel can change one utility field without restating the rest.
+    """
+
+    sender: str
+    receiver: str
+    mode: ChannelMode | None = None
+    size: PosInt | None = None  # marl: message size (default marl.message_size)
+    obs_slice: list[NonNegInt] | None = None  # marl: [start, stop) of the receiver's observation it fills
+    scale: NonNegFloat | None = None
+    lambda_true: UnitFloat | None = None
+    warmup_steps: NonNegInt | None = None
+    utility: dict[str, Any] | None = None
+    synthetic_input: dict[str, Any] | None = None
+    channel: dict[str, Any] | None = None
+
+
+class DistributedConfig(_Strict):
+    """Agents on several processes (``dni-agents train CONFIG --procs N`` or ``torchrun``)."""
+
+    placement: dict[str, NonNegInt] | None = None  # agent -> rank; None: stages (ff), A: 0, B: 1 (hier)
+    max_staleness: NonNegInt = 0  # a sender runs at most this many steps (hier: blocks) ahead of its targets
+    timeout: PosFloat = 30.0  # seconds to wait for a peer before failing with an error naming it
+    addr: str = "127.0.0.1"  # rendezvous address (--procs); loopback unless asked
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA devices, else gloo
+
+
+class Config(_Strict):
+    """The keys every run has. A run's config is :func:`config_class` of its driver: these plus the driver's
+    own section, named like the driver (``marl:``), whose schema the driver owns (``SECTION``)."""
+
+    name: str = "run"  # run folder is <log.dir>/<name>
+    driver: str
+    seed: NonNegInt = 0
+    device: str = "cpu"
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    agents: list[AgentConfig] = Field(default_factory=list)
+    interface_defaults: InterfaceConfig = Field(default_factory=InterfaceConfig)
+    interfaces: list[InterfaceOverride] = Field(default_factory=list)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        # The name becomes a folder: no separators, and never "." or "..".
+        if not _NAME_RE.fullmatch(value) or set(value) == {"."}:
+            raise ValueError(f"{value!r} is not a valid run name (allowed: letters, digits, _ . -)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a device (allowed: cpu, cuda, cuda:N, auto)")
+        return value

@@ -1,0 +1,72 @@
+"""The one loop skeleton (dni_agents.runtime.loop): which steps are measured, when stats are drained and
+checkpoints written, and that a stop_at run ends as a crash would. Every driver's loop is this one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dni_agents.config import load_config
+from dni_agents.logging import RunLogger
+from dni_agents.runtime.loop import Loop, step_generator
+
+
+def loop_for(tmp_path: Path, *overrides: str, count_from: int = 0, stop_at: int | None = None,
+             log: bool = False) -> tuple[Loop, list[int]]:
+    cfg = load_config("ff_digits", ["trainer.steps=10", "log.every=4", *overrides])
+    saved: list[int] = []
+    logger = RunLogger(tmp_path, enabled=False)
+    loop = Loop(cfg, 0, logger, lambda step: saved.append(step), log=log, progress=False, stop_at=stop_at,
+                count_from=count_from)
+    return loop, saved
+
+
+@pytest.mark.parametrize("count_from, measured", [(0, [0, 4, 8, 9]), (1, [3, 7, 9])])
+def test_every_log_every_th_log_point_and_the_last_step_are_measured(tmp_path, count_from, measured):
+    loop, _ = loop_for(tmp_path, count_from=count_from)
+    assert [s for s in loop if loop.measured(s)] == measured
+    assert not any(loop.logs(s) for s in range(10))  # a run that is not logged writes nothing
+
+
+def test_checkpoints_follow_the_cadence_and_stop_at_ends_as_a_crash_would(tmp_path):
+    loop, saved = loop_for(tmp_path, "trainer.checkpoint_every=3")
+    assert list(loop) == list(range(10)) and saved == [3, 6, 9] and loop.finished
+    loop, saved = loop_for(tmp_path, "trainer.checkpoint_every=3", stop_at=5)
+    assert list(loop) == list(range(5)) and saved == [3] and not loop.finished
+
+
+class FakeSystem:
+    """What Loop.drain reads of a system: the stats each interface has gathered since the last drain."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.skipped: dict[str, int] = {}
+
+    def drain_stats(self) -> dict[str, list[dict]]:
+        out, self.records = {"a->b": self.records}, []
+        return out
+
+
+def test_stats_are_drained_on_measured_steps_only_so_a_logged_loss_is_the_interval_mean(tmp_path):
+    loop, _ = loop_for(tmp_path)
+    system = FakeSystem()
+    drained = {}
+    for step in loop:
+        system.records.append({"step": step, "utility_loss": float(step)})
+        if step == 4:
+            system.records[-1]["grad_cosine"] = 0.5  # fidelity: measured on this step only
+        out = loop.drain(system, step)
+        assert (out is None) == (not loop.measured(step))
+        if out is not None:
+            drained[step] = out["a->b"]
+    assert drained[0] == {"utility_loss": 0.0}
+    assert drained[4] == {"utility_loss": (1 + 2 + 3 + 4) / 4, "grad_cosine": 0.5}
+    assert drained[8] == {"utility_loss": (5 + 6 + 7 + 8) / 4} and drained[9] == {"utility_loss": 9.0}
+
+
+def test_a_steps_generator_depends_on_the_seed_and_the_step_only():
+    draw = lambda seed, step: torch.rand(3, generator=step_generator(seed, step))  # noqa: E731
+    assert torch.equal(draw(1, 5), draw(1, 5))
+    assert not torch.equal(draw(1, 5), draw(1, 6)) and not torch.equal(draw(1, 5), draw(2, 5))
