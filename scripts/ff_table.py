@@ -45,10 +45,13 @@ def main(paths: list[str]) -> None:
         print(f"| {device} | {dataset} | {model} | " + " | ".join(cells) + " |")
     if timing:
         print()
-        print("| file | method | steps/s | cost vs backprop |")
-        print("|---|---|---|---|")
+        print("| file | method | batch-norm | steps/s | cost vs backprop | cost vs plain PyTorch |")
+        print("|---|---|---|---|---|---|")
         for path, r in timing:
-            print(f"| {path} | {r['method']} | {r['steps_per_s']:.1f} | {r['cost_vs_backprop']:.3f} |")
+            plain = f"{r['cost_vs_plain']:.3f}" if r.get("cost_vs_plain") is not None else "–"
+            bn = {True: "yes", False: "no"}.get(r.get("batch_norm"), "yes")  # older files: always on
+            print(f"| {path} | {r['method']} | {bn} | {r['steps_per_s']:.1f} | {r['cost_vs_backprop']:.3f} | "
+                  f"{plain} |")
 
 
 if __name__ == "__main__":

@@ -182,3 +182,26 @@ def test_cuda_run_matches_the_cpu_protocol(tmp_path, digits):
         assert metrics["test_accuracy"] > 0.6
         state = torch.load(Path(metrics["run_dir"]) / ff.CHECKPOINT, weights_only=True)
         assert state["system"]["agents"]["layer0"]["module"]["1.weight"].is_cuda
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_backprop_mode_trains_exactly_what_plain_pytorch_trains(batch_norm):
+    """The timing reference is the same model without the framework: the same layers as one nn.Sequential
+    under one Adam and one loss.backward(). Our backprop mode must give the same parameters, step by step
+    (Adam is elementwise, so one optimizer per agent is the same as one for all)."""
+    from dni_agents.drivers.ff.timing import PLAIN, step_function, timing_data
+
+    data = timing_data(0)
+    plain, plain_params = step_function(PLAIN, data, 0, batch_norm)
+    ours, our_params = step_function("backprop", data, 0, batch_norm)
+    initial = [p.detach().clone() for p in plain_params]
+    for i in range(3):
+        plain(i)
+        ours(i)
+    assert len(plain_params) == len(our_params) > 0
+    assert not all(torch.equal(p, p0) for p, p0 in zip(plain_params, initial, strict=True))  # it trained
+    for p, q in zip(plain_params, our_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    rows = ff.time_methods([PLAIN, "backprop"], steps=1, repeats=1, batch_norm=batch_norm)
+    assert rows[0]["cost_vs_plain"] == 1.0 and rows[1]["cost_vs_plain"] > 0
+    assert rows[0]["batch_norm"] is batch_norm

@@ -18,7 +18,7 @@ too: the synthetic inputs are a training device, never used at evaluation).
 from __future__ import annotations
 
 from ...runtime.ranks import local_system
-from .bench import FULL_MODELS, bench, method_config, time_methods
+from .bench import FULL_MODELS, bench, method_config
 from .config import SECTION, agent_names
 from .dist import (
     drain,
@@ -29,11 +29,13 @@ from .dist import (
     train_step_distributed,
 )
 from .model import CHECKPOINT, METHODS, build_layers, build_system, message_shapes
+from .timing import PLAIN, time_methods
 from .train import evaluate, evaluate_chain, top_messages, train, train_step
 
 __all__ = [
     "agent_names",
     "SECTION",
+    "PLAIN",
     "CHECKPOINT", "FULL_MODELS", "METHODS", "bench", "build_layers", "build_system", "drain", "evaluate",
     "evaluate_chain", "evaluate_pipeline", "local_system", "message_shapes", "method_config", "placement_for",
     "stage_placement", "time_methods", "top_messages", "train", "train_distributed", "train_step",
