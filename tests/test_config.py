@@ -263,3 +263,32 @@ def test_existing_path_wins(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "exp.yaml"
     path.write_text("driver: ff\n")
     assert find_config(str(path)) == path
+
+
+def test_every_driver_gives_an_agent_its_own_learning_rate_and_the_trainers_weight_decay() -> None:
+    """One lookup (drivers.common.agent_optimizer): an ``agents`` entry's lr, else trainer.lr; the rnn
+    driver used to ignore both an agent's lr and trainer.weight_decay, hier the weight decay."""
+    import torch
+
+    from dni_agents.data import load_dataset
+    from dni_agents.drivers import ff, hier, marl, rnn
+
+    def group(system, name):
+        return system.agents[name].optimizer.param_groups[0]
+
+    extra = ["trainer.weight_decay=0.01"]
+    cfg = load_config("ff_digits", [*extra, "agents=[{name: layer1, lr: 0.5}]"])
+    system = ff.build_system(cfg, load_dataset("digits"), torch.device("cpu"))
+    assert group(system, "layer1")["lr"] == 0.5 and group(system, "layer0")["lr"] == cfg.trainer.lr
+    assert group(system, "layer0")["weight_decay"] == 0.01
+    cfg = load_config("copy", [*extra, "agents=[{name: rnn, lr: 0.5}]"])
+    system, _, _ = rnn.build(cfg, 10, 10, None, torch.device("cpu"))
+    assert group(system, "rnn")["lr"] == 0.5 and group(system, "rnn")["weight_decay"] == 0.01
+    cfg = load_config("hier", [*extra, "agents=[{name: B, lr: 0.5}]"])
+    h = hier.build(cfg, 64, torch.device("cpu"))
+    assert group(h.system, "B")["lr"] == 0.5 and group(h.system, "A")["lr"] == cfg.trainer.lr
+    assert group(h.system, "A")["weight_decay"] == 0.01
+    cfg = load_config("referential", [*extra, "agents.0.lr=0.5"])
+    system, _, _ = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
+    assert group(system, cfg.agents[0].name)["lr"] == 0.5
+    assert group(system, cfg.agents[1].name)["lr"] == cfg.trainer.lr

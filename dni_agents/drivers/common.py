@@ -33,6 +33,14 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {kind!r} (allowed: adam, sgd)")
 
 
+def agent_optimizer(cfg: Config, name: str, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer of agent ``name``: ``trainer.optimizer`` at the agent's own ``lr`` (its ``agents``
+    entry) or else ``trainer.lr``, with ``trainer.weight_decay`` and ``trainer.fused``; the one lookup
+    every driver uses."""
+    lr = next((a.lr for a in cfg.agents if a.name == name and a.lr is not None), cfg.trainer.lr)
+    return make_optimizer(cfg.trainer.optimizer, params, lr, cfg.trainer.weight_decay, cfg.trainer.fused)
+
+
 def build_interface(
     cfg: Config,
     sender: str,

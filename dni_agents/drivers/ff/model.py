@@ -8,7 +8,7 @@ from torch import nn
 from ...config import Config, agent_names
 from ...core import Agent, System
 from ...data import ImageDataset
-from ..common import build_interface, make_optimizer
+from ..common import agent_optimizer, build_interface
 
 METHODS: dict[str, list[str]] = {
     "backprop": ["interface_defaults.mode=backprop"],
@@ -73,11 +73,8 @@ def build_system(cfg: Config, data: ImageDataset, device: torch.device) -> Syste
     agents, interfaces = [], []
     for i, (name, layer) in enumerate(zip(names, layers, strict=True)):
         layer.to(device)
-        lr = (overrides[name].lr if name in overrides else None) or cfg.trainer.lr
         period = overrides[name].period if name in overrides else 1
-        opt = make_optimizer(cfg.trainer.optimizer, layer.parameters(), lr, cfg.trainer.weight_decay,
-                             cfg.trainer.fused)
-        agents.append(Agent(name, layer, opt, period=period))
+        agents.append(Agent(name, layer, agent_optimizer(cfg, name, layer.parameters()), period=period))
         if i + 1 < len(names):
             interfaces.append(
                 build_interface(

@@ -11,7 +11,7 @@ from torch import nn
 
 from ...config import Config, ConfigError, interface_config
 from ...core import Agent, Interface, System
-from ..common import build_interface, make_optimizer
+from ..common import agent_optimizer, build_interface
 from ..rnn.model import Core
 
 A, B = "A", "B"
@@ -83,20 +83,15 @@ def _check_channels(cfg: Config) -> None:
         )
 
 
-def _agent_lr(cfg: Config, name: str) -> float:
-    return next((a.lr for a in cfg.agents if a.name == name and a.lr is not None), cfg.trainer.lr)
-
-
 def build(cfg: Config, in_dim: int, device: torch.device) -> Hier:
     h = cfg.hier
     _check_channels(cfg)
     T, K, U = h.period, h.memory, h.b_truncation
     a = Sender(in_dim, h.a_hidden, T + 1, h.message_size).to(device)
     b = Core("gru", h.message_size, h.b_hidden, T * K + 1, None, aux=False).to(device)
-    opt, fused = cfg.trainer.optimizer, cfg.trainer.fused
     agents = [
-        Agent(A, a, make_optimizer(opt, a.parameters(), _agent_lr(cfg, A), fused=fused), period=T),
-        Agent(B, b, make_optimizer(opt, b.parameters(), _agent_lr(cfg, B), fused=fused), period=T * U),
+        Agent(A, a, agent_optimizer(cfg, A, a.parameters()), period=T),
+        Agent(B, b, agent_optimizer(cfg, B, b.parameters()), period=T * U),
     ]
     message = build_interface(cfg, A, B, (h.message_size,), device, context_dim=T * K + 1)
     a_self = build_interface(cfg, A, A, (h.a_hidden,), device)

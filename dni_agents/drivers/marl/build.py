@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from ...config import Config, ConfigError, interface_config
 from ...core import Agent, ChannelModel, Interface, System
-from ..common import build_interface, make_optimizer
+from ..common import agent_optimizer, build_interface
 from .comm import (
     bootstrap_size,
     channel_model,
@@ -147,9 +147,8 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
             squash=cfg.marl.message_activation == "tanh", message_gain=cfg.marl.message_init_gain,
             raw_channels=raw, body=user_body(a.network, a.network_kwargs, key) if a.network else None,
         ).to(device)
-        optimizer = make_optimizer(cfg.trainer.optimizer, net.parameters(), a.lr or cfg.trainer.lr,
-                                   fused=cfg.trainer.fused)
-        agent = Agent(name, net, optimizer, period=a.period, max_grad_norm=cfg.marl.max_grad_norm)
+        agent = Agent(name, net, agent_optimizer(cfg, name, net.parameters()), period=a.period,
+                      max_grad_norm=cfg.marl.max_grad_norm)
         groups[name] = Group(name, group_members, agent, net, a.policy, a.period, act_spaces[name],
                              obs_dims[name])
 

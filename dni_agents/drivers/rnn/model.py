@@ -8,7 +8,7 @@ from torch import nn
 
 from ...config import Config
 from ...core import Agent, Interface, System
-from ..common import build_interface, make_optimizer
+from ..common import agent_optimizer, build_interface
 
 METHODS: dict[str, list[str]] = {
     "bptt": ["interface_defaults.mode=none", "rnn.aux=false"],
@@ -56,8 +56,6 @@ def build(cfg: Config, in_dim: int, out_dim: int, vocab: int | None, device: tor
           ) -> tuple[System, Core, Interface]:
     r = cfg.rnn
     core = Core(r.cell, in_dim, r.hidden, out_dim, vocab, r.aux).to(device)
-    optimizer = make_optimizer(cfg.trainer.optimizer, core.parameters(), cfg.trainer.lr,
-                               fused=cfg.trainer.fused)
-    agent = Agent(AGENT, core, optimizer, max_grad_norm=r.max_grad_norm)
+    agent = Agent(AGENT, core, agent_optimizer(cfg, AGENT, core.parameters()), max_grad_norm=r.max_grad_norm)
     iface = build_interface(cfg, AGENT, AGENT, (core.state_size,), device)
     return System([agent], [iface], on_nonfinite=cfg.trainer.on_nonfinite), core, iface
