@@ -70,3 +70,31 @@ def test_a_steps_generator_depends_on_the_seed_and_the_step_only():
     draw = lambda seed, step: torch.rand(3, generator=step_generator(seed, step))  # noqa: E731
     assert torch.equal(draw(1, 5), draw(1, 5))
     assert not torch.equal(draw(1, 5), draw(1, 6)) and not torch.equal(draw(1, 5), draw(2, 5))
+
+
+def test_every_drivers_training_runs_with_the_threads_its_config_asks_for():
+    """trainer.threads (default 1: no oversubscription on a shared machine), marl.threads where set; the
+    caller's setting comes back after, also when training fails."""
+    from dni_agents.drivers import ff, hier, marl, rnn
+    from dni_agents.runtime.run import with_threads
+
+    for train in (ff.train, rnn.train, hier.train, marl.train, ff.train_distributed, hier.train_distributed):
+        assert hasattr(train, "__wrapped__"), train  # wrapped by with_threads
+    before = torch.get_num_threads()
+    seen = []
+    probe = with_threads()(lambda cfg: seen.append(torch.get_num_threads()))
+    probe(load_config("ff_digits"))
+    assert load_config("ff_digits").trainer.threads == 1 and seen == [1]
+    probe(load_config("ff_digits", ["trainer.threads=0"]))  # 0: leave torch's setting
+    assert seen[-1] == before
+
+    def fails(cfg):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        with_threads()(fails)(load_config("ff_digits", ["trainer.threads=1"]))
+    assert torch.get_num_threads() == before
+    from dni_agents.drivers.marl.train import threads
+
+    assert threads(load_config("digits_referential", ["marl.threads=2"])) == 2  # marl's own name wins
+    assert threads(load_config("speaker_listener", ["trainer.threads=3"])) == 3

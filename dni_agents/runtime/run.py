@@ -3,15 +3,19 @@ hyperparameters as text."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..config import Config, ConfigError, config_to_yaml
 from ..logging import RunLogger, make_run_dir
 from .checkpoint import apply_checkpoint, load_checkpoint
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,3 +74,27 @@ def eval_hint(run_dir: Path) -> str:
     """What to check when a finished run's checkpoint does not fit its own config."""
     return f"was {Path(run_dir) / 'config.yaml'} edited?"
 
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (0: left as they are) inside, the caller's after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def with_threads(resolve: Callable[[Config], int] = lambda cfg: cfg.trainer.threads) -> Callable[[F], F]:
+    """Run a driver's ``train(cfg, ...)`` with the threads its config asks for (``trainer.threads``, or what
+    ``resolve`` reads), whoever calls it: the CLI, a bench or a test."""
+    def decorate(train: F) -> F:
+        @functools.wraps(train)
+        def run(cfg: Config, *args: Any, **kwargs: Any) -> Any:
+            with intra_op_threads(resolve(cfg)):
+                return train(cfg, *args, **kwargs)
+        return run  # type: ignore[return-value]
+    return decorate

@@ -25,6 +25,7 @@ from ...runtime.ranks import (
     save_rank_checkpoint,
 )
 from ...runtime.report import write_report
+from ...runtime.run import with_threads
 from ...runtime.stop import StopRequest
 from .model import build_system
 
@@ -150,6 +151,7 @@ def drain(system: System, transport: TorchDistributed, step: int) -> None:
     system.settle()
 
 
+@with_threads()
 def train_distributed(
     cfg: Config,
     run_dir: Path,

@@ -15,7 +15,7 @@ from ...data import ImageDataset, batches, load_dataset
 from ...runtime.checkpoint import load_system, save_checkpoint
 from ...runtime.finished import finished_run, restore_finished
 from ...runtime.loop import Loop
-from ...runtime.run import open_run, resolve_device
+from ...runtime.run import open_run, resolve_device, with_threads
 from ...runtime.stop import StopRequest
 from .model import CHECKPOINT, build_system
 
@@ -76,6 +76,7 @@ def top_messages(system: System, x: torch.Tensor) -> torch.Tensor:
     return h
 
 
+@with_threads()
 def train(
     cfg: Config,
     run_dir: Path,

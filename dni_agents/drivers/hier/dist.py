@@ -41,6 +41,7 @@ from ...runtime.ranks import (
     save_rank_checkpoint,
 )
 from ...runtime.report import write_report
+from ...runtime.run import with_threads
 from ...runtime.stop import StopRequest
 from .model import A_SELF, B_SELF, MESSAGE, A, B, Hier, build
 from .step import Carry, a_window, b_unroll, block_metrics, tick_step
@@ -102,6 +103,7 @@ def drain(hier: Hier, transport: TorchDistributed, blocks: int, T: int, U: int) 
     hier.system.settle()
 
 
+@with_threads()
 def train_distributed(
     cfg: Config, run_dir: Path, log: bool = True, progress: bool = True, resume: Path | None = None,
     stop: StopRequest | None = None,

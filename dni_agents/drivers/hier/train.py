@@ -12,7 +12,7 @@ from ...data import load_dataset
 from ...runtime.checkpoint import check_like, load_system, save_checkpoint
 from ...runtime.finished import finished_run, restore_finished
 from ...runtime.loop import Loop, step_generator
-from ...runtime.run import open_run, resolve_device
+from ...runtime.run import open_run, resolve_device, with_threads
 from ...runtime.stop import StopRequest
 from .model import CHECKPOINT, MESSAGE, A, B, build
 from .step import Carry, evaluate_stream, tick_step, train_block
@@ -40,6 +40,7 @@ def check_carried(cfg: Config, stream: DigitStream, ckpt: dict, device: torch.de
             check_like(key, torch.zeros(n, hidden, device=device), ckpt[key])
 
 
+@with_threads()
 def train(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
     stop_at: int | None = None, stop: StopRequest | None = None,

@@ -72,7 +72,9 @@ class MarlConfig(_Strict):
     private_info: PrivateInfoConfig | None = None
     mi_resolution: PosFloat = 0.2  # messages closer than this count as one symbol for entropy / MI
     eval_episodes: PosInt = 500
-    threads: NonNegInt = 1  # torch intra-op threads while training (0: leave torch's default)
+    # the marl driver's own name for trainer.threads, which it overrides when set (None: trainer.threads);
+    # kept so that the configs and commands that set it run as before
+    threads: NonNegInt | None = None
 
 SECTION = MarlConfig
 AGENT_CONFIG = MarlAgentConfig

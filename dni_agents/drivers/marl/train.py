@@ -13,7 +13,7 @@ from ...config import Config
 from ...runtime.checkpoint import load_system, save_checkpoint
 from ...runtime.finished import finished_run, restore_finished
 from ...runtime.loop import Loop, step_generator
-from ...runtime.run import open_run, resolve_device
+from ...runtime.run import open_run, resolve_device, with_threads
 from ...runtime.stop import StopRequest
 from .build import CHECKPOINT, EVAL_SEED, Channel, Group, build
 from .comm import (
@@ -48,25 +48,19 @@ def episode_metrics(cfg: Config, ep: Episode, groups: list[Group]) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------ train / eval
+def threads(cfg: Config) -> int:
+    """``marl.threads`` when set (the driver's older name for it), else ``trainer.threads``."""
+    return cfg.marl.threads if cfg.marl.threads is not None else cfg.trainer.threads
+
+
+@with_threads(threads)
 def train(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
     stop_at: int | None = None, stop: StopRequest | None = None,
 ) -> dict:
     """Train ``cfg``; return the final evaluation. ``stop_at`` ends early (as a crash would), for tests;
     ``stop``: on SIGINT/SIGTERM checkpoint at the next update boundary and raise Interrupted."""
-    threads = torch.get_num_threads()
-    if cfg.marl.threads:  # small policy networks: more intra-op threads cost more than they give
-        torch.set_num_threads(cfg.marl.threads)
-    try:
-        return _train(cfg, run_dir, resume, log, progress, stop_at, stop or StopRequest())
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(
-    cfg: Config, run_dir: Path, resume: Path | None, log: bool, progress: bool, stop_at: int | None,
-    stop: StopRequest,
-) -> dict:
+    stop = stop or StopRequest()
     device = resolve_device(cfg.device)
     mc, tc = cfg.marl, cfg.trainer
     env = make_env(cfg)

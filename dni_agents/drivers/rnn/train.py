@@ -16,7 +16,7 @@ from ...data import load_text
 from ...runtime.checkpoint import check_like, load_system, save_checkpoint
 from ...runtime.finished import finished_run, restore_finished
 from ...runtime.loop import Loop, step_generator
-from ...runtime.run import open_run, resolve_device
+from ...runtime.run import open_run, resolve_device, with_threads
 from ...runtime.stop import StopRequest
 from .model import CHECKPOINT, build
 from .step import window
@@ -54,6 +54,7 @@ def _task(cfg: Config) -> CopyTask:
     return CopyTask(repeat=cfg.rnn.task == "repeat_copy", bits=cfg.rnn.bits, max_repeats=cfg.rnn.max_repeats)
 
 
+@with_threads()
 def train(
     cfg: Config, run_dir: Path, resume: Path | None = None, log: bool = True, progress: bool = True,
     stop_at: int | None = None, stop: StopRequest | None = None,
