@@ -73,8 +73,8 @@ class TrainerConfig(_Strict):
     checkpoint_every: NonNegInt = 0  # 0: checkpoint only at the end
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss, ĝ, target or gradient: stop, or skip it
     # torch intra-op threads while training (0: torch's default, one per core). One by default: beside
-    # another CPU-bound process, threads beyond the free cores spin (ff_digits cdni on 2 cores: 8.5 s with
-    # 1 thread, 80 s with 2; docs/benchmarks.md), and these networks gain little from more
+    # another CPU-bound process, threads beyond the free cores spin (ff_digits cdni on 2 cores: 7 s with
+    # 1 thread, 106 s with 2; docs/benchmarks.md), and these networks gain little from more
     threads: NonNegInt = 1
 
 

@@ -21,25 +21,29 @@ from .model import CHECKPOINT, build_system
 
 
 def train_step(system: System, step: int, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    """One clock step: each layer ticks in turn; with DNI each one has updated before the next runs."""
-    agents = list(system.agents.values())
-    onehot = F.one_hot(y, num_classes).float()
+    """One clock step: each layer ticks in turn; with DNI each one has updated before the next runs. Layers
+    joined by ``backprop`` interfaces tick together (``system.coupled()``): one backward pass through them,
+    as plain PyTorch makes, instead of one per layer with the gradient handed back between them."""
+    names = list(system.agents)
+    last = names[-1]
+    onehot = F.one_hot(y, num_classes).float() if any(i.mode == "cdni" for i in system.interfaces.values()) \
+        else None  # only cDNI's utility model reads the label
     sent: dict[str, torch.Tensor] = {}
-    for i, agent in enumerate(agents):
-        with system.tick(agent, step) as t:
-            if i == 0:
+    for group in system.coupled():
+        with system.tick(group, step) as t:
+            for name in group:
                 inp = x
-            else:
-                inbound = system.inbound(agent.name)[0]
-                inp = t.receive(inbound, source=x if inbound.synthetic_input is not None else None)
-            out = agent.module(inp)
-            if i == len(agents) - 1:
-                loss = F.cross_entropy(out, y)
-                t.add_loss(loss)
-            else:
-                outbound = system.outbound(agent.name)[0]
-                t.send(outbound, out, context=onehot)
-                sent[outbound.name] = out.detach()
+                if name != names[0]:
+                    inbound = system.inbound(name)[0]
+                    inp = t.receive(inbound, source=x if inbound.synthetic_input is not None else None)
+                out = system.agents[name].module(inp)
+                if name == last:
+                    loss = F.cross_entropy(out, y)
+                    t.add_loss(loss)
+                else:
+                    outbound = system.outbound(name)[0]
+                    t.send(outbound, out, context=onehot)
+                    sent[outbound.name] = out.detach()
     system.settle()
     system.check_settled()
     accuracy = (out.detach().argmax(1) == y).float().mean()
