@@ -17,22 +17,9 @@ numpy call.
 
 from __future__ import annotations
 
-from typing import Any
-
+from dni_envs._base import versioned
 from dni_envs.digits_referential import DigitsReferential, vector_env
-from pettingzoo.utils.conversions import parallel_to_aec
 
-raw_env = DigitsReferential
-
-
-def parallel_env(**kwargs: Any) -> DigitsReferential:
-    """The environment as a PettingZoo ``ParallelEnv``."""
-    return DigitsReferential(**kwargs)
-
-
-def env(**kwargs: Any):
-    """The environment as a PettingZoo ``AECEnv`` (agents act in turn)."""
-    return parallel_to_aec(parallel_env(**kwargs))
-
+raw_env, parallel_env, env = versioned(DigitsReferential)
 
 __all__ = ["env", "parallel_env", "raw_env", "vector_env"]

@@ -14,22 +14,9 @@ behaviour gets a new version here).
 
 from __future__ import annotations
 
-from typing import Any
-
+from dni_envs._base import versioned
 from dni_envs.reference_narrow import ReferenceNarrow
-from pettingzoo.utils.conversions import parallel_to_aec
 
-raw_env = ReferenceNarrow
-
-
-def parallel_env(**kwargs: Any) -> ReferenceNarrow:
-    """The environment as a PettingZoo ``ParallelEnv``."""
-    return ReferenceNarrow(**kwargs)
-
-
-def env(**kwargs: Any):
-    """The environment as a PettingZoo ``AECEnv`` (agents act in turn)."""
-    return parallel_to_aec(parallel_env(**kwargs))
-
+raw_env, parallel_env, env = versioned(ReferenceNarrow)
 
 __all__ = ["env", "parallel_env", "raw_env"]

@@ -17,22 +17,9 @@ The implementation is :mod:`dni_envs.referential`; a change in its behaviour get
 
 from __future__ import annotations
 
-from typing import Any
-
+from dni_envs._base import versioned
 from dni_envs.referential import ReferentialGame
-from pettingzoo.utils.conversions import parallel_to_aec
 
-raw_env = ReferentialGame
-
-
-def parallel_env(**kwargs: Any) -> ReferentialGame:
-    """The environment as a PettingZoo ``ParallelEnv``."""
-    return ReferentialGame(**kwargs)
-
-
-def env(**kwargs: Any):
-    """The environment as a PettingZoo ``AECEnv`` (agents act in turn)."""
-    return parallel_to_aec(parallel_env(**kwargs))
-
+raw_env, parallel_env, env = versioned(ReferentialGame)
 
 __all__ = ["env", "parallel_env", "raw_env"]

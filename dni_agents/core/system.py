@@ -122,6 +122,7 @@ class Tick:
         step = self.step if step is None else step
         if iface.mode == "backprop" and iface.receiver in self._names:
             self._live[(iface.name, step)] = h  # receiver updates in this same backward pass
+            iface.messages_sent += 1  # sent all the same: what a checkpoint holds does not depend on grouping
             return
         # (an interface of one's own that predates ``weight`` keeps working where it is not used)
         gradient = iface.send(h, step, context) if weight is None else iface.send(h, step, context, weight)
