@@ -94,6 +94,10 @@ def replay(
     # A network that hears no channel and has no memory does not depend on the step order: one batched
     # forward over all its decisions, sliced per step below (the same computation in fewer calls).
     batched: dict[str, list[torch.Tensor]] = {}
+    # a message its channel did not carry (an outage) says nothing of what a heard one is worth: weight 0
+    # in its utility model's regression; one row per sender member, the same at every step of the episode
+    weights = {c.name: ep.outage[c.name][mb].repeat_interleave(len(g.members))
+               for g in groups for c in g.outbound if c.name in ep.outage}
     for g in groups:
         if g.net.rnn_free and not any(c.interface is not None for c in g.inbound):
             steps = ep.decisions(g.period)
@@ -134,10 +138,7 @@ def replay(
                 if c.mode == "cdni":
                     context = sender_context(c, player.by_name[c.receiver], ep, t, mb, len(g.members),
                                              out.detach().view(B, -1, c.size), sens)
-                weight = None  # a message its channel did not carry says nothing of what a heard one is worth
-                if c.name in ep.outage:
-                    weight = ep.outage[c.name][mb].repeat_interleave(len(g.members))
-                tick.send(c.interface, out, context, step=base + t, weight=weight)
+                tick.send(c.interface, out, context, step=base + t, weight=weights.get(c.name))
     return features_out
 
 
