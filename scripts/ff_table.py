@@ -45,13 +45,14 @@ def main(paths: list[str]) -> None:
         print(f"| {device} | {dataset} | {model} | " + " | ".join(cells) + " |")
     if timing:
         print()
-        print("| file | method | batch-norm | steps/s | cost vs backprop | cost vs plain PyTorch |")
-        print("|---|---|---|---|---|---|")
+        print("| file | method | batch-norm | Adam | steps/s | cost vs backprop | cost vs plain PyTorch |")
+        print("|---|---|---|---|---|---|---|")
         for path, r in timing:
             plain = f"{r['cost_vs_plain']:.3f}" if r.get("cost_vs_plain") is not None else "–"
             bn = {True: "yes", False: "no"}.get(r.get("batch_norm"), "yes")  # older files: always on
-            print(f"| {path} | {r['method']} | {bn} | {r['steps_per_s']:.1f} | {r['cost_vs_backprop']:.3f} | "
-                  f"{plain} |")
+            adam = "fused" if r.get("fused") else "default"
+            print(f"| {path} | {r['method']} | {bn} | {adam} | {r['steps_per_s']:.1f} | "
+                  f"{r['cost_vs_backprop']:.3f} | {plain} |")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {r['method']} (reference for {method}) | 1 × 1 | {r['samples_per_s']:.0f} | "
                   f"{100 * r['accuracy']:.2f} | {r['wall_s']:.1f} | |")
 
-    summary = summarize(report["records"], report["references"])
+    summary = summarize(report["records"], report["references"], setup.get("target_fraction", 0.95))
     print("\n| DNI method | × backprop_1thread (≥ 1.6) | × pipelining (≥ 1) | × backprop_2threads | "
           "accuracy − in-process (|·| ≤ 1 pt) |")
     print("|---|---|---|---|---|")
@@ -55,6 +55,21 @@ def main(argv: list[str] | None = None) -> None:
                  ("speedup_vs_backprop_1thread", "speedup_vs_pipelining", "speedup_vs_backprop_2threads")]
         gap = c.get("accuracy_gap_vs_inprocess")
         print(f"| {method} | " + " | ".join(cells) + f" | {'–' if gap is None else f'{100 * gap:+.2f}'} |")
+
+    reach = summary["time_to_accuracy"]
+    if reach["target"] is not None:
+        print(f"\nTime to {100 * reach['target']:.2f}% test accuracy (on the curves' test images; "
+              f"{reach['fraction']:.0%} of backprop_1thread's at its end), first snapshot at or above it:\n")
+        print("| method | seconds | samples | sample efficiency vs backprop | DNI got there first by |")
+        print("|---|---|---|---|---|")
+        for m, sec in reach["seconds"].items():
+            n, e = reach["samples"].get(m), reach["sample_efficiency"].get(m)
+            c = summary["acceptance"].get(m, {})
+            first = ", ".join(f"{c[k]:.2f}× {k.removeprefix('time_to_accuracy_vs_')}" for k in
+                              ("time_to_accuracy_vs_backprop_2threads", "time_to_accuracy_vs_pipelining")
+                              if c.get(k) is not None)
+            print(f"| {m} | {'not reached' if sec is None else f'{sec:.1f}'} | "
+                  f"{'–' if n is None else f'{n:,}'} | {'–' if e is None else f'{e:.2f}'} | {first} |")
 
     costs = report["costs"]
     print(f"\nPart costs, one thread, batch {costs['batch_size']} (ms):\n")
@@ -72,15 +87,20 @@ def main(argv: list[str] | None = None) -> None:
     if comm:
         print(f"| one message {tuple(comm['shape'])} between 2 processes | {ms(comm['message_s'])} | | | |")
 
-    rows = project(costs, stages=args.stages, window=setup["max_staleness"])
+    rows = project(costs, stages=args.stages, window=setup["max_staleness"],
+                   efficiency=reach["sample_efficiency"])
     micro = list(rows[0]["pipeline_idle_fraction"])
-    print("\nProjected speed-up over one process (backprop, one thread), K identical stages on K cores:\n")
-    print("| K | DNI full | DNI low-rank | " + " | ".join(f"pipeline M={m} (idle)" for m in micro) + " |")
-    print("|---|---|---|" + "---|" * len(micro))
+    print("\nProjected speed-up over one process (backprop, one thread), K identical stages on K cores "
+          "(per sample; to the target accuracy: × the sample efficiency measured on 2 stages):\n")
+    print("| K | DNI full | DNI low-rank | " + " | ".join(f"pipeline M={m} (idle)" for m in micro)
+          + " | to the target: DNI full | DNI low-rank | best pipeline |")
+    print("|---|---|---|" + "---|" * len(micro) + "---|---|---|")
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
         pipes = [f"{r[f'pipeline_m{m}_speedup']:.2f} ({r['pipeline_idle_fraction'][m]:.0%})" for m in micro]
         print(f"| {r['stages']} | {r['dni_full_speedup']:.2f} | {r['dni_lowrank_speedup']:.2f} | "
-              + " | ".join(pipes) + " |")
+              + " | ".join(pipes) + f" | {fmt(r.get('dni_full_time_speedup'))} | "
+              f"{fmt(r.get('dni_lowrank_time_speedup'))} | {fmt(r.get('pipeline_best_time_speedup'))} |")
 
 
 if __name__ == "__main__":

@@ -69,3 +69,35 @@ def test_overrides_and_names() -> None:
         bp.apply_overrides(bp.QUICK, ["micro_batches=[3]"])
     with pytest.raises(ConfigError, match="--only"):
         bp.bench(quick=True, only=["nope"])
+
+
+def test_time_to_accuracy_reads_the_first_point_at_the_target() -> None:
+    """95% of backprop_1thread's last curve accuracy is the target; each method's time is its first curve
+    point at or above it; a method that never gets there has no time (and fails the check); the projection
+    multiplies speed-ups by the measured sample efficiency."""
+    def row(method, curve, samples):
+        return {"method": method, "samples_per_s": 1.0, "accuracy": curve[-1][1], "curve": curve,
+                "curve_samples": samples}
+    records = [
+        row("backprop_1thread", [[0, 0.1], [10, 0.8], [20, 0.9], [30, 0.9]], [0, 100, 200, 300]),
+        row("backprop_2threads", [[0, 0.1], [6, 0.8], [12, 0.9]], [0, 100, 200]),
+        row("pipelining", [[0, 0.1], [8, 0.80], [16, 0.86]], [0, 100, 200]),
+        row("dni_full", [[0, 0.1], [5, 0.7], [10, 0.86]], [0, 100, 200]),
+        row("dni_lowrank", [[0, 0.1], [5, 0.7], [10, 0.8]], [0, 100, 200]),
+    ]
+    summary = bp.summarize(records, {}, fraction=0.95)
+    reach = summary["time_to_accuracy"]
+    assert reach["target"] == pytest.approx(0.855)
+    assert reach["seconds"] == {"backprop_1thread": 20, "backprop_2threads": 12, "pipelining": 16,
+                                "dni_full": 10, "dni_lowrank": None}
+    assert reach["sample_efficiency"]["dni_full"] == 1.0 and reach["sample_efficiency"]["dni_lowrank"] is None
+    full, low = summary["acceptance"]["dni_full"], summary["acceptance"]["dni_lowrank"]
+    assert full["time_to_accuracy_vs_backprop_2threads"] == pytest.approx(1.2)
+    assert full["meets_time_to_accuracy"] and not low["meets_time_to_accuracy"]
+    stage = {"forward_s": 1.0, "backward_s": 2.0, "optimizer_s": 0.0,
+             "micro": {"2": {"forward_s": 0.5, "backward_s": 1.0}}}
+    costs = {"stages": [stage, stage], "utility": {"full": {"forward_s": 1.0, "update_s": 1.0}},
+             "comm": {"message_s": 0.0}}
+    rows = bp.project(costs, stages=(4,), window=0, efficiency={"dni_full": 0.5, "pipelining": 1.0})
+    assert rows[0]["dni_full_time_speedup"] == pytest.approx(0.5 * rows[0]["dni_full_speedup"])
+    assert rows[0]["pipeline_best_time_speedup"] == pytest.approx(rows[0]["pipeline_best_speedup"])

@@ -119,13 +119,13 @@ def test_cdni_utility_model_sees_b_label_or_the_window_count(tmp_path, context):
     cfg = small(tmp_path, "interfaces.0.mode=cdni", f"hier.cdni_context={context}", "hier.b_truncation=2")
     h, stream = built(cfg)
     seen: list[torch.Tensor] = []
-    utility_forward = h.message.utility.forward
+    linear_input = h.message.utility.linear_input  # what a linear model's ĝ (and forward) reads
 
-    def forward(message, ctx=None):
+    def spy(message, ctx=None):
         seen.append(ctx.clone())
-        return utility_forward(message, ctx)
+        return linear_input(message, ctx)
 
-    h.message.utility.forward = forward  # type: ignore[method-assign]
+    h.message.utility.linear_input = spy  # type: ignore[method-assign]
     block = stream.block(torch.Generator().manual_seed(1))
     hier.train_block(h, block, 0, hier.Carry(torch.zeros(8, 16), torch.zeros(8, 16)), cfg.hier.period)
     labels = block.count if context == "label" else block.window_count

@@ -119,7 +119,34 @@ class UtilityModel(nn.Module):
         _zero(mods[-1])
         self.net = nn.Sequential(*mods)
 
+    @property
+    def linear(self) -> nn.Linear | None:
+        """The one linear map ĝ = W·x + b is, for the plain ``linear`` kind (no rank, no gate): its
+        regression's weight gradient is then one product of the residual with x (:meth:`linear_input`),
+        which the interface computes without building a graph. None for every other form."""
+        if self.kind == "linear" and self.rank is None and not self.gate:
+            return self.net[0]
+        return None
+
+    def linear_input(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x of ĝ = W·x + b for the plain ``linear`` kind: the flattened message (squashed, normalised if
+        asked), then the context; ``forward`` is ``linear(linear_input(h, context))`` in h's shape."""
+        batch = h.shape[0]
+        if self.squash_input:
+            h = torch.tanh(h)
+        if self.normalize:
+            h = F.layer_norm(h, h.shape[1:])
+        x = h.reshape(batch, -1)
+        if self.context_dim:
+            if context is None:
+                raise ValueError("this utility model is conditioned (cDNI) and needs a context tensor")
+            x = torch.cat([x, context.reshape(batch, -1).to(h.dtype)], dim=1)
+        return x
+
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        linear = self.linear
+        if linear is not None:
+            return linear(self.linear_input(h, context)).reshape(h.shape)
         batch = h.shape[0]
         if self.squash_input:
             h = torch.tanh(h)
@@ -156,6 +183,30 @@ class UtilityModel(nn.Module):
     def affine(self) -> bool:
         """Whether ĝ is one affine map of its input (its weight gradient does not depend on its weights)."""
         return self.kind == "linear" and self.rank is None
+
+
+@torch.no_grad()
+def linear_regression_gradient(
+    linear: nn.Linear,
+    terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+) -> None:
+    """Set ``linear``'s gradients for the mean of the regressions' losses of ĝ = W·x + b, each term
+    ``(prediction, target, x, row weights or None)``, as autograd makes them, bit for bit (one term or
+    several, weighted or not: tests/test_core.py), but without a graph: the loss's gradient for the
+    prediction (the scaled residual, in autograd's order of operations) times x for W, summed over rows
+    for b."""
+    share = torch.ones((), dtype=terms[0][0].dtype, device=terms[0][0].device) / len(terms)
+    for prediction, target, x, weight in reversed(terms):  # autograd's order: the latest graph first
+        rows = prediction.shape[0]
+        if weight is None:  # mse_loss's mean: 2/N · (p − t) · share
+            g = (prediction - target).mul_(2.0 / prediction.numel()).mul_(share)
+        else:  # the weighted mean over rows of each row's mean: share/Σw · w_i / D · 2(p − t)
+            per_row = (share / weight.sum().clamp_min(1e-12)) * weight / (prediction.numel() // max(rows, 1))
+            g = per_row.view(-1, *([1] * (prediction.dim() - 1))) * (2 * (prediction - target))
+        g = g.reshape(rows, -1)
+        for param, grad in ((linear.weight, g.t().mm(x)), (linear.bias, g.sum(0))):
+            if param is not None:
+                param.grad = grad if param.grad is None else param.grad.add_(grad)
 
 
 class SyntheticInputModel(nn.Module):

@@ -51,16 +51,19 @@ def save_data(data: ImageDataset, folder: Path) -> None:
     torch.save(dataclasses.asdict(data), folder / "data.pt")
 
 
-def curve_of(setup: Setup, data: ImageDataset, ranks: list[dict]) -> tuple[list[list[float]], float]:
-    """Test accuracy at each snapshot (a subset of ``eval_samples``; the last on the whole test set)
-    against the clock: a snapshot's time is the latest of the ranks' (when both stages had got there)."""
+def curve_of(setup: Setup, data: ImageDataset, ranks: list[dict]
+             ) -> tuple[list[list[float]], float, list[int]]:
+    """Test accuracy at each snapshot (on the first ``eval_samples`` test images) against the clock: a
+    snapshot's time is the latest of the ranks' (when both stages had got there); the accuracy on the whole
+    test set at the end; the samples trained on at each snapshot."""
     stages = build_stages(setup, data.input_dim, data.num_classes)
     for m in stages:
         m.eval()
     n = min(setup.eval_samples, len(data.x_test))
-    curve, final = [], 0.0
+    curve, final, samples = [], 0.0, []
     points = zip(*(r["snapshots"] for r in ranks), strict=True)
     for k, parts in enumerate(points):
+        samples.append(parts[0][0] * setup.batch_size)
         for _steps, _seconds, state in parts:
             for name, sd in state.items():
                 stages[int(name.removeprefix("stage"))].load_state_dict(sd)
@@ -68,7 +71,7 @@ def curve_of(setup: Setup, data: ImageDataset, ranks: list[dict]) -> tuple[list[
         curve.append([seconds, accuracy(stages, data.x_test[:n], data.y_test[:n])])
         if k == len(ranks[0]["snapshots"]) - 1:
             final = accuracy(stages, data.x_test, data.y_test)
-    return curve, final
+    return curve, final, samples
 
 
 def bench(
@@ -110,8 +113,9 @@ def bench(
                             lambda: write_report(out, report))
         finally:
             torch.set_num_threads(threads)  # the caller's setting back
-    report["projection"] = project(report["costs"], window=setup.max_staleness)
-    report["summary"] = summarize(records, report["references"])
+    report["summary"] = summarize(records, report["references"], setup.target_fraction)
+    report["projection"] = project(report["costs"], window=setup.max_staleness,
+                                   efficiency=report["summary"]["time_to_accuracy"]["sample_efficiency"])
     write_report(out, report)
     png = None
     if out is not None:
@@ -149,10 +153,11 @@ def _bench_seed(setup: Setup, data: ImageDataset, methods: list[str], tmp: Path,
         report.setdefault("costs", ranks[0]["result"]["costs"])
 
     def record(method: str, ranks: list[dict], **extra: object) -> dict:
-        curve, final = curve_of(setup, data, ranks)
+        curve, final, at = curve_of(setup, data, ranks)
         wall = max(r["result"]["seconds"] for r in ranks)
         row = {"method": method, "samples_per_s": steps * setup.batch_size / wall, "accuracy": final,
-               "wall_s": wall, "curve": curve, "samples": steps * setup.batch_size, "steps": steps,
+               "wall_s": wall, "curve": curve, "curve_samples": at, "samples": steps * setup.batch_size,
+               "steps": steps,
                "seed": setup.seed, "dataset": setup.dataset, **extra}
         print(f"bench parallel: {method:<22} {row['samples_per_s']:9.1f} samples/s  "
               f"accuracy {final:.4f}  ({wall:.1f} s)", file=sys.stderr, flush=True)
@@ -198,12 +203,45 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(records: list[dict], references: dict[str, list[dict]]) -> dict:
-    """Mean samples/s and accuracy per method (over seeds), and the issue's acceptance ratios."""
+def reached(curve: list[list[float]], target: float, column: int = 0) -> float | None:
+    """The first curve point's ``column`` (0: seconds; or a list of samples alongside) at or above the
+    target accuracy; None if the run never got there."""
+    return next((point[column] for point in curve if point[1] >= target), None)
+
+
+def time_to_accuracy(by: dict[str, list[dict]], fraction: float) -> dict:
+    """The wall-clock seconds (and samples) each method needed to reach ``fraction`` of backprop_1thread's
+    accuracy at the end of its run, both read off the curves (the same test images), at the first snapshot
+    at or above it (so a time is known to one ``curve_points``-th of a run); the mean over seeds, None if a
+    seed never reached it. ``sample_efficiency``: backprop's samples to the target over the method's (1:
+    learns as fast per sample; the projection to more stages multiplies its speed-ups by it)."""
+    base = by.get("backprop_1thread") or []
+    if not base:
+        return {"fraction": fraction, "target": None, "seconds": {}, "samples": {}, "sample_efficiency": {}}
+    target = fraction * _mean([r["curve"][-1][1] for r in base])
+    seconds, samples = {}, {}
+    for m, rs in by.items():
+        if not rs:  # not run
+            continue
+        times = [reached(r["curve"], target) for r in rs]
+        counts = [reached([[n, c[1]] for n, c in zip(r.get("curve_samples", []), r["curve"], strict=False)],
+                          target) for r in rs]
+        seconds[m] = None if None in times else _mean(times)
+        samples[m] = None if None in counts or not counts else _mean(counts)
+    bp = samples.get("backprop_1thread")
+    efficiency = {m: (bp / n if bp and n else None) for m, n in samples.items()}
+    return {"fraction": fraction, "target": target, "seconds": seconds, "samples": samples,
+            "sample_efficiency": efficiency}
+
+
+def summarize(records: list[dict], references: dict[str, list[dict]], fraction: float = 0.95) -> dict:
+    """Mean samples/s and accuracy per method (over seeds), the time each needed to reach ``fraction`` of
+    backprop's accuracy, and the issues' acceptance ratios."""
     by = {m: [r for r in records if r["method"] == m] for m in METHODS}
     speed = {m: _mean([r["samples_per_s"] for r in rs]) for m, rs in by.items() if rs}
     acc = {m: _mean([r["accuracy"] for r in rs]) for m, rs in by.items() if rs}
     ref = {m: _mean([r["accuracy"] for r in rs]) for m, rs in references.items()}
+    reach = time_to_accuracy(by, fraction)
     checks: dict[str, dict] = {}
     for m in ("dni_full", "dni_lowrank"):
         if m not in speed:
@@ -217,13 +255,19 @@ def summarize(records: list[dict], references: dict[str, list[dict]]) -> dict:
         c["meets_1.6x_backprop_1thread"] = c.get("speedup_vs_backprop_1thread", 0) >= 1.6
         c["meets_pipelining"] = c.get("speedup_vs_pipelining", 0) >= 1.0
         c["meets_accuracy"] = abs(c.get("accuracy_gap_vs_inprocess", 1.0)) <= 0.01
+        for base in ("backprop_2threads", "pipelining"):  # > 1: DNI got there first
+            mine, theirs = reach["seconds"].get(m), reach["seconds"].get(base)
+            c[f"time_to_accuracy_vs_{base}"] = theirs / mine if mine and theirs else None
+        c["meets_time_to_accuracy"] = all((c[f"time_to_accuracy_vs_{b}"] or 0) > 1
+                                          for b in ("backprop_2threads", "pipelining"))
         checks[m] = c
-    return {"samples_per_s": speed, "accuracy": acc, "inprocess_dni_accuracy": ref, "acceptance": checks}
+    return {"samples_per_s": speed, "accuracy": acc, "inprocess_dni_accuracy": ref,
+            "time_to_accuracy": reach, "acceptance": checks}
 
 
 # ------------------------------------------------------------------------------------------ projection
 def project(costs: dict, stages: Sequence[int] = (2, 4, 8, 16), micro_batches: Sequence[int] | None = None,
-            window: int = 1) -> list[dict]:
+            window: int = 1, efficiency: dict[str, float | None] | None = None) -> list[dict]:
     """Speed-up over one-process backprop (one thread) of K stages on K cores, from measured part costs.
 
     Assumptions (stated in docs/distributed.md): a model of K identical stages, each costing the mean of
@@ -237,6 +281,11 @@ def project(costs: dict, stages: Sequence[int] = (2, 4, 8, 16), micro_batches: S
     * DNI: s + u_f·(2 if window else 1) + u_u + c (every stage busy every step: no bubble);
     * pipeline with M micro-batches: (M + K − 1)·(f_M + b_M + c/M) + o, where f_M, b_M are the measured
       stage costs at micro-batch size B/M: idle fraction (K − 1)/(M + K − 1).
+
+    With ``efficiency`` (per method, backprop's samples to the target accuracy over the method's, measured
+    on 2 stages by :func:`time_to_accuracy`), each speed-up is also given to that accuracy
+    (``…_time_speedup`` = speed-up × efficiency), assuming a method needs the same share more samples at K
+    stages as at 2 (for DNI, where each stage boundary adds staleness, an optimistic assumption).
     """
     parts = costs["stages"]
     mean = lambda key, src=parts: sum(p[key] for p in src) / len(src)  # noqa: E731
@@ -250,6 +299,9 @@ def project(costs: dict, stages: Sequence[int] = (2, 4, 8, 16), micro_batches: S
         for name, u in costs["utility"].items():
             forwards = 2 if window > 0 else 1
             row[f"dni_{name}_speedup"] = k * s / (s + forwards * u["forward_s"] + u["update_s"] + c)
+            if efficiency is not None:
+                e = efficiency.get(f"dni_{name}")
+                row[f"dni_{name}_time_speedup"] = row[f"dni_{name}_speedup"] * e if e else None
         best = None
         for m in micro:
             fm = mean("forward_s", [p["micro"][str(m)] for p in parts])
@@ -258,6 +310,9 @@ def project(costs: dict, stages: Sequence[int] = (2, 4, 8, 16), micro_batches: S
             row[f"pipeline_m{m}_speedup"] = speedup
             best = speedup if best is None else max(best, speedup)
         row["pipeline_best_speedup"] = best
+        if efficiency is not None:
+            e = efficiency.get("pipelining")
+            row["pipeline_best_time_speedup"] = best * e if e and best else None
         row["pipeline_idle_fraction"] = {str(m): (k - 1) / (int(m) + k - 1) for m in micro}
         rows.append(row)
     return rows
@@ -272,12 +327,17 @@ def plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in report["records"]:
-        xs, ys = zip(*r["curve"], strict=True)
+        xs, ys = [p[0] for p in r["curve"]], [p[1] for p in r["curve"]]
         ax.plot(xs, ys, marker="o", ms=3, label=f"{r['method']} ({r['samples_per_s']:.0f}/s)")
     for method, rows in report["references"].items():
         for r in rows:
             ax.axhline(r["accuracy"], ls="--", lw=0.8, color="gray")
             ax.annotate(f"{method} in-process", (0, r["accuracy"]), fontsize=7, color="gray")
+    target = report.get("summary", {}).get("time_to_accuracy", {}).get("target")
+    if target:
+        ax.axhline(target, ls=":", lw=0.8, color="black")
+        ax.annotate(f"target ({report['setup'].get('target_fraction', 0.95):.0%} of backprop)", (0, target),
+                    fontsize=7)
     setup = report["setup"]
     ax.set(xlabel="wall-clock seconds", ylabel=f"test accuracy ({setup['dataset']})",
            title=f"MLP width {setup['width']}, 2 stages, {setup['samples']} samples per method")

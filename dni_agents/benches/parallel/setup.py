@@ -41,8 +41,9 @@ class Setup:
     micro_batches: tuple[int, ...] = (2, 4, 8)
     pipe_schedule: str = "gpipe"  # or 1f1b
     pipe_trial_steps: int = 20
-    curve_points: int = 8
+    curve_points: int = 16  # snapshots: the time to an accuracy is known to one sixteenth of a run
     eval_samples: int = 2000  # test samples per curve point (the final accuracy uses the whole test set)
+    target_fraction: float = 0.95  # the accuracy to reach: this share of backprop_1thread's at its end
     cost_reps: int = 10
     comm_reps: int = 20
     seed: int = 0

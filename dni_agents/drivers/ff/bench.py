@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from ...config import Config, ConfigError, load_config
 from ...runtime.report import Report, timed_run
 from .model import METHODS
-from .timing import PLAIN, time_methods
+from .timing import PLAIN, PLAIN_LAYERS, time_methods
 from .train import train
 
 
@@ -22,6 +22,16 @@ def _model_name(cfg: Config) -> str:
 
 
 FULL_MODELS = [("mlp", 3), ("mlp", 4), ("mlp", 5), ("mlp", 6), ("cnn", 3)]
+
+
+def _by_setting(results: list[dict]) -> list[tuple[str, dict[str, float]]]:
+    """The timing rows' cost against plain PyTorch, per setting (``bn``, ``no_bn_fused``, …) and method."""
+    out: dict[str, dict[str, float]] = {}
+    for r in results:
+        if r["dataset"] == "timing":
+            bn = ("bn" if r["batch_norm"] else "no_bn") + ("_fused" if r.get("fused") else "")
+            out.setdefault(bn, {})[r["method"]] = r["cost_vs_plain"]
+    return list(out.items())
 
 
 def bench(
@@ -68,19 +78,21 @@ def bench(
             f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['steps_per_s']:.0f} steps/s",
         )
     costs: dict[str, float] = {}
-    if timing:
-        for batch_norm in (True, False):
-            rows = time_methods([PLAIN, "backprop", "dni", "cdni"], steps=20, repeats=15,
-                                batch_norm=batch_norm)
+    if timing:  # plain PyTorch, its per-layer-Adam and hand-written-DNI floors, ours; default and fused Adam
+        for fused, batch_norm in ((False, True), (False, False), (True, True), (True, False)):
+            rows = time_methods([PLAIN, PLAIN_LAYERS, "backprop", "plain-dni", "dni", "plain-cdni", "cdni"],
+                                steps=20, repeats=15, batch_norm=batch_norm, fused=fused)
             results += rows
-            bn = "bn" if batch_norm else "no_bn"
+            bn = ("bn" if batch_norm else "no_bn") + ("_fused" if fused else "")
             costs.update({f"{r['method']}_{bn}": r["cost_vs_plain"] for r in rows})
             tqdm.write(f"timing ({bn}): " + ", ".join(
                 f"{r['method']} {r['steps_per_s']:.0f} steps/s ({r['cost_vs_plain']:.2f}x plain)"
                 for r in rows))
     report.finish(cost_vs_plain=costs,
                   dni_cost_vs_backprop=next((r["cost_vs_backprop"] for r in results
-                                             if r["dataset"] == "timing" and r["method"] == "dni"), None))
+                                             if r["dataset"] == "timing" and r["method"] == "dni"), None),
+                  dni_cost_vs_floor={f"{m}_{bn}": by[m] / by[f"plain-{m}"] for bn, by in _by_setting(results)
+                                     for m in ("dni", "cdni")})
     summary = {}
     for r in results:
         if r["dataset"] != "timing":

@@ -1,7 +1,13 @@
 """What a training step costs: each method's step against **plain PyTorch** (the same layers as one
 ``nn.Sequential``, one Adam over all parameters, ``loss.backward()``: no framework at all), on the paper's
 3-layer FCN shape (784-256-256-10, batch 256, random inputs), one thread, methods interleaved round by
-round so that machine noise hits them alike; the median round of each."""
+round so that machine noise hits them alike; the median round of each.
+
+``plain-dni`` and ``plain-cdni`` are DNI written out by hand in plain PyTorch (the layers, a zero-initialised
+linear utility model per interface, its regression onto the next layer's input gradient: the arithmetic
+DNI adds and nothing else): the floor any framework's DNI step stands on. ``plain-layers`` is plain PyTorch
+with one Adam per layer (each agent owns its optimizer): what that alone costs. ``fused`` (``trainer.fused``)
+gives every Adam, the plain rows' too, one kernel for all tensors."""
 
 from __future__ import annotations
 
@@ -13,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import parse_config
+from ...config import Config, parse_config
 from ...data import ImageDataset, batches
 from .model import METHODS, build_layers, build_system
 from .train import train_step
 
 PLAIN = "plain"  # the reference row: no framework
+PLAIN_LAYERS = "plain-layers"  # plain PyTorch with one Adam per layer, as each agent owns its optimizer
+PLAIN_DNI = {"plain-dni": "dni", "plain-cdni": "cdni"}  # DNI by hand in plain PyTorch: the floor
 
 
 def timing_data(seed: int) -> ImageDataset:
@@ -29,37 +37,99 @@ def timing_data(seed: int) -> ImageDataset:
     )
 
 
-def step_function(method: str, data: ImageDataset, seed: int, batch_norm: bool
+def _plain_dni(cfg: Config, data: ImageDataset, stream, conditioned: bool
+               ) -> tuple[Callable[[int], None], list[nn.Parameter]]:
+    """DNI by hand, no framework: each layer updates from ĝ = U(h) (per-example units, as the core's), the
+    next layer's input gradient is U's regression target."""
+    torch.manual_seed(cfg.seed)
+    layers = build_layers(cfg, data.input_shape, data.num_classes)
+    context = data.num_classes if conditioned else 0
+    utilities = [nn.Linear(cfg.ff.hidden + context, cfg.ff.hidden) for _ in layers[:-1]]
+    for u in utilities:
+        nn.init.zeros_(u.weight)
+        nn.init.zeros_(u.bias)
+    lr, fused = cfg.trainer.lr, cfg.trainer.fused
+    optimizers = [torch.optim.Adam(m.parameters(), lr=lr, fused=fused) for m in layers]
+    u_lr = cfg.interface_defaults.utility.lr or lr
+    u_optimizers = [torch.optim.Adam(u.parameters(), lr=u_lr, fused=fused) for u in utilities]
+
+    def step(_: int) -> None:
+        x, y = next(stream)
+        onehot = F.one_hot(y, data.num_classes).float() if conditioned else None
+        inputs, predictions, leaves = [], [], []
+        h = x
+        for layer, optimizer, k in zip(layers, optimizers, range(len(layers)), strict=True):
+            if k:
+                h = h.detach().requires_grad_(True)
+                leaves.append(h)
+            out = layer(h)
+            optimizer.zero_grad(set_to_none=True)
+            if k == len(layers) - 1:
+                F.cross_entropy(out, y).backward()
+            else:
+                message = out.detach()
+                u_in = message if onehot is None else torch.cat([message, onehot], 1)
+                prediction = utilities[k](u_in)
+                out.backward(prediction.detach() / len(x))
+                inputs.append(u_in)
+                predictions.append(prediction)
+                h = message
+            optimizer.step()
+        for prediction, leaf, u_optimizer in zip(predictions, leaves, u_optimizers, strict=True):
+            u_optimizer.zero_grad(set_to_none=True)
+            F.mse_loss(prediction, leaf.grad * len(x)).backward()
+            u_optimizer.step()
+
+    return step, [p for m in layers for p in m.parameters()]
+
+
+def step_function(method: str, data: ImageDataset, seed: int, batch_norm: bool, fused: bool = False
                   ) -> tuple[Callable[[int], None], list[nn.Parameter]]:
-    """One training step of ``method`` (or of plain PyTorch) on the timing shape, as ``step(i)``, and the
-    parameters it trains (layer by layer, in order)."""
-    overrides = [] if method == PLAIN else METHODS[method]
+    """One training step of ``method`` (or of plain PyTorch: ``plain``, ``plain-layers``, ``plain-dni``,
+    ``plain-cdni``) on the
+    timing shape, as ``step(i)``, and the parameters it trains (layer by layer, in order)."""
+    mode = PLAIN_DNI.get(method)
+    overrides = [f"interface_defaults.mode={mode}"] if mode else [] if method.startswith(PLAIN) \
+        else METHODS[method]
     cfg = parse_config(
         {"driver": "ff", "name": f"timing-{method}", "seed": seed,
-         "trainer": {"batch_size": 256, "lr": 1e-4}, "ff": {"layers": 3, "batch_norm": batch_norm}},
+         "trainer": {"batch_size": 256, "lr": 1e-4, "fused": fused},
+         "ff": {"layers": 3, "batch_norm": batch_norm}},
         overrides,
     )
     stream = batches(data.x_train, data.y_train, 256, torch.Generator().manual_seed(seed))
-    if method == PLAIN:
+    if method in (PLAIN, PLAIN_LAYERS):
         torch.manual_seed(seed)
         model = nn.Sequential(*build_layers(cfg, data.input_shape, data.num_classes))
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr)
+        groups = [model] if method == PLAIN else list(model)
+        optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.trainer.lr, fused=fused) for m in groups]
 
         def plain(_: int) -> None:
             x, y = next(stream)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
 
         return plain, list(model.parameters())
+    if mode:
+        return _plain_dni(cfg, data, stream, conditioned=mode == "cdni")
     system = build_system(cfg, data, torch.device("cpu"))
     system.track_stats = False
     params = [p for agent in system.agents.values() for p in agent.module.parameters()]
-    return (lambda i: train_step(system, i, *next(stream), data.num_classes)), params
+    every = cfg.log.every
+
+    def step(i: int) -> None:
+        train_step(system, i, *next(stream), data.num_classes)
+        if (i + 1) % every == 0:  # as the training loop drains them (else 1,024 records a channel pile up)
+            system.drain_stats()
+
+    return step, params
 
 
 def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0,
-                 batch_norm: bool = True) -> list[dict]:
+                 batch_norm: bool = True, fused: bool = False) -> list[dict]:
     """Seconds per step of each of ``methods`` (``plain`` for plain PyTorch, or a key of ``METHODS``):
     ``repeats`` rounds of ``steps`` steps each, the methods in turn within a round, after 5 warm-up steps;
     the median round. One intra-op thread (the caller's setting comes back after)."""
@@ -67,7 +137,7 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
     torch.set_num_threads(1)
     try:
         data = timing_data(seed)
-        fns = {m: step_function(m, data, seed, batch_norm)[0] for m in methods}
+        fns = {m: step_function(m, data, seed, batch_norm, fused)[0] for m in methods}
         done = dict.fromkeys(methods, 0)
         for m, fn in fns.items():  # warm-up
             for _ in range(5):
@@ -87,7 +157,7 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
     return [
         {"method": m, "dataset": "timing", "model": "mlp3-784-256-10", "batch_norm": batch_norm,
          "test_accuracy": None, "steps_per_s": 1.0 / per_step[m], "steps": steps, "rounds": repeats,
-         "seed": seed, "batch_size": 256, "threads": 1,
+         "seed": seed, "batch_size": 256, "threads": 1, "fused": fused,
          "cost_vs_backprop": per_step[m] / per_step["backprop"] if "backprop" in per_step else None,
          "cost_vs_plain": per_step[m] / per_step[PLAIN] if PLAIN in per_step else None}
         for m in methods

@@ -72,6 +72,9 @@ class MarlConfig(_Strict):
     private_info: PrivateInfoConfig | None = None
     mi_resolution: PosFloat = 0.2  # messages closer than this count as one symbol for entropy / MI
     eval_episodes: PosInt = 500
+    # processes that step the environment copies (0: this one); the same results with any number. Not for
+    # an environment with its own vector_env (one numpy call for all copies already)
+    env_workers: NonNegInt = 0
     # the marl driver's own name for trainer.threads, which it overrides when set (None: trainer.threads);
     # kept so that the configs and commands that set it run as before
     threads: NonNegInt | None = None

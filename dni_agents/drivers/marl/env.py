@@ -11,20 +11,25 @@ from pettingzoo.utils.conversions import aec_to_parallel, aec_to_parallel_wrappe
 from pettingzoo.utils.env import AECEnv
 
 from ...config import Config, ConfigError, import_object
+from .workers import WorkerCopies
 
 
 def make_env(cfg: Config) -> Any:
     """``marl.env`` is a module with ``parallel_env()`` (``mpe2.simple_speaker_listener_v4``,
     ``dni_envs.referential``) or ``module:callable``, returning a PettingZoo ``ParallelEnv`` or an ``AECEnv``
     (converted with PettingZoo's own ``aec_to_parallel`` if it declares ``is_parallelizable``)."""
-    spec = cfg.marl.env
+    return make_env_from(cfg.marl.env, cfg.marl.env_kwargs)
+
+
+def make_env_from(spec: str, kwargs: dict) -> Any:
+    """:func:`make_env` from the two keys it reads (what an environment worker gets)."""
     factory = import_object(spec, "marl.env", default_attr="parallel_env")
     if not callable(factory):
         raise ConfigError(f"marl.env: {spec!r} is not callable")
     try:
-        env = factory(**cfg.marl.env_kwargs)
+        env = factory(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"marl.env_kwargs: {spec} rejects {cfg.marl.env_kwargs} ({exc})") from None
+        raise ConfigError(f"marl.env_kwargs: {spec} rejects {kwargs} ({exc})") from None
     if isinstance(env, AECEnv):
         if not env.metadata.get("is_parallelizable", False):
             raise ConfigError(f"marl.env: {spec} is an AEC environment whose metadata does not declare "
@@ -87,13 +92,23 @@ class DirectParallel:
 # one Python call per copy); any other is wrapped in :class:`ParallelCopies`.
 
 
-def make_copies(cfg: Config, num_envs: int) -> Any:
+def make_copies(cfg: Config, num_envs: int, workers: int | None = None) -> Any:
     """``num_envs`` copies of ``marl.env`` as one vector environment (the module's own ``vector_env`` when
-    it has one and ``marl.env`` names no callable)."""
+    it has one and ``marl.env`` names no callable), stepped in ``workers`` processes if > 0 (None:
+    ``marl.env_workers``)."""
     module_name, _, attr = cfg.marl.env.partition(":")
     vector = None if attr else getattr(importlib.import_module(module_name), "vector_env", None)
+    workers = cfg.marl.env_workers if workers is None else workers
     if callable(vector):
+        if workers:
+            raise ConfigError(
+                f"marl.env_workers: {workers}, but {module_name} steps all its copies in one vectorised "
+                "call (its vector_env), which workers cannot split without changing its random draws; "
+                "set marl.env_workers=0 (its stepping is a few % of an update: docs/benchmarks.md)")
         return vector(num_envs, **cfg.marl.env_kwargs)
+    if workers:
+        return WorkerCopies(cfg.marl.env, cfg.marl.env_kwargs, num_envs, workers, ParallelCopies,
+                            make_env_from)
     return ParallelCopies([make_env(cfg) for _ in range(num_envs)], cfg.marl.env)
 
 
@@ -107,6 +122,9 @@ class ParallelCopies:
         self.running = np.zeros(len(envs), dtype=bool)
         if callable(getattr(envs[0], "message_sources", None)):
             self.message_sources = lambda: [env.message_sources() for env in self.envs]
+
+    def close(self) -> None:
+        """Nothing to stop in one process (a vector environment may hold workers: ``workers.py``)."""
 
     def _shape(self, agent: str) -> tuple[int, ...]:
         return tuple(self.envs[0].observation_space(agent).shape)

@@ -53,13 +53,20 @@ class Player:
     """Plays synchronous episodes in ``E`` environment copies with the current networks."""
 
     def __init__(self, cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
-                 num_envs: int) -> None:
+                 num_envs: int, env_workers: int | None = None) -> None:
         self.cfg, self.groups, self.channels, self.device = cfg, groups, channels, device
-        self.envs = make_copies(cfg, num_envs)  # one vector environment (env.py)
+        # one vector environment (env.py), stepped in env_workers processes (None: marl.env_workers)
+        self.envs = make_copies(cfg, num_envs, env_workers)
         self.routing = callable(getattr(self.envs, "message_sources", None))
         self.order = speaking_order(groups, channels)
         self.by_name = {g.name: g for g in groups}
         self._member_index = {g.name: {m: i for i, m in enumerate(g.members)} for g in groups}
+
+    def close(self) -> None:
+        """Stop the environments' workers, if they have any (``marl.env_workers``)."""
+        close = getattr(self.envs, "close", None)
+        if callable(close):
+            close()
 
     def _sources(self, ch: Channel, first: bool, alive: np.ndarray) -> torch.Tensor:
         """(copies, receivers): which sender member each receiving member hears (-1: nobody)."""

@@ -4,6 +4,7 @@ controls (messages shuffled or silenced)."""
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -66,85 +67,87 @@ def train(
     env = make_env(cfg)
     system, groups, channels = build(cfg, env, device)
     player = Player(cfg, groups, channels, device, mc.num_envs)
-    start, clock = 0, 0
+    with closing(player):  # environment workers (marl.env_workers) end with the run
+        start, clock = 0, 0
 
-    def restore(state: dict) -> int:
-        nonlocal start, clock
-        load_system(system, state["system"])
-        start, clock = int(state["update"]), int(state["clock"])
-        return start  # updates are logged at ``update``: the crashed run's from here on are dropped
+        def restore(state: dict) -> int:
+            nonlocal start, clock
+            load_system(system, state["system"])
+            start, clock = int(state["update"]), int(state["clock"])
+            return start  # updates are logged at ``update``: the crashed run's from here on are dropped
 
-    run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
-    private_agent = mc.private_info.agent if mc.private_info else None
-    env_steps, seconds, recent = 0, 0.0, []
-    fidelity, curve = FidelityHistory(), []  # curve: (environment steps, return) on measured updates
-    if mc.message_rms is not None and start == 0:  # the frozen control's scale (a resumed run has it)
-        calibrate_messages(player, mc.message_rms, seed=cfg.seed * 100_000 * mc.num_envs)
+        run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
+        private_agent = mc.private_info.agent if mc.private_info else None
+        env_steps, seconds, recent = 0, 0.0, []
+        fidelity, curve = FidelityHistory(), []  # curve: (environment steps, return) on measured updates
+        if mc.message_rms is not None and start == 0:  # the frozen control's scale (a resumed run has it)
+            calibrate_messages(player, mc.message_rms, seed=cfg.seed * 100_000 * mc.num_envs)
 
-    def save(update: int) -> Path | None:
-        if not log:
-            return None
-        save_checkpoint(Path(run_dir) / CHECKPOINT,
-                        {"update": update, "clock": clock, "system": system.state_dict()})
-        return Path(run_dir) / CHECKPOINT
+        def save(update: int) -> Path | None:
+            if not log:
+                return None
+            save_checkpoint(Path(run_dir) / CHECKPOINT,
+                            {"update": update, "clock": clock, "system": system.state_dict()})
+            return Path(run_dir) / CHECKPOINT
 
-    loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop,
-                unit="update")
-    for update in loop:
-        t0 = time.perf_counter()
-        generator = step_generator(cfg.seed, update)
-        ep = player.play(seed=(cfg.seed * 100_000 + update) * mc.num_envs, generator=generator)
-        measure = loop.measured(update)
-        losses, clock = ppo_update(cfg, system, groups, player, ep, generator, clock, track=measure)
-        seconds += time.perf_counter() - t0
-        env_steps += ep.steps
-        metrics = episode_metrics(cfg, ep, groups)
-        recent = (recent + [metrics["return/mean"]])[-20:]
-        if measure:
-            curve.append(((update + 1) * mc.num_envs * mc.max_steps, metrics["return/mean"]))
-            usage = channel_stats(ep, channels)
-            fidelity.add(update, usage)  # the messages' scale, for the frozen control
-            fidelity.add(update, loop.drain(system, update))  # ĝ's (held-out) fidelity
-        if loop.logs(update):
-            logger.scalars("episode", metrics, update)
-            for name, parts in losses.items():
-                logger.agent(name, parts, update)
-            for name, m in comm_metrics(ep, channels, private_agent, mc.mi_resolution).items():
-                logger.scalars(f"comm/{name}", m, update)
-            for name, m in usage.items():
-                logger.scalars(f"channel/{name}", m, update)
-            logger.scalar("perf/env_steps_per_s", env_steps / max(seconds, 1e-9), update)
-            logger.scalar("perf/env_steps", (update + 1) * mc.num_envs * mc.max_steps, update)
-            loop.bar.set_postfix(ret=f"{sum(recent) / len(recent):.2f}")
-        if log and loop.due(cfg.log.histogram_every, update):
-            for name, msgs in ep.messages.items():
-                logger.message_histogram(name, msgs[ep.alive], update)
-    if not loop.finished:
+        loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop,
+                    unit="update")
+        for update in loop:
+            t0 = time.perf_counter()
+            generator = step_generator(cfg.seed, update)
+            ep = player.play(seed=(cfg.seed * 100_000 + update) * mc.num_envs, generator=generator)
+            measure = loop.measured(update)
+            losses, clock = ppo_update(cfg, system, groups, player, ep, generator, clock, track=measure)
+            seconds += time.perf_counter() - t0
+            env_steps += ep.steps
+            metrics = episode_metrics(cfg, ep, groups)
+            recent = (recent + [metrics["return/mean"]])[-20:]
+            if measure:
+                curve.append(((update + 1) * mc.num_envs * mc.max_steps, metrics["return/mean"]))
+                usage = channel_stats(ep, channels)
+                fidelity.add(update, usage)  # the messages' scale, for the frozen control
+                fidelity.add(update, loop.drain(system, update))  # ĝ's (held-out) fidelity
+            if loop.logs(update):
+                logger.scalars("episode", metrics, update)
+                for name, parts in losses.items():
+                    logger.agent(name, parts, update)
+                for name, m in comm_metrics(ep, channels, private_agent, mc.mi_resolution).items():
+                    logger.scalars(f"comm/{name}", m, update)
+                for name, m in usage.items():
+                    logger.scalars(f"channel/{name}", m, update)
+                logger.scalar("perf/env_steps_per_s", env_steps / max(seconds, 1e-9), update)
+                logger.scalar("perf/env_steps", (update + 1) * mc.num_envs * mc.max_steps, update)
+                loop.bar.set_postfix(ret=f"{sum(recent) / len(recent):.2f}")
+            if log and loop.due(cfg.log.histogram_every, update):
+                for name, msgs in ep.messages.items():
+                    logger.message_histogram(name, msgs[ep.alive], update)
+        if not loop.finished:
+            logger.close()
+            return {}
+        result = evaluate_system(cfg, groups, channels, device, episodes=mc.eval_episodes)
+        result.update(updates=tc.steps, env_steps_per_s=env_steps / max(seconds, 1e-9), train_seconds=seconds)
+        result.update(fidelity.second_half(tc.steps))  # held-out ĝ fidelity over the second half of training
+        if any(c.interface is not None for c in channels):  # the controls: does the receiver use the message?
+            for key, how in (("ablated_return", "permute"), ("silenced_return", "zero")):
+                controlled = evaluate_system(cfg, groups, channels, device, mc.eval_episodes, how)
+                result[key] = controlled["mean_return"]
+        result["curve"] = curve
+        if log:
+            logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
+            if cfg.log.embedding_samples and "_episode" in result:
+                log_projector(cfg, logger, result["_episode"], channels, tc.steps)
+            save(tc.steps)
+            result["run_dir"] = str(run_dir)
+        result.pop("_episode", None)
         logger.close()
-        return {}
-    result = evaluate_system(cfg, groups, channels, device, episodes=mc.eval_episodes)
-    result.update(updates=tc.steps, env_steps_per_s=env_steps / max(seconds, 1e-9), train_seconds=seconds)
-    result.update(fidelity.second_half(tc.steps))  # held-out ĝ fidelity over the second half of training
-    if any(c.interface is not None for c in channels):  # the controls: does the receiver use the message?
-        for key, how in (("ablated_return", "permute"), ("silenced_return", "zero")):
-            result[key] = evaluate_system(cfg, groups, channels, device, mc.eval_episodes, how)["mean_return"]
-    result["curve"] = curve
-    if log:
-        logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
-        if cfg.log.embedding_samples and "_episode" in result:
-            log_projector(cfg, logger, result["_episode"], channels, tc.steps)
-        save(tc.steps)
-        result["run_dir"] = str(run_dir)
-    result.pop("_episode", None)
-    logger.close()
-    return result
+        return result
 
 
 def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
                     episodes: int, ablate: str | None = None) -> dict[str, Any]:
     """Greedy play (most likely action, clean channels) for ``episodes`` episodes; ``ablate``: with the
     messages shuffled across copies (``permute``) or silenced (``zero``)."""
-    player = Player(cfg, groups, channels, device, min(episodes, 250))
+    player = Player(cfg, groups, channels, device, min(episodes, 250), env_workers=0)  # short: no workers
     eps = []
     while sum(e.alive.shape[1] for e in eps) < episodes:
         eps.append(player.play(seed=EVAL_SEED + 1000 * len(eps), generator=None, greedy=True, ablate=ablate))
