@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                               ("time_to_accuracy_vs_backprop_2threads", "time_to_accuracy_vs_pipelining")
                               if c.get(k) is not None)
             print(f"| {m} | {'not reached' if sec is None else f'{sec:.1f}'} | "
-                  f"{'–' if n is None else f'{n:,}'} | {'–' if e is None else f'{e:.2f}'} | {first} |")
+                  f"{'–' if n is None else f'{n:,.0f}'} | {'–' if e is None else f'{e:.2f}'} | {first} |")
 
     costs = report["costs"]
     print(f"\nPart costs, one thread, batch {costs['batch_size']} (ms):\n")
