@@ -4,6 +4,10 @@ vectorises its own copies refuses workers in one line."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -70,10 +74,30 @@ def test_a_failing_or_dead_worker_is_named(tmp_path):
     copies = make_copies(cfg, 4, workers=2)
     copies.reset(seed=0)
     copies._procs[1].kill()
-    copies._procs[1].join()
+    copies._procs[1].wait()
     with pytest.raises(RuntimeError, match=r"environment worker 1 .*copies 2\.\.3\) died"):
         copies.step({"speaker_0": np.zeros(4, dtype=np.int64), "listener_0": np.zeros(4, dtype=np.int64)})
     assert copies._procs == []  # the others were stopped
+
+
+def test_workers_start_from_a_script_without_a_main_guard(tmp_path):
+    """A user's script that trains at module level (no ``if __name__ == "__main__"``): workers are fresh
+    interpreters running our module, never a re-import of the script (multiprocessing's spawn would run it
+    again in every worker)."""
+    script = tmp_path / "train_here.py"
+    script.write_text(
+        "from dni_agents.config import load_config\n"
+        "from dni_agents.drivers.marl.env import make_copies\n"
+        f"cfg = load_config('speaker_listener', ['log.dir={tmp_path}'])\n"
+        "copies = make_copies(cfg, 3, workers=2)\n"
+        "obs, _ = copies.reset(seed=0)\n"
+        "print('rows', obs['listener_0'].shape[0])\n"
+        "copies.close()\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("rows 3") == 1
 
 
 def test_an_environment_with_its_own_vector_env_refuses_workers(tmp_path):

@@ -107,8 +107,7 @@ def make_copies(cfg: Config, num_envs: int, workers: int | None = None) -> Any:
                 "set marl.env_workers=0 (its stepping is a few % of an update: docs/benchmarks.md)")
         return vector(num_envs, **cfg.marl.env_kwargs)
     if workers:
-        return WorkerCopies(cfg.marl.env, cfg.marl.env_kwargs, num_envs, workers, ParallelCopies,
-                            make_env_from)
+        return WorkerCopies(cfg.marl.env, cfg.marl.env_kwargs, num_envs, workers)
     return ParallelCopies([make_env(cfg) for _ in range(num_envs)], cfg.marl.env)
 
 

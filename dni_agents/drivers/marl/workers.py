@@ -8,49 +8,24 @@ number of workers (tests/test_marl_workers.py). What it buys is the environments
 the learner's (the policy, PPO) is unchanged: with 2 cores it pays where stepping is a large share of an
 update (docs/benchmarks.md measures it).
 
-Observations and actions travel through pipes (numpy arrays, pickled); workers are spawned fresh (no fork
-of a process that holds torch threads), get no torch, and end with the learner (``close()``, or daemon
-processes when it dies). A worker that raises sends its error back; one that dies is named.
+Observations and actions travel through each worker's stdin and stdout (pickled numpy arrays, between
+this process and the children it started); a worker is a fresh interpreter (``python -m
+dni_agents.drivers.marl.env_worker``: no fork of a process that holds torch threads, and no re-import of
+the user's main script, which ``multiprocessing``'s spawn would do), does no torch work, and ends with
+the learner (``close()``, or when its stdin closes). A worker that raises sends its error back; one that
+dies is named.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import traceback
-from collections.abc import Callable
-from multiprocessing.connection import Connection
+import pickle
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 
-
-def _serve(conn: Connection, copies_of: Callable, env_of: Callable, spec: str, kwargs: dict, first: int,
-           count: int) -> None:
-    """A worker: build copies ``first .. first + count - 1`` (``copies_of([env_of(spec, kwargs), …])``:
-    env.py's ParallelCopies and make_env_from, handed over so this module needs no import of env.py) and
-    step them on request until told to stop."""
-    try:
-        copies = copies_of([env_of(spec, kwargs) for _ in range(count)], spec)
-        conn.send(("ready", (copies.possible_agents, callable(getattr(copies, "message_sources", None)))))
-        while True:
-            command, payload = conn.recv()
-            if command == "reset":
-                conn.send(("ok", copies.reset(seed=payload + first)))
-            elif command == "step":
-                conn.send(("ok", copies.step(payload)))
-            elif command == "sources":
-                conn.send(("ok", copies.message_sources()))
-            else:  # "close"
-                break
-    except (EOFError, KeyboardInterrupt):  # the learner is gone
-        pass
-    except Exception:  # noqa: BLE001 — every error goes back to the learner, which raises it
-        try:
-            conn.send(("error", traceback.format_exc()))
-        except (BrokenPipeError, OSError):
-            pass
-    finally:
-        conn.close()
+WORKER_MODULE = "dni_agents.drivers.marl.env_worker"
 
 
 def _concat(parts: list[dict], rows: list[int]) -> dict:
@@ -72,26 +47,19 @@ class WorkerCopies:
     """``num_envs`` copies of ``spec`` in ``workers`` processes, seen as one vector environment (the
     interface of :class:`~.env.ParallelCopies`)."""
 
-    def __init__(self, spec: str, kwargs: dict, num_envs: int, workers: int, copies_of: Callable,
-                 env_of: Callable) -> None:
+    def __init__(self, spec: str, kwargs: dict, num_envs: int, workers: int) -> None:
         workers = max(1, min(workers, num_envs))
         self.name, self.num_envs = spec, num_envs
         bounds = [round(num_envs * w / workers) for w in range(workers + 1)]
         self.rows = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
         self._starts = bounds[:-1]
-        context = mp.get_context("spawn")
-        self._conns: list[Connection] = []
-        self._procs: list[Any] = []
+        self._procs: list[subprocess.Popen] = []
         try:
             for first, count in zip(self._starts, self.rows, strict=True):
-                ours, theirs = context.Pipe()
-                args = (theirs, copies_of, env_of, spec, dict(kwargs), first, count)
-                proc = context.Process(target=_serve, args=args, name=f"dni-env-worker-{len(self._procs)}",
-                                       daemon=True)
-                proc.start()
-                theirs.close()
-                self._conns.append(ours)
+                proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE)
                 self._procs.append(proc)
+                self._send(len(self._procs) - 1, (spec, dict(kwargs), first, count))
             ready = self._gather()
         except BaseException:
             self.close()
@@ -100,13 +68,20 @@ class WorkerCopies:
         if ready[0][1]:
             self.message_sources = self._message_sources
 
+    def _send(self, w: int, item: Any) -> None:
+        try:
+            pickle.dump(item, self._procs[w].stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._procs[w].stdin.flush()
+        except OSError:  # a broken pipe: the worker is gone
+            self._died(w)
+
     def _gather(self) -> list[Any]:
         """Every worker's answer, in order; a worker's error or death is raised here, naming it."""
         answers = []
-        for w, conn in enumerate(self._conns):
+        for w, proc in enumerate(self._procs):
             try:
-                kind, payload = conn.recv()
-            except (EOFError, OSError):
+                kind, payload = pickle.load(proc.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
                 self._died(w)
             if kind == "error":
                 self.close()
@@ -116,23 +91,23 @@ class WorkerCopies:
         return answers
 
     def _died(self, w: int) -> None:
-        self._procs[w].join(timeout=1)
-        code = self._procs[w].exitcode
+        proc = self._procs[w]
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
         self.close()
         raise RuntimeError(f"marl.env_workers: environment worker {w} ({self.name}, copies "
                            f"{self._starts[w]}..{self._starts[w] + self.rows[w] - 1}) died "
-                           f"(exit code {code})") from None
+                           f"(exit code {code}; its error, if any, is above)") from None
 
     def _ask(self, command: str, payloads: list[Any]) -> list[Any]:
-        for w, (conn, payload) in enumerate(zip(self._conns, payloads, strict=True)):
-            try:
-                conn.send((command, payload))
-            except OSError:  # a broken pipe: the worker is gone
-                self._died(w)
+        for w, payload in enumerate(payloads):
+            self._send(w, (command, payload))
         return self._gather()
 
     def reset(self, seed: int) -> tuple[dict, dict]:
-        parts = self._ask("reset", [seed] * len(self._conns))
+        parts = self._ask("reset", [seed] * len(self._procs))
         return _concat([p[0] for p in parts], self.rows), _concat([p[1] for p in parts], self.rows)
 
     def step(self, actions: dict[str, np.ndarray]) -> tuple[dict, dict, dict, dict, dict]:
@@ -142,21 +117,23 @@ class WorkerCopies:
         return tuple(_concat([p[k] for p in parts], self.rows) for k in range(5))  # type: ignore[return-value]
 
     def _message_sources(self) -> list[dict]:
-        return [row for part in self._ask("sources", [None] * len(self._conns)) for row in part]
+        return [row for part in self._ask("sources", [None] * len(self._procs)) for row in part]
 
     def close(self) -> None:
-        """Stop the workers (idempotent)."""
-        for conn in self._conns:
+        """Stop the workers (idempotent): their stdin closes, they exit."""
+        procs, self._procs = self._procs, []
+        for proc in procs:
             try:
-                conn.send(("close", None))
-            except (BrokenPipeError, OSError):
+                proc.stdin.close()
+            except OSError:
                 pass
-            conn.close()
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-        self._conns, self._procs = [], []
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
 
     def __del__(self) -> None:
         self.close()
