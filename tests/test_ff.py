@@ -205,3 +205,24 @@ def test_backprop_mode_trains_exactly_what_plain_pytorch_trains(batch_norm):
     rows = ff.time_methods([PLAIN, "backprop"], steps=1, repeats=1, batch_norm=batch_norm)
     assert rows[0]["cost_vs_plain"] == 1.0 and rows[1]["cost_vs_plain"] > 0
     assert rows[0]["batch_norm"] is batch_norm
+
+
+@pytest.mark.parametrize("method,reference", [("dni", "plain-dni"), ("cdni", "plain-cdni"),
+                                              ("backprop", "plain-layers")])
+def test_our_methods_train_exactly_what_their_hand_written_floors_train(method, reference):
+    """The timing floors are the same computation with no framework: DNI written out by hand (a
+    zero-initialised linear utility model per interface, its regression onto the next layer's input
+    gradient) and plain PyTorch with one Adam per layer. Bit for bit the same parameters, so each ratio
+    between a row and its floor is the framework's cost alone."""
+    from dni_agents.drivers.ff.timing import step_function, timing_data
+
+    data = timing_data(0)
+    floor, floor_params = step_function(reference, data, 0, True)
+    ours, our_params = step_function(method, data, 0, True)
+    initial = [p.detach().clone() for p in floor_params]
+    for i in range(4):
+        floor(i)
+        ours(i)
+    assert not all(torch.equal(p, p0) for p, p0 in zip(floor_params, initial, strict=True))  # it trained
+    for p, q in zip(floor_params, our_params, strict=True):
+        assert torch.equal(p, q)

@@ -5,6 +5,7 @@ vectorises its own copies refuses workers in one line."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -63,6 +64,24 @@ def test_worker_copies_step_exactly_like_the_copies_in_this_process(tmp_path):
             a, b = here.step(actions), there.step(actions)
     finally:
         there.close()
+
+
+def test_a_ctrl_c_leaves_the_workers_to_the_learner(tmp_path):
+    """SIGINT (a Ctrl-C reaches the whole terminal's process group) does not end a worker: the learner
+    stops at its next update boundary and checkpoints, which still steps the environments."""
+    cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", "marl.num_envs=4"])
+    copies = make_copies(cfg, 4, workers=2)
+    try:
+        copies.reset(seed=0)
+        for proc in copies._procs:
+            os.kill(proc.pid, signal.SIGINT)
+        obs, rewards, *_ = copies.step({"speaker_0": np.zeros(4, dtype=np.int64),
+                                        "listener_0": np.zeros(4, dtype=np.int64)})
+        assert rewards["listener_0"].shape == (4,)
+        assert all(proc.poll() is None for proc in copies._procs)
+    finally:
+        copies.close()
+    assert copies._procs == []
 
 
 def test_a_failing_or_dead_worker_is_named(tmp_path):

@@ -56,7 +56,7 @@ def _plain_dni(cfg: Config, data: ImageDataset, stream, conditioned: bool
     def step(_: int) -> None:
         x, y = next(stream)
         onehot = F.one_hot(y, data.num_classes).float() if conditioned else None
-        inputs, predictions, leaves = [], [], []
+        predictions, leaves = [], []
         h = x
         for layer, optimizer, k in zip(layers, optimizers, range(len(layers)), strict=True):
             if k:
@@ -71,7 +71,6 @@ def _plain_dni(cfg: Config, data: ImageDataset, stream, conditioned: bool
                 u_in = message if onehot is None else torch.cat([message, onehot], 1)
                 prediction = utilities[k](u_in)
                 out.backward(prediction.detach() / len(x))
-                inputs.append(u_in)
                 predictions.append(prediction)
                 h = message
             optimizer.step()

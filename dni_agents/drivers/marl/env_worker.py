@@ -1,17 +1,22 @@
 """One environment worker (``python -m dni_agents.drivers.marl.env_worker``, started by
 :class:`~.workers.WorkerCopies`): reads ``(spec, env_kwargs, first, count)`` and then commands from stdin,
 steps its copies ``first .. first + count - 1`` as one :class:`~.env.ParallelCopies`, answers on stdout
-(pickled; anything an environment prints goes to stderr instead), and exits when stdin closes."""
+(pickled; anything an environment prints goes to stderr instead), and exits when stdin closes (the
+learner closed it, or died). Its own session and no SIGINT: a Ctrl-C stops the learner at its next update
+boundary, which still needs the environments."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
 import traceback
 
 
 def main() -> None:
+    # Ctrl-C is the learner's to handle (it checkpoints at the next update, which needs us): ignore it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     commands = sys.stdin.buffer
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr  # an environment's prints must not corrupt the answers

@@ -57,7 +57,7 @@ class WorkerCopies:
         try:
             for first, count in zip(self._starts, self.rows, strict=True):
                 proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE)
+                                        stdout=subprocess.PIPE, start_new_session=True)
                 self._procs.append(proc)
                 self._send(len(self._procs) - 1, (spec, dict(kwargs), first, count))
             ready = self._gather()
