@@ -22,24 +22,26 @@ TINY = ["trainer.steps=3", "marl.num_envs=5", "marl.max_steps=6", "marl.epochs=2
         "log.embedding_samples=0"]
 
 
-def _run(tmp_path, workers: int):
-    cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", *TINY, f"marl.env_workers={workers}"])
-    result = marl.train(cfg, tmp_path / f"w{workers}", progress=False)
-    state = torch.load(tmp_path / f"w{workers}" / marl.CHECKPOINT, weights_only=True)["system"]
+def _run(tmp_path, workers: int, name: str = "speaker_listener"):
+    cfg = load_config(name, [f"log.dir={tmp_path}", *TINY, f"marl.env_workers={workers}"])
+    result = marl.train(cfg, tmp_path / f"{name}{workers}", progress=False)
+    state = torch.load(tmp_path / f"{name}{workers}" / marl.CHECKPOINT, weights_only=True)["system"]
     return result, state
 
 
-def test_workers_give_the_same_run_as_one_process(tmp_path):
-    """Training (rollouts, PPO, cDNI) and evaluation, with 0, 2 and 3 workers over 5 copies (slices of 2,
-    3 and 1, 2, 2 copies): the same parameters and the same returns."""
-    ref_result, ref_state = _run(tmp_path, 0)
-    for workers in (2, 3):
-        result, state = _run(tmp_path, workers)
+@pytest.mark.parametrize("name,counts", [("speaker_listener", (2, 3)), ("switch_riddle", (2,))])
+def test_workers_give_the_same_run_as_one_process(tmp_path, name, counts):
+    """Training (rollouts, PPO, the channel's interface) and evaluation, with 0, 2 and 3 workers over 5
+    copies (slices of 2, 3 and 1, 2, 2 copies): the same parameters and the same returns. The switch riddle
+    routes its bulb by the environments' ``message_sources()``, which the workers answer too."""
+    ref_result, ref_state = _run(tmp_path, 0, name)
+    for workers in counts:
+        result, state = _run(tmp_path, workers, name)
         assert result["mean_return"] == ref_result["mean_return"]
         assert result["curve"] == ref_result["curve"]
-        for name, agent in ref_state["agents"].items():
+        for agent_name, agent in ref_state["agents"].items():
             for key, tensor in agent["module"].items():
-                assert torch.equal(tensor, state["agents"][name]["module"][key]), (workers, name, key)
+                assert torch.equal(tensor, state["agents"][agent_name]["module"][key]), (workers, key)
 
 
 def test_worker_copies_step_exactly_like_the_copies_in_this_process(tmp_path):
