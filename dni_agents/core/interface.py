@@ -143,10 +143,11 @@ class Interface:
             if self.mode == "cdni" and context is None:
                 raise ValueError(f"interface {self.name}: cdni needs a context tensor at send()")
             ctx = context if self.mode == "cdni" else None
-            if self._linear() is not None:  # the lean path: W·x + b, no graph (its gradient is x's product)
+            linear = self._linear()
+            if linear is not None:  # the lean path: W·x + b, no graph (its gradient is x's product)
                 with torch.no_grad():
                     inputs = self.utility.linear_input(message, ctx)
-                    prediction = self._linear()(inputs).reshape(message.shape)
+                    prediction = linear(inputs).reshape(message.shape)
             elif self.learn:
                 prediction = self.utility(message, ctx)
             else:

@@ -227,7 +227,7 @@ def time_to_accuracy(by: dict[str, list[dict]], fraction: float) -> dict:
         counts = [reached([[n, c[1]] for n, c in zip(r.get("curve_samples", []), r["curve"], strict=False)],
                           target) for r in rs]
         seconds[m] = None if None in times else _mean(times)
-        samples[m] = None if None in counts or not counts else _mean(counts)
+        samples[m] = None if None in counts else _mean(counts)
     bp = samples.get("backprop_1thread")
     efficiency = {m: (bp / n if bp and n else None) for m, n in samples.items()}
     return {"fraction": fraction, "target": target, "seconds": seconds, "samples": samples,

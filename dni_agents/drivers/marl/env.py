@@ -122,9 +122,6 @@ class ParallelCopies:
         if callable(getattr(envs[0], "message_sources", None)):
             self.message_sources = lambda: [env.message_sources() for env in self.envs]
 
-    def close(self) -> None:
-        """Nothing to stop in one process (a vector environment may hold workers: ``workers.py``)."""
-
     def _shape(self, agent: str) -> tuple[int, ...]:
         return tuple(self.envs[0].observation_space(agent).shape)
 
