@@ -176,8 +176,8 @@ class InterfaceOverride(_Strict):
 class DistributedConfig(_Strict):
     """Agents on several processes (``dni-agents train CONFIG --procs N`` or ``torchrun``)."""
 
-    placement: dict[str, NonNegInt] | None = None  # agent -> rank; None: stages (ff), A: 0, B: 1 (hier)
-    max_staleness: NonNegInt = 0  # a sender runs at most this many steps (hier: blocks) ahead of its targets
+    placement: dict[str, NonNegInt] | None = None  # agent -> rank; None: stages (ff, marl), A: 0, B: 1 (hier)
+    max_staleness: NonNegInt = 0  # steps (hier: blocks, marl: minibatches) a sender runs ahead of its targets
     timeout: PosFloat = 30.0  # seconds to wait for a peer before failing with an error naming it
     addr: str = "127.0.0.1"  # rendezvous address (--procs); loopback unless asked
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA devices, else gloo

@@ -139,7 +139,13 @@ class TorchDistributed(Transport):
             raise PeerError(f"rank {self.rank}: cannot send to rank {peer}: {self._send_errors[peer]}", peer)
         payload = [t.detach().to(self.device).contiguous() for t in (tensor, context) if t is not None]
         header = wire.encode_header(kind, iface_id, step, tensor, context, self.device)
-        works = [dist.isend(t, dst=peer) for t in (header, *payload)]
+        try:
+            works = [dist.isend(t, dst=peer) for t in (header, *payload)]
+        except RuntimeError as exc:  # gloo: the peer's socket is closed (it died)
+            self.poll()
+            why = self._dead.get(peer, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise PeerError(f"rank {self.rank}: rank {peer} is gone ({why}) while sending to it",
+                            peer) from None
         self._sends[peer].put((works, [header, *payload]))  # kept alive until the reaper saw them done
 
     def _reap_loop(self, peer: int) -> None:

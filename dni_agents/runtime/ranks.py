@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, agent_names
 from ..core import System, Transport
 from ..logging import RunDirError, make_run_dir
 from .checkpoint import CheckpointError, ReportedByPeer, apply_checkpoint, load_checkpoint, save_checkpoint
@@ -27,6 +27,36 @@ def local_system(
     ifaces = [i for i in full.interfaces.values() if i.sender in names or i.receiver in names]
     return System(mine, ifaces, transport, remote=[n for n in full.agents if n not in names],
                   on_nonfinite=full.on_nonfinite)
+
+
+def stage_placement(names: list[str], world_size: int, what: str = "layer") -> dict[str, int]:
+    """Split the agents (a chain of layers) into ``world_size`` contiguous stages as evenly as possible
+    (agent i on rank ``i * world_size // agents``)."""
+    if world_size > len(names):
+        raise ConfigError(
+            f"--procs: {world_size} processes for {len(names)} {what}s (at most one per {what})"
+        )
+    return {name: i * world_size // len(names) for i, name in enumerate(names)}
+
+
+def placement_for(cfg: Config, world_size: int, what: str = "layer") -> dict[str, int]:
+    """``distributed.placement`` (every agent must be placed, every rank must hold one) or stages."""
+    names = agent_names(cfg)
+    placement = cfg.distributed.placement
+    if placement is None:
+        return stage_placement(names, world_size, what)
+    missing = [n for n in names if n not in placement]
+    if missing:
+        raise ConfigError(f"distributed.placement: no rank for {', '.join(missing)} (give every {what} one)")
+    bad = {n: r for n, r in placement.items() if r >= world_size}
+    if bad:
+        raise ConfigError(
+            f"distributed.placement: ranks {bad} but only {world_size} processes (0..{world_size - 1})"
+        )
+    idle = sorted(set(range(world_size)) - set(placement.values()))
+    if idle:
+        raise ConfigError(f"distributed.placement: ranks {idle} hold no {what} (use fewer processes)")
+    return dict(placement)
 
 
 def rank_checkpoint(run_dir: Path, rank: int, step: int | None = None) -> Path:

@@ -17,14 +17,12 @@ too: the synthetic inputs are a training device, never used at evaluation).
 
 from __future__ import annotations
 
-from ...runtime.ranks import local_system
+from ...runtime.ranks import local_system, placement_for, stage_placement
 from .bench import FULL_MODELS, bench, method_config
 from .config import SECTION, agent_names
 from .dist import (
     drain,
     evaluate_pipeline,
-    placement_for,
-    stage_placement,
     train_distributed,
     train_step_distributed,
 )

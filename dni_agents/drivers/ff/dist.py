@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ...config import Config, ConfigError, agent_names, config_to_yaml
+from ...config import Config, config_to_yaml
 from ...core import Message, System
 from ...core.distributed import Route, TorchDistributed
 from ...data import ImageDataset, batches, load_dataset
@@ -21,6 +21,7 @@ from ...runtime.ranks import (
     join_process_group,
     local_system,
     open_distributed_run,
+    placement_for,
     rank_checkpoint,
     save_rank_checkpoint,
 )
@@ -28,34 +29,6 @@ from ...runtime.report import write_report
 from ...runtime.run import with_threads
 from ...runtime.stop import StopRequest
 from .model import build_system
-
-
-def stage_placement(names: list[str], world_size: int) -> dict[str, int]:
-    """Split the chain into ``world_size`` contiguous stages as evenly as possible (layer i on rank
-    ``i * world_size // layers``)."""
-    if world_size > len(names):
-        raise ConfigError(f"--procs: {world_size} processes for {len(names)} layers (at most one per layer)")
-    return {name: i * world_size // len(names) for i, name in enumerate(names)}
-
-
-def placement_for(cfg: Config, world_size: int) -> dict[str, int]:
-    """``distributed.placement`` (every layer must be placed, every rank must hold one) or stages."""
-    names = agent_names(cfg)
-    placement = cfg.distributed.placement
-    if placement is None:
-        return stage_placement(names, world_size)
-    missing = [n for n in names if n not in placement]
-    if missing:
-        raise ConfigError(f"distributed.placement: no rank for {', '.join(missing)} (give every layer one)")
-    bad = {n: r for n, r in placement.items() if r >= world_size}
-    if bad:
-        raise ConfigError(
-            f"distributed.placement: ranks {bad} but only {world_size} processes (0..{world_size - 1})"
-        )
-    idle = sorted(set(range(world_size)) - set(placement.values()))
-    if idle:
-        raise ConfigError(f"distributed.placement: ranks {idle} hold no layer (use fewer processes)")
-    return dict(placement)
 
 
 def train_step_distributed(

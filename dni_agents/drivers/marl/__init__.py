@@ -36,6 +36,7 @@ from .comm import (
     transmitted,
 )
 from .config import AGENT_CONFIG, APPLIES_CHANNELS, SECTION, check_config
+from .dist import train_distributed
 from .env import DirectParallel, make_copies, make_env
 from .learn import advantages, ppo_loss, ppo_update, replay
 from .metrics import comm_metrics, entropy_bits, message_symbols, mutual_information_bits
@@ -53,5 +54,5 @@ __all__ = [
     "calibrate_messages", "comm_metrics", "context_size", "entropy_bits", "episode_metrics", "evaluate",
     "evaluate_system", "gate_size", "hear", "make_copies", "make_env", "message_symbols",
     "mutual_information_bits", "ppo_loss", "ppo_update", "replay", "route", "sender_context", "sensitivities",
-    "train", "transmitted",
+    "train", "train_distributed", "transmitted",
 ]

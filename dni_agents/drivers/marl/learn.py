@@ -10,6 +10,7 @@ import torch
 
 from ...config import Config
 from ...core import System
+from ...core.distributed import TorchDistributed
 from .build import Group
 from .comm import (
     Sensitivity,
@@ -44,17 +45,23 @@ def advantages(ep: Episode, g: Group, gamma: float, lam: float) -> tuple[torch.T
 def ppo_update(
     cfg: Config, system: System, groups: list[Group], player: Player,
     ep: Episode, generator: torch.Generator, clock: int, track: bool = False,
+    transport: TorchDistributed | None = None,
 ) -> tuple[dict[str, dict[str, float]], int]:
     """PPO epochs over minibatches of environment copies; each minibatch is one tick of every network,
     replaying the episode so that messages cross the channels' interfaces with gradients. ``track``:
-    measure ĝ's fidelity in the first epoch (held out: no utility model has seen this episode's targets)."""
+    measure ĝ's fidelity in the first epoch (held out: no utility model has seen this episode's targets).
+
+    On several processes (``transport``; ``system`` holds this rank's networks) every rank has the whole
+    episode and runs the same epochs and minibatches, ticking only its own networks; a minibatch is one
+    block of clock steps on the wire (:func:`settle_block`)."""
     mc = cfg.marl
     gae = {g.name: advantages(ep, g, mc.gamma, mc.gae_lambda) for g in groups if g.policy}
-    for g in groups:
+    mine = [g for g in groups if g.name in system.agents]
+    for g in mine:
         if g.policy:
             g.net.observe_returns(gae[g.name][1][ep.alive[ep.decisions(g.period)]])
-    E, T = ep.alive.shape[1], ep.length
-    stats: dict[str, dict[str, list[float]]] = {g.name: {} for g in groups if g.policy}
+    E = ep.alive.shape[1]
+    stats: dict[str, dict[str, list[float]]] = {g.name: {} for g in mine if g.policy}
     ticking = system.coupled()  # networks joined by backprop channels update in one tick
     for epoch in range(mc.epochs):
         system.track_stats = track and epoch == 0
@@ -62,31 +69,59 @@ def ppo_update(
         for mb in order.chunk(min(mc.minibatches, E)):
             sens = sensitivities(cfg, groups, player.order, ep, mb, gae)  # the cDNI gates
             clock += 1
-            base = clock * (T + 1)
+            base = clock * block_steps(cfg)  # one block of clock steps per minibatch
             with ExitStack() as stack:
                 ticks = {}
                 for members in ticking:
                     t_ = stack.enter_context(system.tick(members, clock))
                     ticks.update(dict.fromkeys(members, t_))
-                out = replay(groups, player, ep, mb, ticks, base, sens)
-                for g in groups:
+                out = replay(groups, player, ep, mb, ticks, base, sens, transport)
+                for g in mine:
                     if g.policy:
                         loss, parts = ppo_loss(mc, g, ep, mb, out[g.name], gae[g.name])
                         ticks[g.name].add_loss(loss)
                         for k, v in parts.items():
                             stats[g.name].setdefault(k, []).append(v)
+            if transport is not None:
+                settle_block(system, transport, mine, ep, base, block_steps(cfg))
             system.check_settled()
     system.track_stats = False
     return {g: {k: sum(v) / len(v) for k, v in s.items()} for g, s in stats.items()}, clock
 
 
+def block_steps(cfg: Config) -> int:
+    """Clock steps a minibatch spans: one per step of the longest episode and one to spare, so that the
+    steps of minibatch k are ``[k·b, (k + 1)·b)`` whatever length each episode has."""
+    return cfg.marl.max_steps + 1
+
+
+def settle_block(
+    system: System, transport: TorchDistributed, mine: list[Group], ep: Episode, base: int, block: int,
+) -> None:
+    """After a minibatch on several processes: a sender on a locked channel (``backprop``) waits for the
+    true gradients of every message it sent and updates; then the staleness window (in minibatches:
+    ``distributed.max_staleness`` N) waits for the targets of minibatches up to N back, and the utility
+    models learn from what has come. With N = 0 this is the order of the in-process minibatch, so the next
+    one's ĝ is predicted by the same utility model."""
+    T = ep.length
+    for g in mine:
+        for c in g.outbound:
+            if c.interface is not None and c.interface.locked and transport.is_remote(c.name):
+                for t in range(T - c.model.delay):
+                    transport.wait_target(c.name, base + t)
+    system.settle()
+    transport.throttle(base + block)  # the next block's first step: every target the window asks for
+    system.settle()
+
+
 def replay(
     groups: list[Group], player: Player, ep: Episode, mb: torch.Tensor, ticks: dict, base: int,
-    sens: Sensitivity,
+    sens: Sensitivity, transport: TorchDistributed | None = None,
 ) -> dict[str, list[torch.Tensor]]:
     """The episode again, with gradients: the message of step t goes out through the interface as the
     message of clock step ``base + t`` and is heard at ``t + delay`` through the noise the rollout drew.
-    Returns each acting network's features per decision."""
+    Returns each acting network's features per decision (of the networks in ``ticks``: this rank's; a
+    ``transport``'s messages from other ranks are waited for)."""
     T, B = ep.length, len(mb)
     hidden: dict[str, torch.Tensor | None] = {g.name: None for g in groups}
     held: dict[str, dict[str, torch.Tensor]] = {g.name: {} for g in groups}
@@ -99,13 +134,15 @@ def replay(
     weights = {c.name: ep.outage[c.name][mb].repeat_interleave(len(g.members))
                for g in groups for c in g.outbound if c.name in ep.outage}
     for g in groups:
-        if g.net.rnn_free and not any(c.interface is not None for c in g.inbound):
+        if g.name in ticks and g.net.rnn_free and not any(c.interface is not None for c in g.inbound):
             steps = ep.decisions(g.period)
             x = torch.stack([player.inputs(g, ep.obs[g.name][t, mb], {}, t) for t in steps])
             features = g.net(x.flatten(0, 2), None)[0]
             batched[g.name] = list(features.view(len(steps), -1, features.shape[-1]).unbind(0))
     for t in range(T):
         for g in player.order:
+            if g.name not in ticks:
+                continue  # another rank's network
             tick = ticks[g.name]
             inbound = {}
             for c in g.inbound:
@@ -114,6 +151,8 @@ def replay(
                 sent_at = t - c.model.delay
                 heard = None
                 if sent_at >= 0:  # the message as heard: the sender put it through the channel
+                    if transport is not None:
+                        transport.wait_message(c.name, base + sent_at)
                     heard = tick.receive(c.interface, step=base + sent_at).view(B, -1, c.size)
                 inbound[c.name] = route(heard, ep.sources[c.name][t, mb], c.size, B, player.device)
             if t % g.period == 0:

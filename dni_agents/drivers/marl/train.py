@@ -173,7 +173,7 @@ def evaluate(run_dir: Path, ablate: str | None = None) -> dict:
 
     def restore(state: dict) -> int:
         load_system(system, state["system"])
-        return int(state["update"])
+        return int(state["update"] if "update" in state else state["step"])  # one process, or its ranks'
 
     update = restore_finished(run_dir, CHECKPOINT, device, restore)
     result = evaluate_system(cfg, groups, channels, device, episodes=cfg.marl.eval_episodes, ablate=ablate)
