@@ -57,6 +57,8 @@ def test_lockstep_on_two_processes_equals_the_in_process_run(tmp_path, monkeypat
     ranks = rank_metrics(tmp_path / "dist")
     names = [a.name for a in load_config(config).agents]
     assert ranks[0]["agents"] == [names[0]] and ranks[1]["agents"] == [names[1]]
+    per_minibatch = load_config(config).marl.max_steps - 1  # delay 1: the last step's message is not sent
+    assert ranks[0]["max_in_flight"] <= max(per_minibatch, 1)  # lockstep: one minibatch in flight at most
 
     reference = marl.train(load_config(config, overrides), tmp_path / "single", progress=False)
     expected = torch.load(Path(reference["run_dir"]) / marl.CHECKPOINT, weights_only=True)["system"]
@@ -69,6 +71,16 @@ def test_lockstep_on_two_processes_equals_the_in_process_run(tmp_path, monkeypat
     for key in fidelity:  # measured where the utility model learns: the sender's rank
         sender = key.split("->")[0]
         assert ranks[names.index(sender)][key] == reference[key]
+
+
+def test_a_staleness_window_lets_the_sender_run_minibatches_ahead(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    overrides = [*TINY, "distributed.max_staleness=2", f"log.dir={tmp_path}"]
+    argv = ["train", "speaker_listener", *overrides, "--procs", "2", "--run-dir", str(tmp_path / "d")]
+    assert main(argv) == 0
+    ranks = rank_metrics(tmp_path / "d")
+    assert 24 < ranks[0]["max_in_flight"] <= 3 * 24  # up to 3 minibatches of 24 messages wait for targets
+    assert ranks[0]["mean_return"] == ranks[1]["mean_return"]  # the ranks still play with the same networks
 
 
 def test_what_cannot_cross_ranks_is_refused_in_one_line(tmp_path):
