@@ -4,7 +4,6 @@ hang. Every test uses at most two small worker processes and a few seconds of ti
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,32 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 from exact import assert_equal_states
+from ranks import env_for, needs_gloo, rank_metrics
 
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.core import Agent, Interface, Message, SyntheticInputModel, System
 from dni_agents.core.distributed import free_port
 from dni_agents.drivers import ff
-from dni_agents.launch import child_env, cli_command, launch
+from dni_agents.launch import cli_command, launch
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["ff.hidden=32", "trainer.batch_size=16", "trainer.eval_every=0", "log.every=5",
         "log.embedding_samples=0", "distributed.timeout=20"]
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="needs torch.distributed with gloo",
-)
-
-
-def env_for(rank: int, world: int, port: int) -> dict[str, str]:
-    env = child_env(rank, world, "127.0.0.1", port)
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    return env
-
-
-def rank_metrics(run: Path, world: int = 2) -> dict[int, dict]:
-    return {r: json.loads((run / f"metrics.rank{r}.json").read_text()) for r in range(world)}
+pytestmark = needs_gloo
 
 
 @pytest.mark.parametrize("mode", ["dni", "backprop", "none"])

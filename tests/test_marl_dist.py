@@ -4,7 +4,6 @@ a killed run resumes from the ranks' common checkpoint and ends as if never stop
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,33 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 from exact import assert_equal_states
+from ranks import env_for, needs_gloo, rank_metrics
 
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.core.distributed import free_port
 from dni_agents.drivers import marl
 from dni_agents.drivers.marl.dist import check_split
-from dni_agents.launch import child_env, cli_command
+from dni_agents.launch import cli_command
 from dni_agents.runtime.ranks import merge_rank_checkpoints, placement_for
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.steps=3", "marl.num_envs=16", "marl.eval_episodes=32", "log.every=1", "trainer.threads=1",
         "log.embedding_samples=0", "distributed.timeout=20"]
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="needs torch.distributed with gloo",
-)
-
-
-def env_for(rank: int, world: int, port: int) -> dict[str, str]:
-    env = child_env(rank, world, "127.0.0.1", port)
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    return env
-
-
-def rank_metrics(run: Path) -> dict[int, dict]:
-    return {r: json.loads((run / f"metrics.rank{r}.json").read_text()) for r in (0, 1)}
+pytestmark = needs_gloo
 
 
 @pytest.mark.parametrize("config, mode", [

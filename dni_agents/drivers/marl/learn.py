@@ -63,11 +63,13 @@ def ppo_update(
     E = ep.alive.shape[1]
     stats: dict[str, dict[str, list[float]]] = {g.name: {} for g in mine if g.policy}
     ticking = system.coupled()  # networks joined by backprop channels update in one tick
+    gated = any(c.mode == "cdni" for g in mine for c in g.outbound)  # a gate is made where it is sent
     for epoch in range(mc.epochs):
         system.track_stats = track and epoch == 0
         order = torch.randperm(E, generator=generator)
         for mb in order.chunk(min(mc.minibatches, E)):
-            sens = sensitivities(cfg, groups, player.order, ep, mb, gae)  # the cDNI gates
+            sens = (sensitivities(cfg, groups, player.order, ep, mb, gae) if gated  # the cDNI gates
+                    else Sensitivity({}))
             clock += 1
             base = clock * block_steps(cfg)  # one block of clock steps per minibatch
             with ExitStack() as stack:
