@@ -29,12 +29,13 @@ def main(args: list[str]) -> None:
     stats = pstats.Stats(profile).stats  # (file, line, name) -> (calls, primitive, tottime, cumtime, callers)
     total = sum(v[2] for v in stats.values())
     groups = {"backward calls": lambda k: k[2] == "<method 'run_backward' of 'torch._C._EngineBase' objects>",
-              "optimizer steps": lambda k: k[0].endswith("optimizer.py") and k[2] == "wrapper",
+              "optimizer steps": lambda k: (k[0].endswith("optimizer.py") and k[2] == "wrapper")
+              or (k[0].endswith("core/optim.py") and k[2] == "step_together"),
               "linear products": lambda k: k[2] == "<built-in method torch._C._nn.linear>"}
     print(f"{method}: {1000 * total / 100:.2f} ms a step")
     for name, match in groups.items():
         keys = [k for k in stats if match(k)]
-        # the optimizer's wrapper: its cumulative time (the Adam loop runs inside it); the others: their own
+        # the optimizer's wrapper or the core's step_together: cumulative time (the Adam loop runs inside)
         seconds = sum(stats[k][3] if name == "optimizer steps" else stats[k][2] for k in keys)
         calls = sum(stats[k][0] for k in keys)
         print(f"  {name}: {calls // 100} a step, {100 * seconds / total:.0f}% of the step")

@@ -34,6 +34,7 @@ from .fidelity import fidelity
 from .message import InProcess, Message, Transport
 from .models import linear_regression_gradient
 from .nonfinite import NonFiniteError, OnNonFinite, first_nonfinite
+from .optim import StepQueue, clear_grads
 
 Mode = Literal["dni", "cdni", "backprop", "none"]
 MODES: tuple[str, ...] = ("dni", "cdni", "backprop", "none")
@@ -89,7 +90,7 @@ class Interface:
         self.utility, self.utility_optimizer = utility, utility_optimizer
         self.scale, self.lambda_true, self.warmup_steps = scale, lambda_true, warmup_steps
         self.synthetic_input, self.synthetic_input_optimizer = synthetic_input, synthetic_input_optimizer
-        self.transport = transport if transport is not None else InProcess()
+        self.transport, self.steps = transport if transport is not None else InProcess(), StepQueue()
         self.per_example, self.learn, self.max_in_flight = per_example, learn, max_in_flight
         self.messages_sent = 0
         self._sent: dict[int, _Sent] = {}
@@ -143,6 +144,7 @@ class Interface:
             if self.mode == "cdni" and context is None:
                 raise ValueError(f"interface {self.name}: cdni needs a context tensor at send()")
             ctx = context if self.mode == "cdni" else None
+            self.steps.apply_pending(self.utility_optimizer)  # a step put off is taken before U predicts
             linear = self._linear()
             if linear is not None:  # the lean path: W·x + b, no graph (its gradient is x's product)
                 with torch.no_grad():
@@ -263,15 +265,12 @@ class Interface:
             record.learned = True
             if not self.locked or record.consumed:
                 del self._sent[step]
-        ready = self._finite(ready, on_nonfinite) if ready else []
-        stats = self._learn_utility(ready, track) if ready else []
+        stats = self._learn_utility(ready, track, on_nonfinite) if ready else []
         self._learn_synthetic_inputs()
         return stats
 
     def _finite(self, ready: list[tuple[int, _Sent]], on_nonfinite: OnNonFinite) -> list[tuple[int, _Sent]]:
-        """The records whose target and prediction are finite (one check for all of them)."""
-        if first_nonfinite([t for _, r in ready for t in (r.target, r.prediction)]) is None:
-            return ready
+        """The records whose target and prediction are finite."""
         kept = []
         for step, record in ready:
             bad = first_nonfinite([record.target, record.prediction])
@@ -284,8 +283,10 @@ class Interface:
         return kept
 
     def _learn_utility(
-        self, ready: list[tuple[int, _Sent]], track: bool
+        self, ready: list[tuple[int, _Sent]], track: bool, on_nonfinite: OnNonFinite
     ) -> list[dict[str, float | torch.Tensor]]:
+        """Regress onto the targets of ``ready``. A NaN or Inf in a target or prediction shows in its loss, so
+        the losses (scalars) are checked, and only if one is not finite, the records themselves."""
         losses, stats = [], []
         lean: list[tuple[torch.Tensor, torch.Tensor, _Sent]] = []  # (prediction, target, record) by hand
         for step, record in ready:
@@ -296,9 +297,8 @@ class Interface:
                         prediction = self._linear()(record.inputs).reshape(record.message.shape)
             elif record.version != self._utility_updates and prediction.requires_grad and self._repredict():
                 # the model was updated since the send: regress what it predicts now. Across processes the
-                # send-time residual is of weights since changed (it cost a two-stage cDNI run ~3 points of
-                # test accuracy at a window of 1); a model deeper than one linear map saw weights since
-                # changed in place (autograd raises)
+                # send-time residual is of weights since changed (it cost a two-stage cDNI run ~3 points at a
+                # window of 1); a model deeper than one linear map saw weights changed in place (autograd)
                 prediction = self.utility(record.message, record.context)
             target = record.target * self._units(record.message)
             with torch.set_grad_enabled(record.inputs is None):
@@ -312,25 +312,26 @@ class Interface:
                 lean.append((prediction, target, record))
             else:
                 losses.append(loss)
-            # a copy: mse_loss's 0-d result is a view of its B×D buffer, which a kept stats record kept alive
-            # (0.4 MB a step on the 784-256-256-10 timing shape until the capacity of 1,024 records filled)
+            # a copy: mse_loss's 0-d result is a view of its B×D buffer (a kept record kept 0.4 MB alive)
             out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": loss.detach().clone()}
             kept = slice(None) if record.weight is None else record.weight > 0
             if track and (record.weight is None or bool(kept.any())):
                 out.update(fidelity(record.prediction.detach()[kept], target[kept], record.message[kept]))
             stats.append(out)
+        if first_nonfinite([out["utility_loss"] for out in stats]) is not None:
+            kept = self._finite(ready, on_nonfinite)  # raises (stop), or leaves them out (skip)
+            if len(kept) < len(ready):
+                return self._learn_utility(kept, track, on_nonfinite) if kept else []
         trainable = [loss for loss in losses if loss.requires_grad]
         if self.learn and self.utility_optimizer is not None and (trainable or lean):
-            self.utility_optimizer.zero_grad(set_to_none=True)
+            self.steps.clear(self.utility_optimizer)
             if lean:
                 linear_regression_gradient(self._linear(), [(p, t, r.inputs, r.weight) for p, t, r in lean])
             else:
                 (sum(trainable) / len(trainable)).backward()
-            self.utility_optimizer.step()
+            self.steps.step(self.utility_optimizer)
             self._utility_updates += 1
         return stats
-
-
 
     # ------------------------------------------------------------------ receiver half
     def receive(self, step: int, source: torch.Tensor | None = None) -> torch.Tensor:
@@ -378,7 +379,7 @@ class Interface:
             if self.synthetic_input_optimizer is not None:
                 if updates != self._synthetic_input_updates:
                     predicted = self.synthetic_input(source)
-                self.synthetic_input_optimizer.zero_grad(set_to_none=True)
+                clear_grads(self.synthetic_input_optimizer)
                 F.mse_loss(predicted, message.tensor).backward()
                 self.synthetic_input_optimizer.step()
                 self._synthetic_input_updates += 1

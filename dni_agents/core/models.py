@@ -199,7 +199,8 @@ def linear_regression_gradient(
     for prediction, target, x, weight in reversed(terms):  # autograd's order: the latest graph first
         rows = prediction.shape[0]
         if weight is None:  # mse_loss's mean: 2/N · (p − t) · share
-            g = (prediction - target).mul_(2.0 / prediction.numel()).mul_(share)
+            g = (prediction - target).mul_(2.0 / prediction.numel())
+            g = g.mul_(share) if len(terms) > 1 else g  # × 1.0 changes no bit: one pass saved
         else:  # the weighted mean over rows of each row's mean: share/Σw · w_i / D · 2(p − t)
             per_row = (share / weight.sum().clamp_min(1e-12)) * weight / (prediction.numel() // max(rows, 1))
             g = per_row.view(-1, *([1] * (prediction.dim() - 1))) * (2 * (prediction - target))

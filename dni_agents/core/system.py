@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -42,6 +43,7 @@ from torch import nn
 from .interface import Interface
 from .message import Transport
 from .nonfinite import NonFiniteError, OnNonFinite, first_nonfinite
+from .optim import StepQueue
 
 
 class Agent:
@@ -159,8 +161,9 @@ class Tick:
             checked.append((grads[-1], iface.name, "target", step))
         keep = [i for i, r in enumerate(roots) if r.requires_grad]
         optimizers = [a.optimizer for a in self.agents if a.optimizer is not None]
+        steps = self.system.steps
         for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
+            steps.clear(optimizer)
         if keep:
             torch.autograd.backward([roots[i] for i in keep], [grads[i] for i in keep])
         for agent in self.agents:  # a backward pass may overflow where loss and ĝ are finite
@@ -172,13 +175,12 @@ class Tick:
             if self.system.on_nonfinite == "stop":
                 raise NonFiniteError(*checked[bad][1:])
             for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
+                steps.clear(optimizer)
             self.skip()
             return
         for agent in self.agents:
             agent.before_step()
-        for optimizer in optimizers:
-            optimizer.step()
+        steps.step(*optimizers)  # coupled agents' Adams in one call (bit for bit), or later: steps_together
         for iface, step in self._received:
             iface.reply(step)
 
@@ -246,6 +248,9 @@ class System:
         self.waiting: list[Tick] = []
         self.track_stats = False
         self.on_nonfinite = on_nonfinite
+        self.steps = StepQueue()  # optimizer steps: at once, or put off inside ``steps_together``
+        for iface in self.interfaces.values():
+            iface.steps = self.steps
         self._stats: dict[str, deque[dict]] = {n: deque(maxlen=stats_capacity) for n in self.interfaces}
         self._skipped_ticks: Counter[str] = Counter()
 
@@ -282,7 +287,20 @@ class System:
     def tick(self, agent: Agent | str | list[Agent | str], step: int) -> Tick:
         """Begin ``agent``'s update at ``step`` (a list: several agents updated in one backward pass)."""
         agents = agent if isinstance(agent, list) else [agent]
-        return Tick(self, [self.agents[a] if isinstance(a, str) else a for a in agents], step)
+        agents = [self.agents[a] if isinstance(a, str) else a for a in agents]
+        for a in agents:  # its module is about to run: a step of its put off is taken first
+            if a.optimizer is not None:
+                self.steps.apply_pending(a.optimizer)
+        return Tick(self, agents, step)
+
+    def steps_together(self) -> AbstractContextManager[None]:
+        """``with system.steps_together():`` put every optimizer step of the block off (agents' and utility
+        models') and take them together when it ends: bit for bit the same parameters, in one call per set
+        of Adam hyperparameters instead of one per optimizer (a DNI step of the 3-layer MLP: five calls
+        become one or two). Safe while nothing in the block reads an updated network's parameters other than
+        through the system (a tick of that agent, a prediction of that utility model), which take the step
+        first: in a feed-forward clock step, where each layer ticks once, nothing does."""
+        return self.steps.together()
 
     def _end(self, tick: Tick) -> None:
         if tick.ready:
@@ -332,12 +350,14 @@ class System:
         return out
 
     def state_dict(self) -> dict:
+        self.steps.apply_pending()
         return {
             "agents": {name: a.state_dict() for name, a in self.agents.items()},
             "interfaces": {name: i.state_dict() for name, i in self.interfaces.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self.steps.pending.clear()  # steps of the state being replaced
         for name, agent in self.agents.items():
             agent.load_state_dict(state["agents"][name])
         for name, iface in self.interfaces.items():

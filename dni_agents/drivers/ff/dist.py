@@ -29,6 +29,7 @@ from ...runtime.report import write_report
 from ...runtime.run import with_threads
 from ...runtime.stop import StopRequest
 from .model import build_system
+from .train import batch_accuracy
 
 
 def train_step_distributed(
@@ -61,7 +62,7 @@ def train_step_distributed(
                 loss = F.cross_entropy(h, y)
                 t.add_loss(loss)
                 out["loss"] = loss.detach()
-                out["accuracy"] = (h.detach().argmax(1) == y).float().mean()
+                out["logits"] = h.detach()
             else:
                 outbound = system.outbound(name)[0]
                 t.send(outbound, h, context=onehot)
@@ -210,7 +211,7 @@ def train_distributed(
         if "loss" in out:
             losses.append(float(out["loss"]))
         if loop.logs(step) and "loss" in out:
-            logger.agent(chain[-1], {"loss": losses[-1], "accuracy": float(out["accuracy"])}, step)
+            logger.agent(chain[-1], {"loss": losses[-1], "accuracy": batch_accuracy(out["logits"], y)}, step)
         loop.drain(system, step)
     if tc.steps:
         drain(system, transport, tc.steps - 1)  # the last targets, and real inputs Î learns from

@@ -3,9 +3,10 @@
 3-layer FCN shape (784-256-256-10, batch 256, random inputs), one thread, methods interleaved round by
 round so that machine noise hits them alike; the median round of each.
 
-``plain-dni`` and ``plain-cdni`` are DNI written out by hand in plain PyTorch (the layers, a zero-initialised
-linear utility model per interface, its regression onto the next layer's input gradient: the arithmetic
-DNI adds and nothing else): the floor any framework's DNI step stands on. ``plain-layers`` is plain PyTorch
+``plain-dni`` and ``plain-cdni`` are DNI written out by hand in plain PyTorch, as lean as it allows (the
+layers, a zero-initialised linear utility model per interface, its regression onto the next layer's input
+gradient with the gradient written out, one Adam for everything: the arithmetic DNI adds and nothing
+else): the floor any framework's DNI step stands on. ``plain-layers`` is plain PyTorch
 with one Adam per layer (each agent owns its optimizer): what that alone costs. ``fused`` (``trainer.fused``)
 gives every Adam, the plain rows' too, one kernel for all tensors."""
 
@@ -39,8 +40,10 @@ def timing_data(seed: int) -> ImageDataset:
 
 def _plain_dni(cfg: Config, data: ImageDataset, stream, conditioned: bool
                ) -> tuple[Callable[[int], None], list[nn.Parameter]]:
-    """DNI by hand, no framework: each layer updates from ĝ = U(h) (per-example units, as the core's), the
-    next layer's input gradient is U's regression target."""
+    """DNI by hand, as lean as plain PyTorch allows: each layer updates from ĝ = U(h) (per-example units, as
+    the core's), the next layer's input gradient is U's regression target, U's gradient is written out (the
+    residual times U's input: no graph), and one Adam steps everything once the step is done (one call per
+    learning rate)."""
     torch.manual_seed(cfg.seed)
     layers = build_layers(cfg, data.input_shape, data.num_classes)
     context = data.num_classes if conditioned else 0
@@ -48,38 +51,42 @@ def _plain_dni(cfg: Config, data: ImageDataset, stream, conditioned: bool
     for u in utilities:
         nn.init.zeros_(u.weight)
         nn.init.zeros_(u.bias)
-    lr, fused = cfg.trainer.lr, cfg.trainer.fused
-    optimizers = [torch.optim.Adam(m.parameters(), lr=lr, fused=fused) for m in layers]
+    lr = cfg.trainer.lr
     u_lr = cfg.interface_defaults.utility.lr or lr
-    u_optimizers = [torch.optim.Adam(u.parameters(), lr=u_lr, fused=fused) for u in utilities]
+    layer_params = [p for m in layers for p in m.parameters()]
+    u_params = [p for u in utilities for p in u.parameters()]
+    groups = [{"params": layer_params + u_params, "lr": lr}] if u_lr == lr else \
+        [{"params": layer_params, "lr": lr}, {"params": u_params, "lr": u_lr}]
+    optimizer = torch.optim.Adam(groups, lr=lr, fused=cfg.trainer.fused)
 
     def step(_: int) -> None:
         x, y = next(stream)
         onehot = F.one_hot(y, data.num_classes).float() if conditioned else None
-        predictions, leaves = [], []
+        optimizer.zero_grad(set_to_none=True)
+        sent, leaves = [], []
         h = x
-        for layer, optimizer, k in zip(layers, optimizers, range(len(layers)), strict=True):
+        for k, layer in enumerate(layers):
             if k:
                 h = h.detach().requires_grad_(True)
                 leaves.append(h)
             out = layer(h)
-            optimizer.zero_grad(set_to_none=True)
             if k == len(layers) - 1:
                 F.cross_entropy(out, y).backward()
             else:
                 message = out.detach()
                 u_in = message if onehot is None else torch.cat([message, onehot], 1)
-                prediction = utilities[k](u_in)
-                out.backward(prediction.detach() / len(x))
-                predictions.append(prediction)
+                with torch.no_grad():
+                    prediction = utilities[k](u_in)
+                out.backward(prediction / len(x))
+                sent.append((u_in, prediction))
                 h = message
-            optimizer.step()
-        for prediction, leaf, u_optimizer in zip(predictions, leaves, u_optimizers, strict=True):
-            u_optimizer.zero_grad(set_to_none=True)
-            F.mse_loss(prediction, leaf.grad * len(x)).backward()
-            u_optimizer.step()
+        with torch.no_grad():  # mse_loss's gradient, in autograd's order: 2/N · (ĝ − target)
+            for (u_in, prediction), leaf, u in zip(sent, leaves, utilities, strict=True):
+                residual = (prediction - leaf.grad * len(x)).mul_(2.0 / prediction.numel())
+                u.weight.grad, u.bias.grad = residual.t().mm(u_in), residual.sum(0)
+        optimizer.step()
 
-    return step, [p for m in layers for p in m.parameters()]
+    return step, layer_params
 
 
 def step_function(method: str, data: ImageDataset, seed: int, batch_norm: bool, fused: bool = False
