@@ -124,9 +124,9 @@ def test_dni_target_is_the_next_windows_gradient_including_its_synthetic_gradien
     targets = []
     original = iface._learn_utility
 
-    def spy(ready, track):
+    def spy(ready, *args):
         targets.extend(r.target.clone() for _, r in ready)
-        return original(ready, track)
+        return original(ready, *args)
 
     iface._learn_utility = spy  # type: ignore[method-assign]
     steps = captured_gradients(core)

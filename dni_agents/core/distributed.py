@@ -135,8 +135,9 @@ class TorchDistributed(Transport):
     # ------------------------------------------------------------------------------------------ sending
     def _send(self, peer: int, kind: int, iface_id: int, step: int, tensor: torch.Tensor | None = None,
               context: torch.Tensor | None = None) -> None:
-        if peer in self._send_errors:
-            raise PeerError(f"rank {self.rank}: cannot send to rank {peer}: {self._send_errors[peer]}", peer)
+        if peer in self._send_errors:  # an earlier send to it failed: gloo's socket to a dead peer
+            why = self._send_errors[peer].splitlines()[0].split(". This is typically")[0]
+            raise PeerError(f"rank {self.rank}: rank {peer} is gone ({why}) while sending to it", peer)
         payload = [t.detach().to(self.device).contiguous() for t in (tensor, context) if t is not None]
         header = wire.encode_header(kind, iface_id, step, tensor, context, self.device)
         try:

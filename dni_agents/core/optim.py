@@ -24,10 +24,11 @@ def clear_grads(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _mergeable(optimizer: torch.optim.Optimizer) -> bool:
-    """A plain ``torch.optim.Adam`` with float hyperparameters and no step hooks: its step is exactly one
-    call of the functional ``adam`` per parameter group, which other such groups can share."""
-    return (type(optimizer) is Adam and not optimizer._optimizer_step_pre_hooks
-            and not optimizer._optimizer_step_post_hooks
+    """A plain ``torch.optim.Adam`` with float hyperparameters, no step hooks and its own ``step`` (not one
+    set on the instance: a wrapper someone expects to be called): its step is exactly one call of the
+    functional ``adam`` per parameter group, which other such groups can share."""
+    return (type(optimizer) is Adam and "step" not in vars(optimizer)
+            and not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
             and not (getattr(optimizer, "grad_scale", None) or getattr(optimizer, "found_inf", None))
             and all(isinstance(g["lr"], float) and not g["differentiable"] and not g["capturable"]
                     for g in optimizer.param_groups))
