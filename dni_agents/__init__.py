@@ -1,2 +1,5 @@
 """dni-agents: agents that talk through decoupled neural interfaces."""
+from .runtime.blas import request_strict_products
+
+request_strict_products()  # results that do not depend on the number of threads: runtime/blas.py
 __version__ = "0.1.0"

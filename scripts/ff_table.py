@@ -45,14 +45,16 @@ def main(paths: list[str]) -> None:
         print(f"| {device} | {dataset} | {model} | " + " | ".join(cells) + " |")
     if timing:
         print()
-        print("| file | method | batch-norm | Adam | steps/s | cost vs backprop | cost vs plain PyTorch |")
-        print("|---|---|---|---|---|---|---|")
+        print("| file | method | batch-norm | Adam | steps/s | cost vs backprop | cost vs plain PyTorch "
+              "| matmul FLOPs vs plain |")
+        print("|---|---|---|---|---|---|---|---|")
         for path, r in timing:
             plain = f"{r['cost_vs_plain']:.3f}" if r.get("cost_vs_plain") is not None else "–"
             bn = {True: "yes", False: "no"}.get(r.get("batch_norm"), "yes")  # older files: always on
             adam = "fused" if r.get("fused") else "default"
+            flops = f"{r['flops_vs_plain']:.3f}" if r.get("flops_vs_plain") is not None else "–"
             print(f"| {path} | {r['method']} | {bn} | {adam} | {r['steps_per_s']:.1f} | "
-                  f"{r['cost_vs_backprop']:.3f} | {plain} |")
+                  f"{r['cost_vs_backprop']:.3f} | {plain} | {flops} |")
 
 
 if __name__ == "__main__":

@@ -226,3 +226,23 @@ def test_our_methods_train_exactly_what_their_hand_written_floors_train(method, 
     assert not all(torch.equal(p, p0) for p, p0 in zip(floor_params, initial, strict=True))  # it trained
     for p, q in zip(floor_params, our_params, strict=True):
         assert torch.equal(p, q)
+
+
+def test_our_steps_do_the_arithmetic_of_their_floors_and_no_more():
+    """Counted matrix-product FLOPs of one step: our methods do exactly their hand-written floors' products
+    (the framework adds time, never arithmetic), and those are what the shapes give: backprop through
+    784-256-256-10 at batch 256, plus per interface the utility model's prediction and weight gradient (a
+    regression through autograd would add an input-gradient product and fail this)."""
+    from dni_agents.drivers.ff.timing import matmul_flops, step_function, timing_data
+
+    data = timing_data(0)
+    flops = {m: matmul_flops(step_function(m, data, 0, True)[0], 0)
+             for m in ("plain", "plain-layers", "backprop", "plain-dni", "dni", "plain-cdni", "cdni")}
+    B, sizes = 256, [(784, 256), (256, 256), (256, 10)]
+    forward = sum(2 * B * i * o for i, o in sizes)
+    backprop = 2 * forward + sum(2 * B * i * o for i, o in sizes[1:])  # no input gradient for the images
+    utility = {"dni": 2 * 2 * (2 * B * 256 * 256), "cdni": 2 * 2 * (2 * B * 266 * 256)}  # two interfaces
+    assert flops["plain"] == flops["plain-layers"] == flops["backprop"] == backprop
+    for mode in ("dni", "cdni"):
+        assert flops[mode] == flops[f"plain-{mode}"] == backprop + utility[mode]
+    assert round(flops["dni"] / flops["plain"], 3) == 1.433

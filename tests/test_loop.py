@@ -98,3 +98,34 @@ def test_every_drivers_training_runs_with_the_threads_its_config_asks_for():
 
     assert threads(load_config("digits_referential", ["marl.threads=2"])) == 2  # marl's own name wins
     assert threads(load_config("speaker_listener", ["trainer.threads=3"])) == 3
+
+
+@pytest.mark.parametrize("mkl_cbwr", [None, "AUTO"])
+def test_several_threads_warn_when_products_may_depend_on_them(mkl_cbwr):
+    """Importing dni_agents asks MKL for its strict mode (a user's own MKL_CBWR wins); a run on several
+    threads without it says so in one line, and one thread never does."""
+    import os
+    import subprocess
+    import sys
+
+    from dni_agents.runtime.blas import reproducible_products
+
+    if reproducible_products() is None:
+        pytest.skip("torch's BLAS here is not MKL")
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if mkl_cbwr:
+        env["MKL_CBWR"] = mkl_cbwr
+    code = ("import dni_agents, warnings\n"
+            "from dni_agents.config import load_config\n"
+            "from dni_agents.runtime.blas import reproducible_products\n"
+            "from dni_agents.runtime.run import with_threads\n"
+            "print(reproducible_products())\n"
+            "for n in (1, 2):\n"
+            "    with_threads()(lambda cfg: None)(load_config('ff_digits', [f'trainer.threads={n}']))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    warned = [line for line in out.stderr.splitlines() if "RuntimeWarning" in line]
+    if mkl_cbwr is None:
+        assert out.stdout.split() == ["True"] and warned == []
+    else:
+        assert out.stdout.split() == ["False"]
+        assert len(warned) == 1 and "2 threads without MKL's strict mode (MKL_CBWR='AUTO')" in warned[0]

@@ -188,6 +188,24 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert full["mean_return"] == resumed["mean_return"]
 
 
+@pytest.mark.parametrize("name,extra", [("digits_referential", []),
+                                        ("speaker_listener", ["marl.num_envs=64", "trainer.steps=2"])])
+def test_results_do_not_depend_on_the_number_of_threads(tmp_path, name, extra):
+    """trainer.threads 1 and 2 train to the same last bit. Two causes had made them differ: LAPACK's QR
+    under the orthogonal init (the main job), and MKL splitting a product's inner sum between threads
+    (speaker-listener's 5×1600 by 1600×64 weight gradient; MKL's strict mode: runtime/blas.py)."""
+    states, returns = [], []
+    for threads in (1, 2):
+        cfg = load_config(name, [f"log.dir={tmp_path}", *TINY, "trainer.steps=3", *extra,
+                                 f"trainer.threads={threads}", "marl.threads=null", f"name=t{threads}"])
+        returns.append(marl.train(cfg, tmp_path / f"t{threads}", progress=False)["mean_return"])
+        states.append(torch.load(tmp_path / f"t{threads}" / marl.CHECKPOINT, weights_only=True)["system"])
+    assert returns[0] == returns[1]
+    for agent, state in states[0]["agents"].items():
+        for key, tensor in state["module"].items():
+            assert torch.equal(tensor, states[1]["agents"][agent]["module"][key]), (agent, key)
+
+
 def test_period_holds_actions_and_messages_between_decisions(tmp_path):
     cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", *TINY, "agents.1.period=2",
                                            "agents.0.period=3"])

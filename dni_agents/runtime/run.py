@@ -4,6 +4,8 @@ hyperparameters as text."""
 from __future__ import annotations
 
 import functools
+import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 
 from ..config import Config, ConfigError, config_to_yaml
 from ..logging import RunLogger, make_run_dir
+from .blas import reproducible_products
 from .checkpoint import apply_checkpoint, load_checkpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,6 +98,12 @@ def with_threads(resolve: Callable[[Config], int] = lambda cfg: cfg.trainer.thre
         @functools.wraps(train)
         def run(cfg: Config, *args: Any, **kwargs: Any) -> Any:
             with intra_op_threads(resolve(cfg)):
+                if torch.get_num_threads() > 1 and reproducible_products() is False:
+                    warnings.warn(
+                        f"{torch.get_num_threads()} threads without MKL's strict mode (MKL_CBWR="
+                        f"{os.environ.get('MKL_CBWR', '')!r}): results may differ from one thread's in the "
+                        "last bits and then further; leave MKL_CBWR unset (or AUTO,STRICT) and import "
+                        "dni_agents before torch's first matrix product", RuntimeWarning, stacklevel=2)
                 return train(cfg, *args, **kwargs)
         return run  # type: ignore[return-value]
     return decorate

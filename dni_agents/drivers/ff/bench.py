@@ -78,6 +78,7 @@ def bench(
             f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['steps_per_s']:.0f} steps/s",
         )
     costs: dict[str, float] = {}
+    flops: dict[str, float] = {}  # the arithmetic: matrix-product FLOPs of a step against plain PyTorch's
     if timing:  # plain PyTorch, its per-layer-Adam and hand-written-DNI floors, ours; default and fused Adam
         for fused, batch_norm in ((False, True), (False, False), (True, True), (True, False)):
             rows = time_methods([PLAIN, PLAIN_LAYERS, "backprop", "plain-dni", "dni", "plain-cdni", "cdni"],
@@ -85,10 +86,12 @@ def bench(
             results += rows
             bn = ("bn" if batch_norm else "no_bn") + ("_fused" if fused else "")
             costs.update({f"{r['method']}_{bn}": r["cost_vs_plain"] for r in rows})
+            flops.update({f"{r['method']}_{bn}": r["flops_vs_plain"] for r in rows})
             tqdm.write(f"timing ({bn}): " + ", ".join(
-                f"{r['method']} {r['steps_per_s']:.0f} steps/s ({r['cost_vs_plain']:.2f}x plain)"
+                f"{r['method']} {r['steps_per_s']:.0f} steps/s ({r['cost_vs_plain']:.2f}x plain, "
+                f"FLOPs {r['flops_vs_plain']:.3f}x)"
                 for r in rows))
-    report.finish(cost_vs_plain=costs,
+    report.finish(cost_vs_plain=costs, flops_vs_plain=flops,
                   dni_cost_vs_backprop=next((r["cost_vs_backprop"] for r in results
                                              if r["dataset"] == "timing" and r["method"] == "dni"), None),
                   dni_cost_vs_floor={f"{m}_{bn}": by[m] / by[f"plain-{m}"] for bn, by in _by_setting(results)

@@ -8,7 +8,11 @@ layers, a zero-initialised linear utility model per interface, its regression on
 gradient with the gradient written out, one Adam for everything: the arithmetic DNI adds and nothing
 else): the floor any framework's DNI step stands on. ``plain-layers`` is plain PyTorch
 with one Adam per layer (each agent owns its optimizer): what that alone costs. ``fused`` (``trainer.fused``)
-gives every Adam, the plain rows' too, one kernel for all tensors."""
+gives every Adam, the plain rows' too, one kernel for all tensors.
+
+Each row also counts its step's arithmetic (``matmul_flops``: the FLOPs of every matrix product, forward
+and backward, as ``torch.utils.flop_counter`` counts them): the cost a method cannot get below whatever the
+framework, beside the time it takes."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ...config import Config, parse_config
 from ...data import ImageDataset, batches
@@ -134,6 +139,13 @@ def step_function(method: str, data: ImageDataset, seed: int, batch_norm: bool, 
     return step, params
 
 
+def matmul_flops(step: Callable[[int], None], i: int) -> int:
+    """The FLOPs of the matrix products (and convolutions) one call ``step(i)`` makes, backward included."""
+    with FlopCounterMode(display=False) as counter:
+        step(i)
+    return counter.get_total_flops()
+
+
 def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0,
                  batch_norm: bool = True, fused: bool = False) -> list[dict]:
     """Seconds per step of each of ``methods`` (``plain`` for plain PyTorch, or a key of ``METHODS``):
@@ -149,6 +161,10 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
             for _ in range(5):
                 fn(done[m])
                 done[m] += 1
+        flops = {}
+        for m, fn in fns.items():  # one more step each, counted
+            flops[m] = matmul_flops(fn, done[m])
+            done[m] += 1
         rounds: dict[str, list[float]] = {m: [] for m in methods}
         for _ in range(repeats):
             for m, fn in fns.items():
@@ -165,6 +181,8 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
          "test_accuracy": None, "steps_per_s": 1.0 / per_step[m], "steps": steps, "rounds": repeats,
          "seed": seed, "batch_size": 256, "threads": 1, "fused": fused,
          "cost_vs_backprop": per_step[m] / per_step["backprop"] if "backprop" in per_step else None,
-         "cost_vs_plain": per_step[m] / per_step[PLAIN] if PLAIN in per_step else None}
+         "cost_vs_plain": per_step[m] / per_step[PLAIN] if PLAIN in per_step else None,
+         "matmul_flops": flops[m],
+         "flops_vs_plain": flops[m] / flops[PLAIN] if PLAIN in flops else None}
         for m in methods
     ]

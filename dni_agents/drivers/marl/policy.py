@@ -26,6 +26,7 @@ from gymnasium import spaces
 from torch import nn
 
 from ...config import ConfigError, import_object
+from ...runtime.run import intra_op_threads
 
 Body = Callable[[int, int], nn.Module]  # (in_dim, hidden) -> a module from (rows, in_dim) to (rows, hidden)
 
@@ -178,7 +179,8 @@ def mlp_body(in_dim: int, hidden: int) -> nn.Sequential:
 
 
 def _ortho(layer: nn.Linear, gain: float) -> nn.Linear:
-    nn.init.orthogonal_(layer.weight, gain)
+    with intra_op_threads(1):  # LAPACK's QR gives other last bits on more threads: the same init on any
+        nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
     return layer
 
