@@ -32,7 +32,7 @@ from torch import nn
 
 from .fidelity import fidelity
 from .message import InProcess, Message, Transport
-from .models import linear_regression_gradient
+from .models import linear_regression_gradient, regression_loss
 from .nonfinite import NonFiniteError, OnNonFinite, first_nonfinite
 from .optim import StepQueue, clear_grads
 
@@ -288,7 +288,7 @@ class Interface:
         """Regress onto the targets of ``ready``. A NaN or Inf in a target or prediction shows in its loss, so
         the losses (scalars) are checked, and only if one is not finite, the records themselves."""
         losses, stats = [], []
-        lean: list[tuple[torch.Tensor, torch.Tensor, _Sent]] = []  # (prediction, target, record) by hand
+        lean: list[tuple[torch.Tensor, _Sent]] = []  # (residual, record): regressed by hand
         for step, record in ready:
             prediction = record.prediction
             if record.inputs is not None:
@@ -301,16 +301,14 @@ class Interface:
                 # window of 1); a model deeper than one linear map saw weights changed in place (autograd)
                 prediction = self.utility(record.message, record.context)
             target = record.target * self._units(record.message)
-            with torch.set_grad_enabled(record.inputs is None):
-                if record.weight is None:
-                    loss = F.mse_loss(prediction, target)
-                else:  # the weighted mean over rows, of the mean over a row's entries
-                    w = record.weight.view(-1, *([1] * (target.dim() - 1)))
-                    per_row = (prediction - target).pow(2).flatten(1).mean(1)
-                    loss = (per_row * w.flatten()).sum() / w.sum().clamp_min(1e-12)
-            if record.inputs is not None:
-                lean.append((prediction, target, record))
-            else:
+            if record.inputs is not None:  # the lean path: the residual once, for the loss and the gradient
+                residual = prediction - target
+                loss = regression_loss(residual, record.weight)
+                lean.append((residual, record))
+            else:  # through autograd (a caller's no_grad would leave the model nothing to learn)
+                with torch.enable_grad():
+                    loss = F.mse_loss(prediction, target) if record.weight is None \
+                        else regression_loss(prediction - target, record.weight)
                 losses.append(loss)
             # a copy: mse_loss's 0-d result is a view of its B×D buffer (a kept record kept 0.4 MB alive)
             out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": loss.detach().clone()}
@@ -326,7 +324,7 @@ class Interface:
         if self.learn and self.utility_optimizer is not None and (trainable or lean):
             self.steps.clear(self.utility_optimizer)
             if lean:
-                linear_regression_gradient(self._linear(), [(p, t, r.inputs, r.weight) for p, t, r in lean])
+                linear_regression_gradient(self._linear(), [(d, r.inputs, r.weight) for d, r in lean])
             else:
                 (sum(trainable) / len(trainable)).backward()
             self.steps.step(self.utility_optimizer)

@@ -185,25 +185,36 @@ class UtilityModel(nn.Module):
         return self.kind == "linear" and self.rank is None
 
 
+def regression_loss(residual: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The utility model's loss for ``residual`` = ĝ − target: the mean square (as a dot product: one pass,
+    no buffer; the lean path's), or with row weights the weighted mean over rows of each row's mean."""
+    if weight is None:
+        flat = residual.reshape(-1)
+        return flat.dot(flat) / flat.numel()
+    per_row = residual.pow(2).flatten(1).mean(1)
+    return (per_row * weight.flatten()).sum() / weight.sum().clamp_min(1e-12)
+
+
 @torch.no_grad()
 def linear_regression_gradient(
     linear: nn.Linear,
-    terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
 ) -> None:
     """Set ``linear``'s gradients for the mean of the regressions' losses of ĝ = W·x + b, each term
-    ``(prediction, target, x, row weights or None)``, as autograd makes them, bit for bit (one term or
-    several, weighted or not: tests/test_core.py), but without a graph: the loss's gradient for the
+    ``(residual = prediction − target, x, row weights or None)``, as autograd makes them, bit for bit (one
+    term or several, weighted or not: tests/test_core.py), but without a graph: the loss's gradient for the
     prediction (the scaled residual, in autograd's order of operations) times x for W, summed over rows
-    for b."""
-    share = torch.ones((), dtype=terms[0][0].dtype, device=terms[0][0].device) / len(terms)
-    for prediction, target, x, weight in reversed(terms):  # autograd's order: the latest graph first
-        rows = prediction.shape[0]
+    for b. The residuals are scaled in place (the caller has read what it needs of them)."""
+    share = torch.ones((), dtype=terms[0][0].dtype, device=terms[0][0].device) / len(terms) \
+        if len(terms) > 1 or terms[0][2] is not None else None  # one unweighted term: × 1.0, skipped
+    for residual, x, weight in reversed(terms):  # autograd's order: the latest graph first
+        rows = residual.shape[0]
         if weight is None:  # mse_loss's mean: 2/N · (p − t) · share
-            g = (prediction - target).mul_(2.0 / prediction.numel())
-            g = g.mul_(share) if len(terms) > 1 else g  # × 1.0 changes no bit: one pass saved
+            g = residual.mul_(2.0 / residual.numel())
+            g = g.mul_(share) if share is not None else g  # × 1.0 changes no bit: one pass saved
         else:  # the weighted mean over rows of each row's mean: share/Σw · w_i / D · 2(p − t)
-            per_row = (share / weight.sum().clamp_min(1e-12)) * weight / (prediction.numel() // max(rows, 1))
-            g = per_row.view(-1, *([1] * (prediction.dim() - 1))) * (2 * (prediction - target))
+            per_row = (share / weight.sum().clamp_min(1e-12)) * weight / (residual.numel() // max(rows, 1))
+            g = per_row.view(-1, *([1] * (residual.dim() - 1))) * (2 * residual)
         g = g.reshape(rows, -1)
         for param, grad in ((linear.weight, g.t().mm(x)), (linear.bias, g.sum(0))):
             if param is not None:
