@@ -82,7 +82,7 @@ def bench(
     if timing:  # plain PyTorch, its per-layer-Adam and hand-written-DNI floors, ours; default and fused Adam
         for fused, batch_norm in ((False, True), (False, False), (True, True), (True, False)):
             rows = time_methods([PLAIN, PLAIN_LAYERS, "backprop", "plain-dni", "dni", "plain-cdni", "cdni"],
-                                steps=20, repeats=15, batch_norm=batch_norm, fused=fused)
+                                steps=10, repeats=30, batch_norm=batch_norm, fused=fused)
             results += rows
             bn = ("bn" if batch_norm else "no_bn") + ("_fused" if fused else "")
             costs.update({f"{r['method']}_{bn}": r["cost_vs_plain"] for r in rows})

@@ -150,7 +150,8 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
                  batch_norm: bool = True, fused: bool = False) -> list[dict]:
     """Seconds per step of each of ``methods`` (``plain`` for plain PyTorch, or a key of ``METHODS``):
     ``repeats`` rounds of ``steps`` steps each, the methods in turn within a round, after 5 warm-up steps;
-    the median round. One intra-op thread (the caller's setting comes back after)."""
+    the median round (``steps_per_s``), and each cost as the median over rounds of the ratio of the two
+    methods' times in the same round. One intra-op thread (the caller's setting comes back after)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -176,12 +177,17 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
     finally:
         torch.set_num_threads(threads)
     per_step = {m: statistics.median(v) for m, v in rounds.items()}
+
+    def cost(m: str, ref: str) -> float | None:  # the median of the rounds' own ratios: a machine that
+        # speeds up and slows down over seconds moves both sides of a round alike
+        return statistics.median(a / b for a, b in zip(rounds[m], rounds[ref], strict=True)) \
+            if ref in rounds else None
+
     return [
         {"method": m, "dataset": "timing", "model": "mlp3-784-256-10", "batch_norm": batch_norm,
          "test_accuracy": None, "steps_per_s": 1.0 / per_step[m], "steps": steps, "rounds": repeats,
          "seed": seed, "batch_size": 256, "threads": 1, "fused": fused,
-         "cost_vs_backprop": per_step[m] / per_step["backprop"] if "backprop" in per_step else None,
-         "cost_vs_plain": per_step[m] / per_step[PLAIN] if PLAIN in per_step else None,
+         "cost_vs_backprop": cost(m, "backprop"), "cost_vs_plain": cost(m, PLAIN),
          "matmul_flops": flops[m],
          "flops_vs_plain": flops[m] / flops[PLAIN] if PLAIN in flops else None}
         for m in methods
