@@ -2,8 +2,8 @@
 and 2 workers, in turn, ``--rounds`` times; the environment steps per second of each (the training loop,
 evaluation left out) and their ratio to 0 workers, the median round; and whether every run's result is the
 same (it must be). Also where one update's time goes with no workers: playing (the environments' own
-stepping inside it) and learning; and whether the main job trains the same parameters with 1 and 2 torch
-threads. JSON to OUT.
+stepping inside it) and learning (whether threads change results: ``scripts/marl_threads.py``). JSON to
+OUT.
 
     OMP_NUM_THREADS=1 python scripts/env_workers.py [--out OUT] [--rounds N]
 """
@@ -17,8 +17,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 from dni_agents.config import load_config
 from dni_agents.drivers import marl
@@ -72,21 +70,6 @@ def shares(name: str, overrides: list[str]) -> dict:
             "env_share": spent["env"] / total, "learn_share": spent["learn"] / total}
 
 
-def threads_check(name: str, steps: int) -> dict:
-    """Whether 1 and 2 torch threads train the same parameters (``trainer.threads``)."""
-    states, returns = [], []
-    for threads in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = load_config(name, [f"log.dir={tmp}", "log.embedding_samples=0", "marl.eval_episodes=50",
-                                     f"trainer.steps={steps}", f"trainer.threads={threads}"])
-            returns.append(marl.train(cfg, Path(tmp) / "run", progress=False)["mean_return"])
-            states.append(torch.load(Path(tmp) / "run" / marl.CHECKPOINT, weights_only=True)["system"])
-    differ = [f"{agent}.{key}" for agent, state in states[0]["agents"].items()
-              for key, tensor in state["module"].items()
-              if not torch.equal(tensor, states[1]["agents"][agent]["module"][key])]
-    return {"config": name, "updates": steps, "mean_return": returns, "tensors_that_differ": differ}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
@@ -111,8 +94,6 @@ def main() -> None:
         report["runs"].append(run)
         print(f"{name}: " + ", ".join(f"{w} workers {v:,.0f} steps/s ({v / speed[0]:.2f}x)"
                                       for w, v in speed.items()) + f"; identical results: {same}")
-    report["threads"] = threads_check("digits_referential", 20)
-    print(f"1 against 2 threads: {len(report['threads']['tensors_that_differ'])} parameter tensors differ")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,19 @@ def test_timing_rows_have_the_schema():
     for r in rows:
         assert r["dataset"] == "timing" and r["steps_per_s"] > 0
     assert rows[0]["cost_vs_backprop"] == 1.0
+
+
+def test_a_cost_is_the_median_of_the_rounds_own_ratios():
+    """The method takes 1.5× the reference in each round, and the machine halves its speed in round 3,
+    between the reference's timing and the method's. The ratio of the two medians reads a fast round of one
+    against a slow round of the other (3×); each round's own ratio keeps the 1.5× of every other round."""
+    from dni_agents.drivers.ff.timing import paired_cost
+    reference = [1.0, 1.0, 1.0, 2.0, 2.0]
+    method = [1.5, 1.5, 3.0, 3.0, 3.0]
+    assert statistics.median(method) / statistics.median(reference) == 3.0
+    assert paired_cost(method, reference) == 1.5
+    with pytest.raises(ValueError):  # rounds of the two must pair up
+        paired_cost([1.0], [1.0, 2.0])
 
 
 def test_core_imports_no_driver_env_data_or_cli():

@@ -146,6 +146,13 @@ def matmul_flops(step: Callable[[int], None], i: int) -> int:
     return counter.get_total_flops()
 
 
+def paired_cost(seconds: list[float], reference: list[float]) -> float:
+    """How many times ``reference``'s time one method takes: the median over rounds of the ratio of the two
+    times in the same round. A machine that speeds up and slows down over seconds moves both sides of a
+    round alike, where a ratio of the two medians would compare a fast round of one with a slow one."""
+    return statistics.median(a / b for a, b in zip(seconds, reference, strict=True))
+
+
 def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0,
                  batch_norm: bool = True, fused: bool = False) -> list[dict]:
     """Seconds per step of each of ``methods`` (``plain`` for plain PyTorch, or a key of ``METHODS``):
@@ -178,10 +185,8 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
         torch.set_num_threads(threads)
     per_step = {m: statistics.median(v) for m, v in rounds.items()}
 
-    def cost(m: str, ref: str) -> float | None:  # the median of the rounds' own ratios: a machine that
-        # speeds up and slows down over seconds moves both sides of a round alike
-        return statistics.median(a / b for a, b in zip(rounds[m], rounds[ref], strict=True)) \
-            if ref in rounds else None
+    def cost(m: str, ref: str) -> float | None:
+        return paired_cost(rounds[m], rounds[ref]) if ref in rounds else None
 
     return [
         {"method": m, "dataset": "timing", "model": "mlp3-784-256-10", "batch_norm": batch_norm,
