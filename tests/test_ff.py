@@ -223,16 +223,20 @@ def test_backprop_mode_trains_exactly_what_plain_pytorch_trains(batch_norm):
 
 @pytest.mark.parametrize("method,reference", [("dni", "plain-dni"), ("cdni", "plain-cdni"),
                                               ("backprop", "plain-layers")])
-def test_our_methods_train_exactly_what_their_hand_written_floors_train(method, reference):
+@pytest.mark.parametrize("hidden,batch,batch_norm", [(256, 256, True), (16, 16, False)])
+def test_our_methods_train_exactly_what_their_hand_written_floors_train(method, reference, hidden, batch,
+                                                                        batch_norm):
     """The timing floors are the same computation with no framework: DNI written out by hand (a
     zero-initialised linear utility model per interface, its regression onto the next layer's input
     gradient) and plain PyTorch with one Adam per layer. Bit for bit the same parameters, so each ratio
-    between a row and its floor is the framework's cost alone."""
+    between a row and its floor is the framework's cost alone (at the timing shape, and at the toy size
+    where scripts/ff_overhead.py measures the framework's Python)."""
     from dni_agents.drivers.ff.timing import step_function, timing_data
 
     data = timing_data(0)
-    floor, floor_params = step_function(reference, data, 0, True)
-    ours, our_params = step_function(method, data, 0, True)
+    floor, floor_params = step_function(reference, data, 0, batch_norm, hidden=hidden, batch_size=batch)
+    ours, our_params = step_function(method, data, 0, batch_norm, hidden=hidden, batch_size=batch)
+    assert floor_params[0].shape == our_params[0].shape == (hidden, 784)
     initial = [p.detach().clone() for p in floor_params]
     for i in range(4):
         floor(i)

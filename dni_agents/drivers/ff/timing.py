@@ -94,21 +94,22 @@ def _plain_dni(cfg: Config, data: ImageDataset, stream, conditioned: bool
     return step, layer_params
 
 
-def step_function(method: str, data: ImageDataset, seed: int, batch_norm: bool, fused: bool = False
+def step_function(method: str, data: ImageDataset, seed: int, batch_norm: bool, fused: bool = False,
+                  hidden: int = 256, batch_size: int = 256
                   ) -> tuple[Callable[[int], None], list[nn.Parameter]]:
     """One training step of ``method`` (or of plain PyTorch: ``plain``, ``plain-layers``, ``plain-dni``,
-    ``plain-cdni``) on the
-    timing shape, as ``step(i)``, and the parameters it trains (layer by layer, in order)."""
+    ``plain-cdni``) on the timing shape (or another ``hidden`` width and ``batch_size``: a toy size shows
+    what the framework's Python costs), as ``step(i)``, and the parameters it trains (layer by layer)."""
     mode = PLAIN_DNI.get(method)
     overrides = [f"interface_defaults.mode={mode}"] if mode else [] if method.startswith(PLAIN) \
         else METHODS[method]
     cfg = parse_config(
         {"driver": "ff", "name": f"timing-{method}", "seed": seed,
-         "trainer": {"batch_size": 256, "lr": 1e-4, "fused": fused},
-         "ff": {"layers": 3, "batch_norm": batch_norm}},
+         "trainer": {"batch_size": batch_size, "lr": 1e-4, "fused": fused},
+         "ff": {"layers": 3, "batch_norm": batch_norm, "hidden": hidden}},
         overrides,
     )
-    stream = batches(data.x_train, data.y_train, 256, torch.Generator().manual_seed(seed))
+    stream = batches(data.x_train, data.y_train, batch_size, torch.Generator().manual_seed(seed))
     if method in (PLAIN, PLAIN_LAYERS):
         torch.manual_seed(seed)
         model = nn.Sequential(*build_layers(cfg, data.input_shape, data.num_classes))
