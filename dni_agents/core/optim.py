@@ -3,6 +3,7 @@ and stepping several optimizers at once."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +14,7 @@ from torch.optim.adam import adam
 
 _ADAM_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "capturable",
               "differentiable", "fused", "decoupled_weight_decay")
+_adam_key = operator.itemgetter(*_ADAM_KEYS)  # a group's hyperparameters as one tuple, in one C call
 
 
 def clear_grads(optimizer: torch.optim.Optimizer) -> None:
@@ -53,7 +55,7 @@ def step_together(optimizers: list[torch.optim.Optimizer]) -> None:
             optimizer.step()
             continue
         for group in optimizer.param_groups:
-            key = tuple(group[k] for k in _ADAM_KEYS)
+            key = _adam_key(group)
             lists, complex_ = merged.setdefault(key, ([[] for _ in range(6)], []))
             complex_.append(optimizer._init_group(group, *lists))
     with torch.no_grad():
@@ -96,7 +98,7 @@ class StepQueue:
 
     def apply_pending(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Take the pending steps (all of them; with ``optimizer``: only if its step is among them)."""
-        if self.pending and (optimizer is None or any(o is optimizer for o in self.pending)):
+        if self.pending and (optimizer is None or optimizer in self.pending):  # identity: no __eq__
             pending, self.pending = self.pending, []
             step_together(pending)
 
