@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from dni_agents.core.nonfinite import first_nonfinite
-from dni_agents.drivers.ff.timing import paired_cost, step_function, timing_data
+from dni_agents.drivers.ff.timing import interleaved_rounds, paired_cost, step_function, timing_data
 
 PAIRS = (("dni", "plain-dni"), ("backprop", "plain-layers"))
 
@@ -40,18 +40,8 @@ def size(width: int, batch: int, rounds: int, steps: int) -> dict:
     methods = [m for pair in PAIRS for m in pair]
     fns = {m: step_function(m, data, 0, batch_norm=False, hidden=width, batch_size=batch)[0] for m in methods}
     done = dict.fromkeys(methods, 0)
-    for m, fn in fns.items():  # warm-up
-        for _ in range(10):
-            fn(done[m])
-            done[m] += 1
-    seconds: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(rounds):
-        for m, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn(done[m])
-                done[m] += 1
-            seconds[m].append((time.perf_counter() - t0) / steps)
+    interleaved_rounds(fns, 10, 1, done)  # warm-up
+    seconds = interleaved_rounds(fns, steps, rounds, done)
     calls = {}
     for m, fn in fns.items():
         calls[m] = calls_per_step(fn, done[m])

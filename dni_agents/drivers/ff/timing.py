@@ -154,6 +154,22 @@ def paired_cost(seconds: list[float], reference: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(seconds, reference, strict=True))
 
 
+def interleaved_rounds(fns: dict[str, Callable[[int], None]], steps: int, repeats: int,
+                       done: dict[str, int]) -> dict[str, list[float]]:
+    """Seconds per step of each step function, in ``repeats`` rounds of ``steps`` steps, the functions in
+    turn within a round (so that machine noise hits them alike); ``done[name]`` is the index of each one's
+    next step, advanced as they run."""
+    rounds: dict[str, list[float]] = {m: [] for m in fns}
+    for _ in range(repeats):
+        for m, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn(done[m])
+                done[m] += 1
+            rounds[m].append((time.perf_counter() - t0) / steps)
+    return rounds
+
+
 def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0,
                  batch_norm: bool = True, fused: bool = False) -> list[dict]:
     """Seconds per step of each of ``methods`` (``plain`` for plain PyTorch, or a key of ``METHODS``):
@@ -166,22 +182,12 @@ def time_methods(methods: list[str], steps: int, repeats: int = 3, seed: int = 0
         data = timing_data(seed)
         fns = {m: step_function(m, data, seed, batch_norm, fused)[0] for m in methods}
         done = dict.fromkeys(methods, 0)
-        for m, fn in fns.items():  # warm-up
-            for _ in range(5):
-                fn(done[m])
-                done[m] += 1
+        interleaved_rounds(fns, 5, 1, done)  # warm-up
         flops = {}
         for m, fn in fns.items():  # one more step each, counted
             flops[m] = matmul_flops(fn, done[m])
             done[m] += 1
-        rounds: dict[str, list[float]] = {m: [] for m in methods}
-        for _ in range(repeats):
-            for m, fn in fns.items():
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    fn(done[m])
-                    done[m] += 1
-                rounds[m].append((time.perf_counter() - t0) / steps)
+        rounds = interleaved_rounds(fns, steps, repeats, done)
     finally:
         torch.set_num_threads(threads)
     per_step = {m: statistics.median(v) for m, v in rounds.items()}
