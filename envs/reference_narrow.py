@@ -44,6 +44,7 @@ class ReferenceNarrow(SeededParallelEnv):  # its spaces; mpe2 seeds itself
             raise ValueError(f"unsupported render_mode {render_mode!r}")
         self.env = simple_reference_v3.parallel_env(max_cycles=max_cycles, local_ratio=local_ratio)
         self.slot, self.oracle = slot, oracle
+        self.render_mode = render_mode  # None: PettingZoo's wrappers read it
         self.possible_agents = list(self.env.possible_agents)
         self.agents: list[str] = []
         dim = 11 + slot + (3 if oracle else 0)

@@ -178,12 +178,17 @@ def test_reference_narrow_carries_nothing_between_the_agents_and_its_oracle_is_t
 def test_every_versioned_module_passes_the_parallel_and_the_aec_api_tests(name: str) -> None:
     """PettingZoo's module convention: ``parallel_env``, ``env`` (AEC) and ``raw_env`` (the class)."""
     import importlib
+    import warnings
 
     from pettingzoo.test import api_test
 
     module = importlib.import_module(f"dni_envs.{name}")
-    parallel_api_test(module.parallel_env(), num_cycles=20)
-    api_test(module.env(), num_cycles=20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parallel_api_test(module.parallel_env(), num_cycles=20)
+        api_test(module.env(), num_cycles=20)
+    assert not [w for w in caught if "render_mode" in str(w.message)]  # wrappers read env.render_mode
+    assert module.parallel_env().render_mode is None
     assert isinstance(module.parallel_env(), module.raw_env)
     assert module.raw_env.metadata["name"] == name
     assert "| Import" in module.__doc__ and name in module.__doc__  # the documentation table
