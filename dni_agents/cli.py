@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ablate", choices=("permute", "zero"), default=None,
                     help="marl: replay with every channel's messages shuffled across environment copies "
                          "(permute) or silenced (zero)")
+    ev.add_argument("--train-env", action="store_true",
+                    help="marl: play on the training environment (marl.env_kwargs) instead of the held-out "
+                         "one (marl.eval_env_kwargs merged over marl.env_kwargs, e.g. split: test)")
     ev.set_defaults(handler=_cmd_eval)
     return parser
 
@@ -252,12 +255,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not config_file.is_file():
         raise FileNotFoundError(2, "run has no config.yaml", str(config_file))
     cfg = load_config(str(config_file))
-    if args.ablate is not None:
-        if cfg.driver != "marl":
-            raise ConfigError(f"eval --ablate: only marl runs ablate messages (this run: {cfg.driver})")
-        result = load_driver(cfg.driver).evaluate(run_dir, ablate=args.ablate)
-    else:
-        result = load_driver(cfg.driver).evaluate(run_dir)
+    marl_only = {"ablate": args.ablate} if args.ablate is not None else {}
+    if args.train_env:
+        marl_only["train_env"] = True
+    if args.ablate is not None and cfg.driver != "marl":
+        raise ConfigError(f"eval --ablate: only marl runs ablate messages (this run: {cfg.driver})")
+    if args.train_env and cfg.driver != "marl":
+        raise ConfigError(f"eval --train-env: only marl runs have evaluation environments (this run: "
+                          f"{cfg.driver})")
+    result = load_driver(cfg.driver).evaluate(run_dir, **marl_only)
     if result is not None:
         _print_json(result)
     return 0

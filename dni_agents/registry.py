@@ -34,7 +34,8 @@ BUILTIN_DRIVERS = {
     "marl": "dni_agents.drivers.marl",
     "rnn": "dni_agents.drivers.rnn",
 }
-BUILTIN_BENCHES = {"parallel": "dni_agents.benches.parallel", "comm": "dni_agents.benches.comm"}
+BUILTIN_BENCHES = {"parallel": "dni_agents.benches.parallel", "comm": "dni_agents.benches.comm",
+                   "speed": "dni_agents.benches.speed"}
 
 
 def _declared(group: str) -> dict[str, str]:

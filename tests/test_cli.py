@@ -175,7 +175,7 @@ def test_eval_missing_run_dir_or_config(calls, tmp_path, capsys) -> None:
 
 def test_unknown_bench_lists_available(calls, capsys) -> None:
     assert run_error(capsys, ["bench", "nope"]) == (
-        "bench: unknown bench 'nope' (available: ff, hier, marl, rnn, parallel, comm)"
+        "bench: unknown bench 'nope' (available: ff, hier, marl, rnn, parallel, comm, speed)"
     )
 
 

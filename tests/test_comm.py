@@ -77,11 +77,13 @@ def test_the_learner_hears_exactly_what_the_rollout_heard(tmp_path, outage):
         for members in system.coupled():
             tick = stack.enter_context(system.tick(members, 1))
             ticks.update(dict.fromkeys(members, tick))
-        out = marl.replay(groups, player, ep, mb, ticks, 0, {"receiver": gae[0]})
-        dist = receiver.net.dist(torch.stack(out["receiver"]))
-        logp = dist.log_prob(ep.actions["receiver"][:, mb].reshape(1, -1))
-        assert torch.allclose(logp, ep.logp["receiver"][:, mb].reshape(1, -1), atol=1e-6)
-        ticks["receiver"].add_loss(logp.sum() * 0)
+        for batched in ((), marl.batched_groups(groups)):  # step by step, and the whole episode at once
+            out = marl.replay(groups, player, ep, mb, ticks, 10 * len(batched), {"receiver": gae[0]},
+                              batched=batched)
+            dist = receiver.net.dist(out["receiver"])
+            logp = dist.log_prob(ep.actions["receiver"][:, mb].reshape(1, -1))
+            assert torch.allclose(logp, ep.logp["receiver"][:, mb].reshape(1, -1), atol=1e-6)
+            ticks["receiver"].add_loss(logp.sum() * 0)
 
 
 def test_ablation_shuffles_messages_across_copies_or_silences_them(tmp_path):

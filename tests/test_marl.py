@@ -268,7 +268,7 @@ def test_mutual_information_counts_only_what_a_coarse_receiver_can_tell_apart():
         ("agents.1.members=[nobody]", "agents[1].members: ['nobody'] match no environment agent"),
         ("interfaces.0.obs_slice=[40,50]",
          "interfaces[0].obs_slice: [40, 50] is outside receiver's observation"),
-        ("marl.env_kwargs={bogus: 1}", "marl.env_kwargs: dni_envs.referential rejects"),
+        ("marl.env_kwargs={bogus: 1}", "marl.env_kwargs.bogus=1: dni_envs.referential refuses it"),
     ],
 )
 def test_bad_marl_configs_fail_with_one_clear_line(tmp_path, capsys, override, message):

@@ -59,13 +59,19 @@ def test_lockstep_on_two_processes_equals_the_in_process_run(tmp_path, monkeypat
         assert ranks[names.index(sender)][key] == reference[key]
 
 
-def test_a_staleness_window_lets_the_sender_run_minibatches_ahead(tmp_path, monkeypatch):
+@pytest.mark.parametrize("batched, per_minibatch", [("true", 1), ("false", 24)])
+def test_a_staleness_window_lets_the_sender_run_minibatches_ahead(
+    tmp_path, monkeypatch, batched, per_minibatch,
+):
+    """Messages in flight: a minibatch carries the episode as one message (batched replay) or as 24."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    overrides = [*TINY, "distributed.max_staleness=2", f"log.dir={tmp_path}"]
+    overrides = [*TINY, "distributed.max_staleness=2", f"log.dir={tmp_path}",
+                 f"marl.batched_replay={batched}"]
     argv = ["train", "speaker_listener", *overrides, "--procs", "2", "--run-dir", str(tmp_path / "d")]
     assert main(argv) == 0
     ranks = rank_metrics(tmp_path / "d")
-    assert 24 < ranks[0]["max_in_flight"] <= 3 * 24  # up to 3 minibatches of 24 messages wait for targets
+    # up to 3 minibatches wait for their targets
+    assert per_minibatch < ranks[0]["max_in_flight"] <= 3 * per_minibatch
     assert ranks[0]["mean_return"] == ranks[1]["mean_return"]  # the ranks still play with the same networks
 
 

@@ -18,7 +18,9 @@ Non-finite numbers: a NaN or Inf target or prediction is never regressed onto. T
 
 Units: gradients of a batch-mean loss are 1/B of per-example gradients, so with ``per_example=True``
 (default) the utility model predicts per-example gradients (targets are multiplied by the batch size B,
-ĝ is divided by it when applied). Its scale then does not depend on the batch size.
+ĝ is divided by it when applied). Its scale then does not depend on the batch size. B is the rows of the
+message; a message that stacks the messages of ``stacked`` steps (rows step-major: T steps of B episodes)
+is taken as those T messages of B rows each (units, warm-up), so it is learned as they would be.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class _Sent:
 
     message: torch.Tensor
     prediction: torch.Tensor | None  # U(h, context) in per-example units, graph to U's parameters only
-    warm: bool  # still in warm-up: ĝ is learned but not applied
+    warm: int  # rows still in warm-up (the first ones): their ĝ is learned but not applied
     context: torch.Tensor | None = None  # what the utility model saw besides the message (cDNI)
     version: int = 0  # utility-model updates before the prediction was made
     target: torch.Tensor | None = None
@@ -54,6 +56,7 @@ class _Sent:
     consumed: bool = False  # a locked sender has taken its gradient
     weight: torch.Tensor | None = None  # per row, how much it counts in the utility model's regression
     inputs: torch.Tensor | None = None  # x of ĝ = W·x + b (a plain linear model): regressed with no graph
+    units: int = 1  # per-example units: the batch a row's gradient is averaged over (B; 1 if not per-example)
 
 
 class Interface:
@@ -120,25 +123,28 @@ class Interface:
         while len(pending) > self.max_in_flight:
             del pending[next(iter(pending))]
 
-    def _units(self, h: torch.Tensor) -> int:
-        return h.shape[0] if self.per_example else 1
+    def _units(self, h: torch.Tensor, stacked: int = 1) -> int:
+        return h.shape[0] // stacked if self.per_example else 1
 
     # ------------------------------------------------------------------ sender half
     def send(
         self, h: torch.Tensor, step: int, context: torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None, stacked: int = 1,
     ) -> torch.Tensor | None:
         """Send ``h`` at ``step``; return the gradient the sender applies to ``h`` now, or None (it gets
         nothing now: mode ``none``, warm-up, or a locked mode whose gradient comes with the target).
         ``weight`` (one entry per row of ``h``, default all 1) is how much each row counts as an example of
         the utility model's regression: 0 for a row the channel did not carry (an outage), whose target says
-        nothing about the utility of a message that was heard."""
+        nothing about the utility of a message that was heard. ``stacked``: ``h`` holds the messages of that
+        many consecutive steps, step-major, and counts as that many messages (see Units above)."""
+        if stacked < 1 or h.shape[0] % stacked:
+            raise ValueError(f"interface {self.name}: {h.shape[0]} rows do not stack {stacked} messages")
         message = h.detach()
         inputs = None
         self.transport.put_message(Message(self.name, step, message, context))
         if self.mode == "none":
             return None
-        self.messages_sent += 1
+        self.messages_sent += stacked
         prediction, ctx = None, None
         if self.synthetic:
             if self.mode == "cdni" and context is None:
@@ -155,13 +161,15 @@ class Interface:
             else:
                 with torch.no_grad():
                     prediction = self.utility(message, ctx)
-        warm = self.messages_sent <= self.warmup_steps
+        # the rows of the stack's messages still in warm-up (its first is number messages_sent - stacked + 1)
+        rows = h.shape[0] // stacked
+        warm = min(max(self.warmup_steps - self.messages_sent + stacked, 0), stacked) * rows
         if weight is not None and weight.shape != message.shape[:1]:
             raise ValueError(f"interface {self.name}: weight must have one entry per row of the message "
                              f"({message.shape[0]}), got shape {tuple(weight.shape)}")
         record = _Sent(message, prediction, warm, ctx, version=self._utility_updates,
                        weight=None if weight is None else weight.detach().to(message.device, message.dtype),
-                       inputs=inputs)
+                       inputs=inputs, units=self._units(message, stacked))
         self._sent[step] = record
         self._bound(self._sent)  # targets that never came back: forget the oldest
         if self.locked:
@@ -213,9 +221,12 @@ class Interface:
         return not affine or self.transport.is_remote(self.name)
 
     def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
-        if record.prediction is None or record.warm:
+        if record.prediction is None or record.warm == len(record.message):
             return None
-        return record.prediction.detach() * (self.scale / self._units(record.message))
+        gradient = record.prediction.detach() * (self.scale / record.units)
+        if record.warm:  # a stack that straddles the end of warm-up: its first messages get none
+            gradient[: record.warm] = 0
+        return gradient
 
     @property
     def utility_updates(self) -> int:
@@ -300,7 +311,7 @@ class Interface:
                 # send-time residual is of weights since changed (it cost a two-stage cDNI run ~3 points at a
                 # window of 1); a model deeper than one linear map saw weights changed in place (autograd)
                 prediction = self.utility(record.message, record.context)
-            target = record.target * self._units(record.message)
+            target = record.target * record.units
             if record.inputs is not None:  # the lean path: the residual once, for the loss and the gradient
                 residual = prediction - target
                 loss = regression_loss(residual, record.weight)

@@ -117,17 +117,23 @@ class Tick:
         context: torch.Tensor | None = None,
         step: int | None = None,
         weight: torch.Tensor | None = None,
+        stacked: int = 1,
     ) -> None:
         """Send ``h`` (as the message of ``step``, default this tick's step); its synthetic gradient (if
-        any) is applied when the tick ends. ``weight``: see :meth:`Interface.send`."""
+        any) is applied when the tick ends. ``weight``, ``stacked``: see :meth:`Interface.send`."""
         iface = self.system.interfaces[interface] if isinstance(interface, str) else interface
         step = self.step if step is None else step
         if iface.mode == "backprop" and iface.receiver in self._names:
             self._live[(iface.name, step)] = h  # receiver updates in this same backward pass
-            iface.messages_sent += 1  # sent all the same: what a checkpoint holds does not depend on grouping
+            iface.messages_sent += stacked  # sent all the same: a checkpoint does not depend on grouping
             return
-        # (an interface of one's own that predates ``weight`` keeps working where it is not used)
-        gradient = iface.send(h, step, context) if weight is None else iface.send(h, step, context, weight)
+        # (an interface of one's own that predates ``weight`` and ``stacked`` works where they are not used)
+        if stacked != 1:
+            gradient = iface.send(h, step, context, weight, stacked=stacked)
+        elif weight is not None:
+            gradient = iface.send(h, step, context, weight)
+        else:
+            gradient = iface.send(h, step, context)
         if iface.locked:
             self._locked.append((iface, h, step))
         elif gradient is not None:

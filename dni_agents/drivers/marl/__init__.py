@@ -37,22 +37,23 @@ from .comm import (
 )
 from .config import AGENT_CONFIG, APPLIES_CHANNELS, SECTION, check_config
 from .dist import train_distributed
-from .env import DirectParallel, make_copies, make_env
-from .learn import advantages, ppo_loss, ppo_update, replay
+from .env import DirectParallel, eval_config, eval_env_kwargs, make_copies, make_env
+from .learn import advantages, batched_groups, ppo_loss, ppo_update, replay
 from .metrics import comm_metrics, entropy_bits, message_symbols, mutual_information_bits
 from .policy import PolicyNet
 from .rollout import Episode, Player
-from .train import episode_metrics, evaluate, evaluate_system, train
+from .train import Evaluator, SuccessTimes, episode_metrics, evaluate, evaluate_system, train
 
 __all__ = [
     "check_config",
     "SECTION",
     "AGENT_CONFIG",
     "APPLIES_CHANNELS",
-    "CHECKPOINT", "EVAL_SEED", "METHODS", "Channel", "DirectParallel", "Episode", "FidelityHistory", "Group",
-    "Player", "PolicyNet", "Sensitivity", "ablation_permutation", "advantages", "bench", "build",
-    "calibrate_messages", "comm_metrics", "context_size", "entropy_bits", "episode_metrics", "evaluate",
-    "evaluate_system", "gate_size", "hear", "make_copies", "make_env", "message_symbols",
-    "mutual_information_bits", "ppo_loss", "ppo_update", "replay", "route", "sender_context", "sensitivities",
-    "train", "train_distributed", "transmitted",
+    "CHECKPOINT", "EVAL_SEED", "METHODS", "Channel", "DirectParallel", "Episode", "Evaluator",
+    "FidelityHistory", "Group", "Player", "SuccessTimes", "PolicyNet", "Sensitivity", "ablation_permutation",
+    "advantages", "bench", "build", "calibrate_messages", "comm_metrics", "context_size", "entropy_bits",
+    "episode_metrics", "eval_config", "eval_env_kwargs", "evaluate", "evaluate_system", "gate_size", "hear",
+    "make_copies", "make_env", "message_symbols", "mutual_information_bits", "batched_groups", "ppo_loss",
+    "ppo_update", "replay", "route", "sender_context", "sensitivities", "train", "train_distributed",
+    "transmitted",
 ]

@@ -83,11 +83,16 @@ def hear(
     return route(sent, sources, c.size, batch, device)
 
 
-def transmitted(c: Any, ep: Any, t: int, mb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def transmitted(c: Any, ep: Any, t: int | slice, mb: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """What the receivers of ``c`` heard of the messages ``h`` (B, senders, size) sent at step ``t`` in the
-    copies ``mb`` of episode ``ep``: through the noise the rollout drew, silent where its channel was down."""
+    copies ``mb`` of episode ``ep``, or of a stack of them (S, B, senders, size) sent at the steps of the
+    slice ``t``: through the noise the rollout drew, silent where its channel was down."""
     noise = ep.noise[c.name][t, mb] if c.name in ep.noise else None
     up = ep.outage[c.name][mb] if c.name in ep.outage else None
+    if isinstance(t, slice):  # the channel's rows are the messages: one per (step, copy)
+        up = None if up is None else up.repeat(len(h))
+        return c.model.transmit(h.flatten(0, 1), None if noise is None else noise.flatten(0, 1),
+                                up=up).view_as(h)
     return c.model.transmit(h, noise, up=up)
 
 
@@ -185,43 +190,47 @@ class Sensitivity:
 
 
 def sender_context(
-    c: Any, receiver: Any, ep: Any, t: int, mb: torch.Tensor, n_senders: int, heard: torch.Tensor,
-    sens: Sensitivity,
+    c: Any, receiver: Any, ep: Any, steps: int | torch.Tensor, mb: torch.Tensor, n_senders: int,
+    heard: torch.Tensor, sens: Sensitivity,
 ) -> torch.Tensor:
-    """The cDNI context of the messages ``c`` sends at step ``t`` (rows: copy × sender member): what the
-    member that hears it has then (step ``t + delay``). ``heard``: the messages as heard, (B, senders, size).
-    The gate, last, per decision of that member from the one that hears it: its −∂loss/∂logits and the ĝ
-    of what it sends then (the true gradient it replies contains it)."""
-    when = t + c.model.delay
-    T = ep.length
-    sources = ep.sources[c.name][when, mb]  # (B, n_receivers)
-    match = sources.unsqueeze(1) == torch.arange(n_senders).view(1, -1, 1)  # (B, senders, receivers)
-    heard_by = match.any(-1)
-    member = match.float().argmax(-1)  # the first receiving member who hears each sender member
+    """The cDNI context of the messages ``c`` sends at step ``steps`` (rows: copy × sender member), or at
+    each of the steps (S,) of a tensor (rows step-major): what the member that hears each has then (step
+    ``t + delay``). ``heard``: the messages as heard, (B, senders, size), or (S, B, senders, size). The gate,
+    last, per decision of that member from the one that hears it: its −∂loss/∂logits and the ĝ of what it
+    sends then (the true gradient it replies contains it)."""
+    if not isinstance(steps, torch.Tensor):
+        steps, heard = torch.tensor([steps]), heard.unsqueeze(0)
+    when = steps + c.model.delay  # (S,)
+    S, B = len(steps), len(mb)
+    rows = (when.view(-1, 1), mb.view(1, -1))  # index (step, copy) -> (S, B)
+    sources = ep.sources[c.name][rows]  # (S, B, n_receivers)
+    match = sources.unsqueeze(2) == torch.arange(n_senders).view(1, 1, -1, 1)  # (S, B, senders, receivers)
+    heard_by = match.any(-1).unsqueeze(-1)
+    member = match.float().argmax(-1).unsqueeze(-1)  # the first receiving member who hears each sender member
 
-    def pick(x: torch.Tensor) -> torch.Tensor:  # (B, receivers, k) -> (B, senders, k), 0 if unheard
-        taken = x.gather(1, member.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return taken * heard_by.unsqueeze(-1)
+    def pick(x: torch.Tensor) -> torch.Tensor:  # (S, B, receivers, k) -> (S, B, senders, k), 0 if unheard
+        return x.gather(2, member.expand(-1, -1, -1, x.shape[-1])) * heard_by
 
-    parts = [pick(ep.obs[receiver.name][when, mb]), heard * heard_by.unsqueeze(-1)]
+    def at(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # x[index] (copies mb), 0 past its end
+        padded = torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+        return padded[index.clamp(max=len(x)).view(-1, 1), torch.arange(B).view(1, -1)]
+
+    parts = [pick(ep.obs[receiver.name][rows]), heard * heard_by]
     if receiver.name in ep.memory:
-        parts.append(pick(ep.memory[receiver.name][when, mb]))
+        parts.append(pick(ep.memory[receiver.name][rows]))
     if receiver.policy and not isinstance(receiver.action_space, spaces.Discrete):
-        parts.append(pick(ep.actions[receiver.name][when, mb]))
+        parts.append(pick(ep.actions[receiver.name][rows]))
     first = -(-when // receiver.period)  # a message heard between decisions counts from the next one
     for k in range(sens.horizon.get(c.name, 0) + 1):
         d = first + k
-        step = d * receiver.period
-        if receiver.policy:
-            logits = sens.logits[receiver.name]  # past the last decision: zeros
-            parts.append(pick(logits[d]) if d < len(logits) else logits.new_zeros(len(mb), n_senders,
-                                                                                  logits.shape[-1]))
+        if receiver.policy:  # past the last decision: zeros
+            parts.append(pick(at(sens.logits[receiver.name], d)))
         for out in receiver.outbound:
             if out.mode in SYNTHETIC:
                 boot = sens.bootstrap.get(out.name)
-                parts.append(pick(boot[step]) if boot is not None and step < T
-                             else heard.new_zeros(*heard.shape[:2], out.size))
-    return torch.cat(parts, -1).flatten(0, 1)
+                parts.append(pick(at(boot, d * receiver.period)) if boot is not None
+                             else heard.new_zeros(S, B, n_senders, out.size))
+    return torch.cat(parts, -1).flatten(0, 2)
 
 
 @torch.no_grad()

@@ -45,6 +45,11 @@ class MarlConfig(_Strict):
 
     env: str = "mpe2.simple_speaker_listener_v4"  # a module with parallel_env(), or "module:callable"
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # merged over env_kwargs (a key here replaces the same key there) for every greedy evaluation: during
+    # and after training, the controls (ablated / silenced) and ``dni-agents eval`` (``--train-env``: the
+    # env_kwargs alone); e.g. {split: test} scores games on pictures the agents never trained on.
+    # Evaluation episodes are seeded apart from training ones either way (build.EVAL_SEED)
+    eval_env_kwargs: dict[str, Any] = Field(default_factory=dict)
     num_envs: PosInt = 64
     max_steps: PosInt = 25  # longest episode; the rollout length
     message_size: PosInt = 4
@@ -65,13 +70,21 @@ class MarlConfig(_Strict):
     clip: PosFloat = 0.2
     epochs: PosInt = 10  # PPO epochs over each batch of episodes
     minibatches: PosInt = 1
+    # The learner's speed-up: networks without memory whose inputs are known in advance replay the whole
+    # episode in one forward pass (their channels carry it as one message), and in one process all networks
+    # update in one backward pass. false: every network steps through the episode in time and each group of
+    # coupled networks has its own backward pass (the reference path; the same results to float rounding)
+    batched_replay: bool = True
     ent_coef: NonNegFloat = 0.01
     vf_coef: NonNegFloat = 0.5
     max_grad_norm: PosFloat = 0.5
     success_reward: float | None = None  # an episode succeeds when its last reward reaches this
     private_info: PrivateInfoConfig | None = None
     mi_resolution: PosFloat = 0.2  # messages closer than this count as one symbol for entropy / MI
-    eval_episodes: PosInt = 500
+    eval_episodes: PosInt = 500  # each greedy evaluation's episodes (every trainer.eval_every updates, end)
+    # held-out success rates whose first reaching (updates, games, training seconds) the final JSON reports
+    # as time_to_success; checked at every evaluation (unused without success_reward)
+    success_thresholds: list[UnitFloat] = Field(default_factory=lambda: [0.8, 0.9])
     # processes that step the environment copies (0: this one); the same results with any number. Not for
     # an environment with its own vector_env (one numpy call for all copies already)
     env_workers: NonNegInt = 0
@@ -86,11 +99,16 @@ APPLIES_CHANNELS = True  # the shared schema's channel keys (rial, channel model
 
 
 def check_config(cfg: Config) -> None:
-    """What pydantic cannot check per field: the agents are listed, and ``private_info`` names one."""
+    """What pydantic cannot check per field: the agents are listed, the success thresholds are distinct,
+    and ``private_info`` names an agent."""
     if not cfg.agents:
         raise ConfigError("agents: marl needs its agents listed (e.g. [{name: speaker_0}, "
                           "{name: listener_0}])")
     names = [a.name for a in cfg.agents]
+    thresholds = cfg.marl.success_thresholds
+    if len(set(thresholds)) != len(thresholds):
+        raise ConfigError(f"marl.success_thresholds: {thresholds} repeats a threshold (allowed: distinct "
+                          "success rates in [0, 1])")
     private = cfg.marl.private_info
     if private is not None:
         if private.agent not in names:

@@ -22,7 +22,9 @@ message forward and its target (the receiver's true gradient) back, over :class:
 With N = 0 the run equals the in-process one bit for bit (``dni``, ``cdni``, ``none``; one thread per
 process, as in process). Rank r writes ``checkpoint.rank{r}.pt`` (its networks and the interface halves it
 holds) and ``metrics.rank{r}.json``; every rank ends with every network, so every rank evaluates (the same
-greedy episodes and controls; rank 0 logs them). ``dni-agents eval RUN_DIR`` puts the ranks together.
+greedy episodes and controls, on the held-out environment of ``marl.eval_env_kwargs``; rank 0 logs them).
+Evaluation runs at the end only here: ``trainer.eval_every`` and ``time_to_success`` are the one-process
+run's. ``dni-agents eval RUN_DIR`` puts the ranks together.
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ from ...runtime.run import with_threads
 from ...runtime.stop import StopRequest
 from .build import Channel, Group, build
 from .comm import SYNTHETIC, FidelityHistory, calibrate_messages, channel_stats
-from .env import make_env
+from .env import eval_config, make_env
 from .learn import block_steps, ppo_update
 from .metrics import comm_metrics
 from .rollout import Player
-from .train import episode_metrics, evaluate_system, threads
+from .train import Evaluator, episode_metrics, threads
 
 
 def check_split(groups: list[Group], channels: list[Channel], placement: dict[str, int]) -> None:
@@ -138,6 +140,7 @@ def train_distributed(
     rank, world, device, _ = join_process_group(cfg)
     placement = placement_for(cfg, world, what="agent")
     full, groups, channels = build(cfg, make_env(cfg), device)
+    eval_config(cfg)  # an evaluation environment that refuses marl.eval_env_kwargs fails before training
     check_split(groups, channels, placement)
     block = block_steps(cfg)
     routes = [Route(c.name, c.sender, c.receiver, replies=c.mode != "none", block=block)
@@ -219,11 +222,9 @@ def train_distributed(
         drain()
         share_networks(groups, placement, rank, transport, tc.steps)  # every rank ends with every network
         seconds += time.perf_counter() - t0
-    result = evaluate_system(cfg, groups, channels, device, episodes=mc.eval_episodes)
+    with closing(Evaluator(cfg, groups, channels, device)) as evaluator:  # held-out, training env, controls
+        result = evaluator.final(mc.eval_episodes)
     result.pop("_episode", None)
-    if any(c.interface is not None for c in channels):
-        for key, how in (("ablated_return", "permute"), ("silenced_return", "zero")):
-            result[key] = evaluate_system(cfg, groups, channels, device, mc.eval_episodes, how)["mean_return"]
     result.update(rank=rank, agents=mine, updates=tc.steps, start=start, train_seconds=seconds,
                   env_steps_per_s=env_steps / max(seconds, 1e-9), max_in_flight=transport.max_in_flight)
     result.update(fidelity.second_half(tc.steps))  # this rank's channels' held-out ĝ fidelity

@@ -4,6 +4,8 @@ step mpe2's AEC-converted environments directly."""
 from __future__ import annotations
 
 import importlib
+import re
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -21,21 +23,56 @@ def make_env(cfg: Config) -> Any:
     return make_env_from(cfg.marl.env, cfg.marl.env_kwargs)
 
 
-def make_env_from(spec: str, kwargs: dict) -> Any:
-    """:func:`make_env` from the two keys it reads (what an environment worker gets)."""
+def make_env_from(spec: str, kwargs: dict, extra: dict | None = None) -> Any:
+    """:func:`make_env` from the two keys it reads (what an environment worker gets); ``extra``: the
+    ``marl.eval_env_kwargs`` merged over ``kwargs`` (an error then names the key of the one it came from)."""
     factory = import_object(spec, "marl.env", default_attr="parallel_env")
     if not callable(factory):
         raise ConfigError(f"marl.env: {spec!r} is not callable")
-    try:
-        env = factory(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"marl.env_kwargs: {spec} rejects {kwargs} ({exc})") from None
+    env = constructed(spec, factory, {**kwargs, **(extra or {})}, set(extra or ()))
     if isinstance(env, AECEnv):
         if not env.metadata.get("is_parallelizable", False):
             raise ConfigError(f"marl.env: {spec} is an AEC environment whose metadata does not declare "
                               "is_parallelizable (its agents need not act at once); give a ParallelEnv")
         env = aec_to_parallel(env)
     return DirectParallel(env) if isinstance(env, aec_to_parallel_wrapper) else env
+
+
+def constructed(spec: str, factory: Any, kwargs: dict, evaluation: Collection[str] = (),
+                args: tuple = ()) -> Any:
+    """``factory(*args, **kwargs)``; an environment that refuses its keyword arguments (TypeError,
+    ValueError) becomes one line naming the key and value it names, e.g.
+    ``marl.eval_env_kwargs.split='tset': split must be one of ...`` (the keys in ``evaluation`` came from
+    ``marl.eval_env_kwargs``, the others from ``marl.env_kwargs``)."""
+    try:
+        return factory(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        named = [k for k in kwargs if re.search(rf"\b{re.escape(str(k))}\b", message)]
+        named = [k for k in named if k in evaluation] or named  # the evaluation's own keys are the suspects
+        if len(named) == 1:
+            key = named[0]
+            section = "marl.eval_env_kwargs" if key in evaluation else "marl.env_kwargs"
+            raise ConfigError(f"{section}.{key}={kwargs[key]!r}: {spec} refuses it ({message})") from None
+        section = "marl.eval_env_kwargs" if evaluation else "marl.env_kwargs"
+        raise ConfigError(f"{section}: {spec} refuses {kwargs} ({message})") from None
+
+
+def eval_env_kwargs(cfg: Config, train_env: bool = False) -> dict:
+    """The keyword arguments of an evaluation environment: ``marl.eval_env_kwargs`` merged over
+    ``marl.env_kwargs`` (a key in both takes the evaluation value); ``train_env``: the training ones."""
+    return dict(cfg.marl.env_kwargs) if train_env else {**cfg.marl.env_kwargs, **cfg.marl.eval_env_kwargs}
+
+
+def eval_config(cfg: Config, train_env: bool = False) -> Config:
+    """``cfg`` with the evaluation environment's keyword arguments as its ``marl.env_kwargs`` (what a
+    :class:`~dni_agents.drivers.marl.rollout.Player` of greedy evaluation is built from). Checks them first
+    (one environment built), so a key the environment refuses is named as ``marl.eval_env_kwargs.KEY``."""
+    if train_env or not cfg.marl.eval_env_kwargs:
+        return cfg
+    make_env_from(cfg.marl.env, cfg.marl.env_kwargs, cfg.marl.eval_env_kwargs)
+    marl = cfg.marl.model_copy(update={"env_kwargs": eval_env_kwargs(cfg)})
+    return cfg.model_copy(update={"marl": marl})
 
 
 class DirectParallel:
@@ -105,7 +142,7 @@ def make_copies(cfg: Config, num_envs: int, workers: int | None = None) -> Any:
                 f"marl.env_workers: {workers}, but {module_name} steps all its copies in one vectorised "
                 "call (its vector_env), which workers cannot split without changing its random draws; "
                 "set marl.env_workers=0 (its stepping is a few % of an update: docs/benchmarks.md)")
-        return vector(num_envs, **cfg.marl.env_kwargs)
+        return constructed(cfg.marl.env, vector, cfg.marl.env_kwargs, args=(num_envs,))
     if workers:
         return WorkerCopies(cfg.marl.env, cfg.marl.env_kwargs, num_envs, workers)
     return ParallelCopies([make_env(cfg) for _ in range(num_envs)], cfg.marl.env)

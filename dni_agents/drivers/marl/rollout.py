@@ -216,13 +216,19 @@ class Player:
         rows = np.stack([obs[m].reshape(E, -1) for m in g.members], 1).astype(np.float32, copy=False)
         return torch.as_tensor(rows, device=self.device)
 
-    def inputs(self, g: Group, obs: torch.Tensor, inbound: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+    def inputs(self, g: Group, obs: torch.Tensor, inbound: dict[str, torch.Tensor],
+               t: int | torch.Tensor) -> torch.Tensor:
         """The network's input: the observation with each channel's message in its comm slot (or appended),
-        and (``marl.time_feature``) the fraction of the episode gone, so the critic knows how much is left."""
+        and (``marl.time_feature``) the fraction of the episode gone, so the critic knows how much is left.
+        ``t``: the step, or the steps (S,) of observations stacked in time (S, copies, members, obs_dim)."""
         x = obs.clone()
         extra = []
         if self.cfg.marl.time_feature:
-            extra.append(obs.new_full((*obs.shape[:-1], 1), t / self.cfg.marl.max_steps))
+            if isinstance(t, torch.Tensor):
+                gone = (t / self.cfg.marl.max_steps).to(obs.dtype).view(-1, *([1] * (obs.dim() - 1)))
+                extra.append(gone.expand(*obs.shape[:-1], 1))
+            else:
+                extra.append(obs.new_full((*obs.shape[:-1], 1), t / self.cfg.marl.max_steps))
         for c in g.inbound:
             if c.interface is None:
                 continue  # rial: the environment put the message in the observation already

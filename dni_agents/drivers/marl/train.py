@@ -1,5 +1,6 @@
-"""The training loop (open or resume a run, play, learn, log, checkpoint) and greedy evaluation, with the
-controls (messages shuffled or silenced)."""
+"""The training loop (open or resume a run, play, learn, log, checkpoint) and greedy evaluation on the
+held-out environment (``marl.eval_env_kwargs``) during and after training, with the controls (messages
+shuffled or silenced) and the time to a held-out success rate."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .comm import (
     calibrate_messages,
     channel_stats,
 )
-from .env import make_env
+from .env import eval_config, eval_env_kwargs, make_env
 from .learn import ppo_update
 from .metrics import (
     comm_metrics,
@@ -60,25 +61,40 @@ def train(
     stop_at: int | None = None, stop: StopRequest | None = None,
 ) -> dict:
     """Train ``cfg``; return the final evaluation. ``stop_at`` ends early (as a crash would), for tests;
-    ``stop``: on SIGINT/SIGTERM checkpoint at the next update boundary and raise Interrupted."""
+    ``stop``: on SIGINT/SIGTERM checkpoint at the next update boundary and raise Interrupted.
+
+    Greedy evaluation (:class:`Evaluator`: the held-out environment and the training one) every
+    ``trainer.eval_every`` updates and at the end, logged under ``eval/`` at the number of updates done; it
+    draws nothing from training's random generators (the same parameters with any ``eval_every``) and its
+    time is not in ``train_seconds``."""
     stop = stop or StopRequest()
     device = resolve_device(cfg.device)
     mc, tc = cfg.marl, cfg.trainer
     env = make_env(cfg)
     system, groups, channels = build(cfg, env, device)
+    evaluator = Evaluator(cfg, groups, channels, device)  # checks marl.eval_env_kwargs before training
     player = Player(cfg, groups, channels, device, mc.num_envs)
-    with closing(player):  # environment workers (marl.env_workers) end with the run
+    with closing(player), closing(evaluator):  # environment workers (marl.env_workers) end with the run
         start, clock = 0, 0
+        # training's clocks (wall and this process's CPU), carried over a resume like the learning itself
+        timing = {"train_seconds": 0.0, "train_cpu_seconds": 0.0, "env_steps": 0}
+        success = SuccessTimes(cfg)
 
         def restore(state: dict) -> int:
             nonlocal start, clock
             load_system(system, state["system"])
             start, clock = int(state["update"]), int(state["clock"])
+            timing.update(state.get("timing", {}))
+            success.load(state.get("success", {}))
             return start  # updates are logged at ``update``: the crashed run's from here on are dropped
 
         run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
+        if log:  # resumed: the evaluation logged at ``start`` went with the crashed run's events from there
+            for point in success.curve:  # on (purged); its headline numbers come back
+                if point["update"] >= start:
+                    logger.scalars("eval", {k: point[k] for k in HEADLINE if k in point}, point["update"])
         private_agent = mc.private_info.agent if mc.private_info else None
-        env_steps, seconds, recent = 0, 0.0, []
+        recent: list[float] = []
         fidelity, curve = FidelityHistory(), []  # curve: (environment steps, return) on measured updates
         if mc.message_rms is not None and start == 0:  # the frozen control's scale (a resumed run has it)
             calibrate_messages(player, mc.message_rms, seed=cfg.seed * 100_000 * mc.num_envs)
@@ -87,19 +103,27 @@ def train(
             if not log:
                 return None
             save_checkpoint(Path(run_dir) / CHECKPOINT,
-                            {"update": update, "clock": clock, "system": system.state_dict()})
+                            {"update": update, "clock": clock, "system": system.state_dict(),
+                             "timing": dict(timing), "success": success.state()})
             return Path(run_dir) / CHECKPOINT
+
+        def postfix() -> None:  # the progress bar: noisy training return, latest held-out greedy score
+            shown = {"train_ret": f"{sum(recent) / len(recent):.2f}"}
+            if success.latest is not None:  # its success rate (heldout=), or its return without one
+                shown["heldout" if success.scored else "heldout_ret"] = f"{success.latest:.3f}"
+            loop.bar.set_postfix(shown)
 
         loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop,
                     unit="update")
         for update in loop:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             generator = step_generator(cfg.seed, update)
             ep = player.play(seed=(cfg.seed * 100_000 + update) * mc.num_envs, generator=generator)
             measure = loop.measured(update)
             losses, clock = ppo_update(cfg, system, groups, player, ep, generator, clock, track=measure)
-            seconds += time.perf_counter() - t0
-            env_steps += ep.steps
+            timing["train_seconds"] += time.perf_counter() - t0
+            timing["train_cpu_seconds"] += time.process_time() - c0
+            timing["env_steps"] += ep.steps
             metrics = episode_metrics(cfg, ep, groups)
             recent = (recent + [metrics["return/mean"]])[-20:]
             if measure:
@@ -115,23 +139,31 @@ def train(
                     logger.scalars(f"comm/{name}", m, update)
                 for name, m in usage.items():
                     logger.scalars(f"channel/{name}", m, update)
-                logger.scalar("perf/env_steps_per_s", env_steps / max(seconds, 1e-9), update)
+                rate = timing["env_steps"] / max(timing["train_seconds"], 1e-9)
+                logger.scalar("perf/env_steps_per_s", rate, update)
                 logger.scalar("perf/env_steps", (update + 1) * mc.num_envs * mc.max_steps, update)
-                loop.bar.set_postfix(ret=f"{sum(recent) / len(recent):.2f}")
+                postfix()
             if log and loop.due(cfg.log.histogram_every, update):
                 for name, msgs in ep.messages.items():
                     logger.message_histogram(name, msgs[ep.alive], update)
+            done = update + 1
+            if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:  # the last: below
+                result = evaluator.scores(mc.eval_episodes)
+                success.add(done, done * mc.num_envs, timing, result)
+                if log:
+                    logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, done)
+                postfix()
         if not loop.finished:
             logger.close()
             return {}
-        result = evaluate_system(cfg, groups, channels, device, episodes=mc.eval_episodes)
-        result.update(updates=tc.steps, env_steps_per_s=env_steps / max(seconds, 1e-9), train_seconds=seconds)
+        result = evaluator.final(mc.eval_episodes)
+        success.add(tc.steps, tc.steps * mc.num_envs, timing, result)
+        result.update(updates=tc.steps, train_seconds=timing["train_seconds"],
+                      train_cpu_seconds=timing["train_cpu_seconds"],
+                      env_steps_per_s=timing["env_steps"] / max(timing["train_seconds"], 1e-9),
+                      eval_seconds=evaluator.seconds)
         result.update(fidelity.second_half(tc.steps))  # held-out ĝ fidelity over the second half of training
-        if any(c.interface is not None for c in channels):  # the controls: does the receiver use the message?
-            for key, how in (("ablated_return", "permute"), ("silenced_return", "zero")):
-                controlled = evaluate_system(cfg, groups, channels, device, mc.eval_episodes, how)
-                result[key] = controlled["mean_return"]
-        result["curve"] = curve
+        result.update(time_to_success=success.reached, eval_curve=success.curve, curve=curve)
         if log:
             logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
             if cfg.log.embedding_samples and "_episode" in result:
@@ -143,11 +175,106 @@ def train(
         return result
 
 
+class Evaluator:
+    """Greedy evaluation of the current networks on the held-out environment (``marl.eval_env_kwargs``
+    merged over ``marl.env_kwargs``) and on the training one (``marl.env_kwargs``: the ``train_*`` keys;
+    the same numbers, played once, when there are no evaluation kwargs). Its environment copies are built
+    once and reset with the evaluation seeds each time; ``seconds``: the wall time it has taken."""
+
+    def __init__(self, cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
+                 train_env: bool = False) -> None:
+        self.cfg, self.groups, self.channels, self.device = cfg, groups, channels, device
+        self.heldout = eval_config(cfg, train_env)  # a key the environment refuses fails here, named
+        self.separate = eval_env_kwargs(cfg, train_env) != dict(cfg.marl.env_kwargs)
+        self.players: dict[tuple[bool, int], Player] = {}
+        self.seconds = 0.0
+
+    def run(self, episodes: int, ablate: str | None = None, train_env: bool = False) -> dict[str, Any]:
+        """:func:`evaluate_system` on the held-out environment (``train_env``: the training one)."""
+        cfg = self.cfg if train_env else self.heldout
+        key = (train_env or not self.separate, min(episodes, EVAL_COPIES))
+        t0 = time.perf_counter()
+        if key not in self.players:
+            self.players[key] = Player(cfg, self.groups, self.channels, self.device, key[1], env_workers=0)
+        out = evaluate_system(cfg, self.groups, self.channels, self.device, episodes, ablate,
+                              player=self.players[key])
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def scores(self, episodes: int) -> dict[str, Any]:
+        """The held-out evaluation's metrics, and the training environment's return and success rate as
+        ``train_mean_return`` / ``train_success_rate``."""
+        out = self.run(episodes)
+        train = self.run(episodes, train_env=True) if self.separate else out
+        out["train_mean_return"] = train["mean_return"]
+        if "success_rate" in train:
+            out["train_success_rate"] = train["success_rate"]
+        return out
+
+    def final(self, episodes: int) -> dict[str, Any]:
+        """:meth:`scores` and, where a channel has an interface, the controls on the held-out environment:
+        the messages shuffled across copies (``ablated_*``) or silenced (``silenced_*``): return and
+        success rate."""
+        out = self.scores(episodes)
+        if any(c.interface is not None for c in self.channels):  # does the receiver use the message?
+            for name, how in (("ablated", "permute"), ("silenced", "zero")):
+                controlled = self.run(episodes, how)
+                out[f"{name}_return"] = controlled["mean_return"]
+                if "success_rate" in controlled:
+                    out[f"{name}_success_rate"] = controlled["success_rate"]
+        return out
+
+    def close(self) -> None:
+        for player in self.players.values():
+            player.close()
+
+
+class SuccessTimes:
+    """When the held-out greedy success rate first reached each of ``marl.success_thresholds`` (none
+    without ``marl.success_reward``): the updates, games (episodes of every copy: updates × num_envs) and
+    training seconds (wall, process CPU) by then; ``curve``: every evaluation's headline numbers."""
+
+    def __init__(self, cfg: Config) -> None:
+        marl = cfg.marl
+        self.scored = marl.success_reward is not None  # whether there is a success rate
+        self.thresholds = sorted(set(marl.success_thresholds)) if self.scored else []
+        self.reached: dict[str, dict[str, float] | None] = {f"{t:g}": None for t in self.thresholds}
+        self.curve: list[dict[str, float]] = []
+        self.latest: float | None = None  # the last held-out success rate (or return, without one)
+
+    def add(self, update: int, games: int, timing: dict, result: dict) -> None:
+        point = {"update": update, "games": games, "train_seconds": timing["train_seconds"],
+                 "train_cpu_seconds": timing["train_cpu_seconds"]}
+        self.curve.append({**point, **{k: result[k] for k in HEADLINE if k in result}})
+        self.latest = result.get("success_rate", result["mean_return"])
+        for t in self.thresholds:
+            if self.reached[f"{t:g}"] is None and result["success_rate"] >= t:
+                self.reached[f"{t:g}"] = point
+
+    def state(self) -> dict:
+        return {"reached": dict(self.reached), "curve": list(self.curve), "latest": self.latest}
+
+    def load(self, state: dict) -> None:
+        """What a checkpoint holds of an earlier run (the thresholds are this config's)."""
+        for key, point in state.get("reached", {}).items():
+            if key in self.reached:
+                self.reached[key] = point
+        self.curve = list(state.get("curve", []))
+        self.latest = state.get("latest")
+
+
+HEADLINE = ("success_rate", "mean_return", "train_success_rate", "train_mean_return")
+EVAL_COPIES = 250  # environment copies an evaluation plays at once
+
+
 def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], device: torch.device,
-                    episodes: int, ablate: str | None = None) -> dict[str, Any]:
-    """Greedy play (most likely action, clean channels) for ``episodes`` episodes; ``ablate``: with the
-    messages shuffled across copies (``permute``) or silenced (``zero``)."""
-    player = Player(cfg, groups, channels, device, min(episodes, 250), env_workers=0)  # short: no workers
+                    episodes: int, ablate: str | None = None, player: Player | None = None) -> dict[str, Any]:
+    """Greedy play (most likely action, clean channels) for ``episodes`` episodes in the environment
+    ``cfg.marl.env_kwargs`` make (:func:`~dni_agents.drivers.marl.env.eval_config` for the held-out one);
+    ``ablate``: with the messages shuffled across copies (``permute``) or silenced (``zero``); ``player``:
+    one of ``min(episodes, 250)`` copies of that environment to reuse (None: built here)."""
+    if player is None:  # short: no workers
+        player = Player(cfg, groups, channels, device, min(episodes, EVAL_COPIES), env_workers=0)
     eps = []
     while sum(e.alive.shape[1] for e in eps) < episodes:
         eps.append(player.play(seed=EVAL_SEED + 1000 * len(eps), generator=None, greedy=True, ablate=ablate))
@@ -165,9 +292,10 @@ def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], d
     return out
 
 
-def evaluate(run_dir: Path, ablate: str | None = None) -> dict:
-    """``dni-agents eval RUN_DIR [--ablate permute|zero]``: replay the trained agents greedily; return,
-    success, communication."""
+def evaluate(run_dir: Path, ablate: str | None = None, train_env: bool = False) -> dict:
+    """``dni-agents eval RUN_DIR [--ablate permute|zero] [--train-env]``: replay the trained agents greedily
+    on the held-out environment (``marl.eval_env_kwargs`` over ``marl.env_kwargs``; ``train_env``: the
+    training one); return, success, communication."""
     run_dir, cfg, device = finished_run(run_dir)
     system, groups, channels = build(cfg, make_env(cfg), device)
 
@@ -176,6 +304,8 @@ def evaluate(run_dir: Path, ablate: str | None = None) -> dict:
         return int(state["update"] if "update" in state else state["step"])  # one process, or its ranks'
 
     update = restore_finished(run_dir, CHECKPOINT, device, restore)
-    result = evaluate_system(cfg, groups, channels, device, episodes=cfg.marl.eval_episodes, ablate=ablate)
+    with closing(Evaluator(cfg, groups, channels, device, train_env)) as evaluator:
+        result = evaluator.run(cfg.marl.eval_episodes, ablate)
     result.pop("_episode", None)
-    return {"run_dir": str(run_dir), "update": update, **({"ablate": ablate} if ablate else {}), **result}
+    return {"run_dir": str(run_dir), "update": update, **({"ablate": ablate} if ablate else {}),
+            "env_kwargs": eval_env_kwargs(cfg, train_env), **result}
