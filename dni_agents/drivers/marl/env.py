@@ -165,11 +165,16 @@ class ParallelCopies:
     def _gather(self, per_copy: list[tuple[dict, dict]]) -> tuple[dict, dict]:
         obs, infos = {}, {}
         for a in self.possible_agents:
-            rows = np.zeros((self.num_envs, *self._shape(a)), dtype=np.float32)
-            for e, (o, _) in enumerate(per_copy):
-                if a in o:
-                    rows[e] = np.asarray(o[a], dtype=np.float32).reshape(rows.shape[1:])
-            obs[a] = rows
+            shape = (self.num_envs, *self._shape(a))
+            found = [o.get(a) for o, _ in per_copy]
+            if all(x is not None for x in found):  # every copy has the agent: one conversion
+                obs[a] = np.asarray(found, dtype=np.float32).reshape(shape)
+            else:
+                rows = np.zeros(shape, dtype=np.float32)
+                for e, x in enumerate(found):
+                    if x is not None:
+                        rows[e] = np.asarray(x, dtype=np.float32).reshape(shape[1:])
+                obs[a] = rows
             keys = {k for _, inf in per_copy for k in inf.get(a, {})}
             infos[a] = {k: np.asarray([inf.get(a, {}).get(k, -1) for _, inf in per_copy]) for k in keys}
         return obs, infos
@@ -183,9 +188,10 @@ class ParallelCopies:
         E = self.num_envs
         rewards = {a: np.zeros(E, dtype=np.float32) for a in self.possible_agents}
         ended = {a: np.zeros(E, dtype=bool) for a in self.possible_agents}
+        per_copy = {a: _items(v) for a, v in actions.items()}
         for e in np.flatnonzero(self.running):
             env = self.envs[e]
-            o, r, term, trunc, inf = env.step({a: _item(v[e]) for a, v in actions.items()})
+            o, r, term, trunc, inf = env.step({a: v[e] for a, v in per_copy.items()})
             for a, value in r.items():
                 rewards[a][e] = float(value)
             done = [term[a] or trunc.get(a, True) for a in env.possible_agents if a in term]
@@ -201,6 +207,7 @@ class ParallelCopies:
         return obs, rewards, ended, {a: np.zeros(E, dtype=bool) for a in ended}, infos
 
 
-def _item(action: np.ndarray) -> Any:
-    """A discrete action as a Python int (what PettingZoo environments check for), a box action as is."""
-    return int(action) if action.ndim == 0 and np.issubdtype(action.dtype, np.integer) else action
+def _items(actions: np.ndarray) -> Any:
+    """One agent's actions in every copy, indexable by copy: discrete ones as Python ints (what PettingZoo
+    environments check for), box actions as they are."""
+    return actions.tolist() if actions.ndim == 1 and np.issubdtype(actions.dtype, np.integer) else actions

@@ -141,9 +141,10 @@ class PolicyNet(nn.Module):
             out = self.actor(fa.reshape(*fa.shape[:-1], -1, self.hidden)).squeeze(-1)
         else:
             out = self.actor(fa)
+        # the arguments are ours and valid by construction: no per-call check (a few % of a PPO epoch)
         if self.discrete:
-            return torch.distributions.Categorical(logits=out)
-        return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
+            return torch.distributions.Categorical(logits=out, validate_args=False)
+        return torch.distributions.Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
 
     def value(self, features: torch.Tensor) -> torch.Tensor:
         """The critic's estimate in return units."""
