@@ -92,9 +92,12 @@ class DirectParallel:
         return getattr(self.wrapped, name)
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
-        observations, infos = self.wrapped.reset(seed=seed, options=options)
-        self.agents = list(self.wrapped.agents)
-        return observations, infos
+        raw = self.raw
+        raw.reset(seed=seed, options=options)
+        self.agents = list(raw.agents)
+        observations = {a: raw.observe(a) for a in raw.agents
+                        if not (raw.terminations[a] or raw.truncations[a])}
+        return observations, dict(**raw.infos)
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         raw = self.raw

@@ -1,0 +1,116 @@
+"""How much faster this tree trains a marl job than another checkout of dni-agents, side by side.
+
+    git worktree add /tmp/base <commit>
+    python scripts/marl_speedup.py --baseline /tmp/base --config speaker_listener \
+        --out docs/results/marl_speedup.json
+
+Each round runs both trees, one after the other (alternating which goes first), each in a fresh process
+on one thread (pinned to one core where ``taskset`` exists): a few warm-up updates, then ``--updates``
+updates of play + learn, timed in process CPU time. Reported per tree: environment steps per CPU-second
+(playing and learning), and the CPU milliseconds per update spent playing, in the environment's own
+``step``, and learning; the speed-up is the median over rounds of each round's own ratio. The environment's
+share bounds what any learner can reach: with learning and the rest of the rollout free, an update still
+costs the environment's steps (``ceiling``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time, torch
+torch.set_num_threads(1)
+from dni_agents.config import load_config
+from dni_agents.drivers import marl
+name, updates = sys.argv[1], int(sys.argv[2])
+cfg = load_config(name, ["marl.env_workers=0", *sys.argv[3:]])
+system, groups, channels = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
+player = marl.Player(cfg, groups, channels, torch.device("cpu"), cfg.marl.num_envs)
+env_cpu = [0.0]
+step = player.envs.step
+def timed_step(actions):
+    t = time.process_time(); out = step(actions); env_cpu[0] += time.process_time() - t; return out
+player.envs.step = timed_step
+generator, clock = torch.Generator().manual_seed(0), 0
+play = learn = 0.0
+steps = 0
+for update in range(3 + updates):
+    if update == 3:
+        play = learn = env_cpu[0] = 0.0
+        steps = 0
+    t0 = time.process_time()
+    ep = player.play(seed=update * cfg.marl.num_envs, generator=generator)
+    t1 = time.process_time()
+    _, clock = marl.ppo_update(cfg, system, groups, player, ep, generator, clock,
+                               track=update % cfg.log.every == 0)
+    t2 = time.process_time()
+    play, learn, steps = play + t1 - t0, learn + t2 - t1, steps + ep.steps
+print(json.dumps({"env_steps_per_cpu_s": steps / (play + learn), "play_ms": 1e3 * play / updates,
+                  "env_step_ms": 1e3 * env_cpu[0] / updates, "learn_ms": 1e3 * learn / updates}))
+"""
+
+
+def run_tree(tree: Path, config: str, updates: int, overrides: list[str]) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # each tree with its own default config: by name, both would read the installed package's
+    own = tree / "configs" / f"{config}.yaml"
+    cmd = [sys.executable, "-c", CHILD, str(own) if own.is_file() else config, str(updates), *overrides]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0", *cmd]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tree).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="another checkout (e.g. a git worktree)")
+    parser.add_argument("--config", default="speaker_listener")
+    parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE for both trees")
+    args = parser.parse_args()
+    here = Path(__file__).resolve().parents[1]
+    trees = {"baseline": args.baseline.resolve(), "this": here}
+    rounds: list[dict[str, dict[str, float]]] = []
+    for r in range(args.rounds):
+        order = ["baseline", "this"] if r % 2 == 0 else ["this", "baseline"]
+        row = {name: run_tree(trees[name], args.config, args.updates, args.overrides) for name in order}
+        rounds.append(row)
+        speeds = (f"{k} {v['env_steps_per_cpu_s']:.0f} steps/CPU-s" for k, v in row.items())
+        print(f"round {r}: " + "  ".join(speeds), flush=True)
+
+    def median(tree: str, key: str) -> float:
+        return statistics.median(row[tree][key] for row in rounds)
+
+    speedup = statistics.median(row["this"]["env_steps_per_cpu_s"] / row["baseline"]["env_steps_per_cpu_s"]
+                                for row in rounds)
+    base_ms = median("baseline", "play_ms") + median("baseline", "learn_ms")
+    result = {
+        "config": args.config, "updates": args.updates, "rounds": args.rounds, "overrides": args.overrides,
+        "baseline_tree": str(trees["baseline"]),
+        "baseline_commit": subprocess.run(["git", "-C", str(trees["baseline"]), "rev-parse", "HEAD"],
+                                          capture_output=True, text=True).stdout.strip(),
+        "this_commit": subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"],
+                                      capture_output=True, text=True).stdout.strip(),
+        **{f"{tree}_{key}": median(tree, key) for tree in trees
+           for key in ("env_steps_per_cpu_s", "play_ms", "env_step_ms", "learn_ms")},
+        "speedup": speedup,
+        # an update that cost only its environment steps: what no learner can beat on this environment
+        "ceiling": base_ms / median("this", "env_step_ms"),
+        "per_round": rounds,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "per_round"}, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
