@@ -15,7 +15,8 @@ import torch
 from dni_agents.config import load_config
 from dni_agents.core import UtilityModel
 from dni_agents.drivers import marl
-from dni_agents.drivers.marl.comm import Sensitivity, logit_sensitivity, normalized_advantages, sender_context
+from dni_agents.drivers.marl.gates import Sensitivity, logit_sensitivity, sender_context
+from dni_agents.drivers.marl.ppo import normalized_advantages
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
-from dni_agents.drivers.marl.comm import normalized_advantages, transmitted
+from dni_agents.drivers.marl.channels import transmitted
+from dni_agents.drivers.marl.ppo import normalized_advantages
 
 TINY = ["trainer.steps=2", "marl.num_envs=32", "marl.eval_episodes=64", "log.every=1",
         "log.histogram_every=2", "log.embedding_samples=20", "trainer.checkpoint_every=2"]

@@ -13,7 +13,8 @@ import torch
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
-from dni_agents.drivers.marl.comm import ablation_permutation, logit_sensitivity
+from dni_agents.drivers.marl.controls import ablation_permutation
+from dni_agents.drivers.marl.gates import logit_sensitivity
 from dni_agents.drivers.marl.metrics import comm_metrics
 
 TINY = ["trainer.steps=2", "marl.num_envs=32", "marl.eval_episodes=64", "log.every=1",

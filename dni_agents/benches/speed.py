@@ -66,8 +66,8 @@ from torch import nn
 
 from ..config import Config, ConfigError, interface_config, load_config
 from ..drivers.marl.build import build
-from ..drivers.marl.comm import bootstrap_size, gate_horizon
 from ..drivers.marl.env import make_env
+from ..drivers.marl.gates import bootstrap_size, gate_horizon
 from ..drivers.marl.learn import ppo_update
 from ..drivers.marl.rollout import Episode, Player
 from ..runtime.loop import step_generator

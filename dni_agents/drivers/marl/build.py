@@ -14,13 +14,8 @@ from gymnasium import spaces
 from ...config import Config, ConfigError, interface_config
 from ...core import Agent, ChannelModel, Interface, System
 from ..common import agent_optimizer, build_interface
-from .comm import (
-    bootstrap_size,
-    channel_model,
-    context_size,
-    gate_horizon,
-    gate_size,
-)
+from .channels import channel_model
+from .gates import bootstrap_size, context_size, gate_horizon, gate_size
 from .policy import PolicyNet, user_body
 
 CHECKPOINT = "checkpoint.pt"

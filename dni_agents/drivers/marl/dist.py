@@ -54,8 +54,9 @@ from ...runtime.report import write_report
 from ...runtime.run import with_threads
 from ...runtime.stop import StopRequest
 from .build import Channel, Group, build
-from .comm import SYNTHETIC, FidelityHistory, calibrate_messages, channel_stats
+from .controls import FidelityHistory, calibrate_messages, channel_stats
 from .env import eval_config, make_env
+from .gates import SYNTHETIC
 from .learn import block_steps, ppo_update
 from .metrics import comm_metrics
 from .rollout import Player

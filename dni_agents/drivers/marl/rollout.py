@@ -11,13 +11,10 @@ from gymnasium import spaces
 
 from ...config import Config, ConfigError
 from .build import Channel, Group
-from .comm import (
-    ablation_permutation,
-    actor_memory,
-    hear,
-    speaking_order,
-)
+from .channels import hear, speaking_order
+from .controls import ablation_permutation
 from .env import make_copies
+from .gates import actor_memory
 
 
 @dataclass

@@ -18,11 +18,7 @@ from ...runtime.loop import Loop, step_generator
 from ...runtime.run import open_run, resolve_device, with_threads
 from ...runtime.stop import StopRequest
 from .build import CHECKPOINT, EVAL_SEED, Channel, Group, build
-from .comm import (
-    FidelityHistory,
-    calibrate_messages,
-    channel_stats,
-)
+from .controls import FidelityHistory, calibrate_messages, channel_stats
 from .env import eval_config, eval_env_kwargs, make_env
 from .learn import ppo_update
 from .metrics import (

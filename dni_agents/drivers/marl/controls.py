@@ -1,0 +1,98 @@
+"""The controls that tell whether a receiver uses the message, and what they are read with.
+
+* Ablation at evaluation (:func:`ablation_permutation`): ``permute`` hands every environment copy the
+  messages of another copy, ``zero`` silences the channel. A receiver that uses the message falls to its
+  no-communication level.
+* The frozen control (:func:`calibrate_messages`): a fixed random code at the scale trained codes reach.
+* :func:`channel_stats` and :class:`FidelityHistory`: the messages' scale and ĝ's fidelity over training.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ...config import ConfigError
+
+if TYPE_CHECKING:
+    from .build import Channel
+    from .rollout import Episode, Player
+
+ABLATIONS = ("permute", "zero")
+
+
+def ablation_permutation(copies: int, seed: int) -> torch.Tensor:
+    """A fixed shuffle of the environment copies in which no copy keeps its own messages."""
+    if copies < 2:
+        raise ConfigError("eval --ablate permute: needs at least 2 environment copies (marl.eval_episodes)")
+    g = torch.Generator().manual_seed(seed)
+    return (torch.arange(copies) + torch.randint(1, copies, (), generator=g)) % copies
+
+
+@torch.no_grad()
+def calibrate_messages(player: Player, rms: float, seed: int) -> dict[str, float]:
+    """The frozen control's matched scale: scale each message head (weight and bias) so that its messages
+    on the first observations of every environment copy have RMS ``rms`` per component (before any squash).
+    Returns each channel's factor."""
+    obs, _ = player.envs.reset(seed=seed)
+    E = player.envs.num_envs
+    factors = {}
+    for g in player.groups:
+        heads = [c for c in g.outbound if c.interface is not None]
+        if not heads:
+            continue
+        x = player.inputs(g, player._stack_obs(obs, g), {c.name: torch.zeros(E, len(g.members), c.size)
+                                                        for c in g.inbound if c.interface is not None}, 0)
+        features, _ = g.net(x.flatten(0, 1), None)
+        for c in heads:
+            head, now = g.net.head(c.name), g.net.message(c.name, features, squash=False)
+            factor = rms / float(now.pow(2).mean().sqrt().clamp_min(1e-8))
+            head.weight.mul_(factor)
+            head.bias.mul_(factor)
+            factors[c.name] = factor
+    return factors
+
+
+def channel_stats(ep: Episode, channels: list[Channel]) -> dict[str, dict[str, float]]:
+    """Per channel of an episode: the RMS of the messages as sent (before any squash: the scale the frozen
+    control is matched to) and, discretised, bits per component and how often noise flipped a symbol."""
+    out = {}
+    for c in channels:
+        if c.interface is not None:
+            keep = ep.alive[..., None].expand(ep.messages[c.name].shape[:3])
+            sent = ep.messages[c.name][keep]
+            noise = ep.noise[c.name][keep] if c.name in ep.noise else None
+            out[c.name] = {"message_rms": float(sent.pow(2).mean().sqrt()), **c.model.stats(sent, noise)}
+    return out
+
+
+class FidelityHistory:
+    """ĝ's fidelity per channel on the updates where it was measured (held out: the first pass over a
+    fresh episode, before the utility model has regressed onto any of its targets), and the messages'
+    RMS (the scale the frozen control is matched to)."""
+
+    KEYS = ("grad_cosine", "grad_r2", "message_rms")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, dict[str, float]]] = []
+
+    def add(self, update: int, stats: dict[str, dict[str, float]]) -> None:
+        for name, s in stats.items():
+            kept = {k: v for k, v in s.items() if k in self.KEYS}
+            if kept:
+                self.rows.append((update, name, kept))
+
+    def second_half(self, updates: int) -> dict[str, float]:
+        """Each channel's mean cosine and message RMS, and median R², over the second half of training (an
+        R² is unbounded below: one update whose targets are nearly 0 would decide a mean)."""
+        out: dict[str, float] = {}
+        for key in self.KEYS:
+            per: dict[str, list[float]] = {}
+            for update, name, s in self.rows:
+                if update >= updates // 2 and key in s:
+                    per.setdefault(name, []).append(s[key])
+            for name, values in per.items():
+                out[f"{name}/{key}"] = (float(torch.tensor(values).median()) if key == "grad_r2"
+                                        else sum(values) / len(values))
+        return out
