@@ -11,6 +11,10 @@ updates of play + learn, timed in process CPU time. Reported per tree: environme
 ``step``, and learning; the speed-up is the median over rounds of each round's own ratio. The environment's
 share bounds what any learner can reach: with learning and the rest of the rollout free, an update still
 costs the environment's steps (``ceiling``).
+
+``--train-seeds N``: also train the default config to the end in both trees, seeds 0..N-1 (one thread,
+pinned likewise), and report each run's greedy return and heard mutual information: the speed-up must not
+cost what is learned.
 """
 
 from __future__ import annotations
@@ -57,11 +61,30 @@ print(json.dumps({"env_steps_per_cpu_s": steps / (play + learn), "play_ms": 1e3 
 """
 
 
+TRAIN = r"""
+import json, sys, tempfile, torch
+from dni_agents.config import load_config
+from dni_agents.drivers import marl
+cfg = load_config(sys.argv[1], [f"seed={sys.argv[2]}", "log.embedding_samples=0", *sys.argv[3:]])
+result = marl.train(cfg, tempfile.mkdtemp(), log=False, progress=False)
+print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))}))
+"""
+
+
+def train_tree(tree: Path, config: str, seed: int, overrides: list[str]) -> dict[str, float]:
+    """The final evaluation of one full training run of ``config`` in ``tree``."""
+    return _child(tree, TRAIN, config, [str(seed), *overrides])
+
+
 def run_tree(tree: Path, config: str, updates: int, overrides: list[str]) -> dict[str, float]:
+    return _child(tree, CHILD, config, [str(updates), *overrides])
+
+
+def _child(tree: Path, code: str, config: str, args: list[str]) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     # each tree with its own default config: by name, both would read the installed package's
     own = tree / "configs" / f"{config}.yaml"
-    cmd = [sys.executable, "-c", CHILD, str(own) if own.is_file() else config, str(updates), *overrides]
+    cmd = [sys.executable, "-c", code, str(own) if own.is_file() else config, *args]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", "0", *cmd]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tree).stdout
@@ -74,6 +97,8 @@ def main() -> None:
     parser.add_argument("--config", default="speaker_listener")
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--train-seeds", type=int, default=0, metavar="N",
+                        help="also train to the end on seeds 0..N-1 in both trees (return, heard MI)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE for both trees")
     args = parser.parse_args()
@@ -87,27 +112,36 @@ def main() -> None:
         speeds = (f"{k} {v['env_steps_per_cpu_s']:.0f} steps/CPU-s" for k, v in row.items())
         print(f"round {r}: " + "  ".join(speeds), flush=True)
 
-    def median(tree: str, key: str) -> float:
-        return statistics.median(row[tree][key] for row in rounds)
-
-    speedup = statistics.median(row["this"]["env_steps_per_cpu_s"] / row["baseline"]["env_steps_per_cpu_s"]
-                                for row in rounds)
-    base_ms = median("baseline", "play_ms") + median("baseline", "learn_ms")
-    result = {
+    result: dict = {
         "config": args.config, "updates": args.updates, "rounds": args.rounds, "overrides": args.overrides,
         "baseline_tree": str(trees["baseline"]),
         "baseline_commit": subprocess.run(["git", "-C", str(trees["baseline"]), "rev-parse", "HEAD"],
                                           capture_output=True, text=True).stdout.strip(),
         "this_commit": subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"],
                                       capture_output=True, text=True).stdout.strip(),
-        **{f"{tree}_{key}": median(tree, key) for tree in trees
-           for key in ("env_steps_per_cpu_s", "play_ms", "env_step_ms", "learn_ms")},
-        "speedup": speedup,
-        # an update that cost only its environment steps: what no learner can beat on this environment
-        "ceiling": base_ms / median("this", "env_step_ms"),
-        "per_round": rounds,
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "per_round"}, indent=1))
+    if rounds:
+        def median(tree: str, key: str) -> float:
+            return statistics.median(row[tree][key] for row in rounds)
+
+        base_ms = median("baseline", "play_ms") + median("baseline", "learn_ms")
+        result.update({f"{tree}_{key}": median(tree, key) for tree in trees
+                       for key in ("env_steps_per_cpu_s", "play_ms", "env_step_ms", "learn_ms")})
+        result["speedup"] = statistics.median(
+            row["this"]["env_steps_per_cpu_s"] / row["baseline"]["env_steps_per_cpu_s"] for row in rounds)
+        # an update that cost only its environment steps: what no learner can beat on this environment
+        result["ceiling"] = base_ms / median("this", "env_step_ms")
+        result["per_round"] = rounds
+    if args.train_seeds:
+        runs = {tree: [train_tree(trees[tree], args.config, seed, args.overrides)
+                       for seed in range(args.train_seeds)] for tree in trees}
+        result["training"] = runs
+        for tree, rows in runs.items():
+            mi = [v for row in rows for k, v in row.items() if k.endswith("/mi_bits")]
+            result[f"{tree}_mean_return"] = [row["mean_return"] for row in rows]
+            result[f"{tree}_heard_mi_bits"] = mi
+            print(tree, "return", result[f"{tree}_mean_return"], "heard MI", mi, flush=True)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("per_round", "training")}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 
