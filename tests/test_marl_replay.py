@@ -66,12 +66,20 @@ def test_batched_replay_trains_every_bundled_config_as_the_step_by_step_replay(n
 
 @pytest.mark.parametrize("extra", [
     ("agents.1.period=2",),  # a listener that decides every other step hears the messages of its steps
+    ("agents.0.period=3",),  # a speaker that speaks every third step: its message is held in between
     ("interface_defaults.channel.outage=0.5", "interface_defaults.channel.noise=1.0"),  # weighted rows
     ("interface_defaults.warmup_steps=30",),  # the stack of 24 messages of the 2nd minibatch straddles it
     ("interface_defaults.mode=backprop",), ("interface_defaults.mode=none",),
 ])
 def test_batched_replay_equals_the_step_by_step_one_in_the_corners(extra):
     assert assert_same_training("speaker_listener", *extra) == ("speaker_0", "listener_0")
+
+
+@pytest.mark.parametrize("mode", ["cdni", "backprop", "none"])
+def test_a_message_that_arrives_after_the_episode_is_silence_in_both_paths(mode):
+    """A one-step game through a channel of delay 1: nothing sent is ever heard."""
+    assert_same_training("digits_referential", "interface_defaults.channel.delay=1",
+                         f"interface_defaults.mode={mode}")
 
 
 def test_a_loop_of_channels_steps_in_time():

@@ -53,6 +53,10 @@ def replay(
         """What the receivers of a batched channel heard at every step, from its one message."""
         if c.name not in heard_all:
             sent = T - c.model.delay
+            if sent <= 0:  # the episode ends before anything sent arrives: silence throughout
+                heard_all[c.name] = torch.zeros(T, B, len(player.by_name[c.receiver].members), c.size,
+                                                device=player.device)
+                return heard_all[c.name]
             if transport is not None:
                 transport.wait_message(c.name, base)
             z = tick.receive(c.interface, step=base).view(sent * B, -1, c.size)
