@@ -65,6 +65,30 @@ def test_step_together_is_each_optimizers_own_step_in_fewer_calls(fused, monkeyp
         assert_equal_states(b.state_dict(), a.state_dict())
 
 
+@pytest.mark.parametrize("settings", [{}, {"weight_decay": 0.01}, {"amsgrad": True}, {"maximize": True},
+                                      {"betas": (0.5, 0.9), "eps": 1e-6}])
+def test_adam_one_tensor_at_a_time_and_foreach_give_the_same_bits(settings):
+    """step_together takes Adam's foreach kernels where the optimizer left the choice to torch (which on a
+    CPU steps one tensor at a time): the same parameters and states to the last bit, over gradients of
+    very different scales."""
+    runs = []
+    for foreach in (False, True):
+        params = [torch.randn(s, generator=torch.Generator().manual_seed(i)).requires_grad_()
+                  for i, s in enumerate([(64, 12), (64,), (5, 64), (1,)])]
+        opt = torch.optim.Adam(params, lr=3e-3, foreach=foreach, **settings)
+        for step in range(60):
+            for i, p in enumerate(params):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 * step + i))
+                p.grad *= 10.0 ** (step % 7 - 3)
+            opt.step()
+        runs.append((params, opt))
+    (a, opt_a), (b, opt_b) = runs
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    for x, y in zip(opt_a.state.values(), opt_b.state.values(), strict=True):
+        assert_equal_states(y, x)
+
+
 def _system(seed: int = 0, frozen_bottom: bool = False) -> System:
     """Two agents, a dni interface with a plain linear utility model between them (``frozen_bottom``: the
     sender has no optimizer, so only the utility model's step is pending when it sends again)."""
