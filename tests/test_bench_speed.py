@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dni_agents.benches import speed
+from dni_agents.benches.floor import floor_update, make_floor
 from dni_agents.config import ConfigError, load_config
 
 NUMBERS = ("ours_env_steps_per_cpu_s", "floor_env_steps_per_cpu_s", "ours_learn_ms", "floor_learn_ms",
@@ -46,8 +47,8 @@ def test_only_names_marl_jobs() -> None:
 def test_floor_replays_the_played_policy_and_its_loss_falls(name: str) -> None:
     cfg = load_config(name, ["marl.num_envs=16"])
     ours = speed.build_ours(cfg)
-    floor = speed.make_floor(cfg, ours.groups, ours.channels, CPU)
-    stats = speed.floor_update(floor, ours.play())
+    floor = make_floor(cfg, ours.groups, ours.channels, CPU)
+    stats = floor_update(floor, ours.play())
     # the floor starts from our weights: its replay of the episode gives the log-probabilities that played
     assert stats["first_ratio_dev"] < 1e-5
     assert stats["loss"][-1] < stats["loss"][0]
@@ -58,7 +59,7 @@ def test_floor_closed_form_utility_gradient_is_autograds() -> None:
     cfg = load_config("speaker_listener", ["marl.num_envs=8", "marl.epochs=1"])
     ours = speed.build_ours(cfg)
     episode = ours.play()
-    floors = [speed.make_floor(cfg, ours.groups, ours.channels, CPU) for _ in range(2)]
+    floors = [make_floor(cfg, ours.groups, ours.channels, CPU) for _ in range(2)]
     by_hand, autograd = (f.channels[0].utility for f in floors)
     assert by_hand.closed_form
     torch.manual_seed(0)
@@ -66,7 +67,7 @@ def test_floor_closed_form_utility_gradient_is_autograds() -> None:
     autograd.load_state_dict(by_hand.state_dict())
     autograd.closed_form = False
     for f in floors:
-        speed.floor_update(f, episode)
+        floor_update(f, episode)
     for a, b in zip(by_hand.parameters(), autograd.parameters(), strict=True):
         assert a.grad.abs().sum() > 0
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)

@@ -80,7 +80,8 @@ def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str]
     channel = next(k.rsplit("/", 1)[0] for k in m if k.endswith("/message_entropy_bits"))
     return {
         "task": task, "method": method, "seed": seed, "mean_return": m["mean_return"],
-        "success_rate": m.get("success_rate"), "mi_bits": m.get(f"{channel}/mi_bits"),
+        "success_rate": m.get("success_rate"), "train_success_rate": m.get("train_success_rate"),
+        "time_to_success": m.get("time_to_success"), "mi_bits": m.get(f"{channel}/mi_bits"),
         "ablated_return": m.get("ablated_return"), "silenced_return": m.get("silenced_return"),
         "grad_cosine": m.get(f"{channel}/grad_cosine"),
         "grad_r2": m.get(f"{channel}/grad_r2"), "message_rms": m.get(f"{channel}/message_rms"),

@@ -17,10 +17,8 @@ Non-finite numbers: a NaN or Inf target or prediction is never regressed onto. T
 (``on_nonfinite``) decides whether it stops the run (:class:`NonFiniteError`) or is skipped and counted.
 
 Units: gradients of a batch-mean loss are 1/B of per-example gradients, so with ``per_example=True``
-(default) the utility model predicts per-example gradients (targets are multiplied by the batch size B,
-ĝ is divided by it when applied). Its scale then does not depend on the batch size. B is the rows of the
-message; a message that stacks the messages of ``stacked`` steps (rows step-major: T steps of B episodes)
-is taken as those T messages of B rows each (units, warm-up), so it is learned as they would be.
+(default) the utility model predicts per-example gradients (targets × B, ĝ / B; B: the rows of one step's
+message, a message that stacks ``stacked`` steps being learned as those messages), whatever the batch size.
 """
 
 from __future__ import annotations
@@ -118,13 +116,9 @@ class Interface:
         """Whether the sender must wait for the receiver's true gradient before it can update."""
         return self.mode == "backprop" or (self.synthetic and self.lambda_true > 0)
 
-    def _bound(self, pending: dict) -> None:
-        """Keep at most ``max_in_flight`` entries: the oldest are dropped, so memory stays bounded."""
+    def _bound(self, pending: dict) -> None:  # the oldest are dropped: memory stays bounded
         while len(pending) > self.max_in_flight:
             del pending[next(iter(pending))]
-
-    def _units(self, h: torch.Tensor, stacked: int = 1) -> int:
-        return h.shape[0] // stacked if self.per_example else 1
 
     # ------------------------------------------------------------------ sender half
     def send(
@@ -156,10 +150,8 @@ class Interface:
                 with torch.no_grad():
                     inputs = self.utility.linear_input(message, ctx)
                     prediction = linear(inputs).reshape(message.shape)
-            elif self.learn:
-                prediction = self.utility(message, ctx)
             else:
-                with torch.no_grad():
+                with torch.set_grad_enabled(self.learn and torch.is_grad_enabled()):
                     prediction = self.utility(message, ctx)
         # the rows of the stack's messages still in warm-up (its first is number messages_sent - stacked + 1)
         rows = h.shape[0] // stacked
@@ -169,7 +161,7 @@ class Interface:
                              f"({message.shape[0]}), got shape {tuple(weight.shape)}")
         record = _Sent(message, prediction, warm, ctx, version=self._utility_updates,
                        weight=None if weight is None else weight.detach().to(message.device, message.dtype),
-                       inputs=inputs, units=self._units(message, stacked))
+                       inputs=inputs, units=rows if self.per_example else 1)
         self._sent[step] = record
         self._bound(self._sent)  # targets that never came back: forget the oldest
         if self.locked:
@@ -177,8 +169,7 @@ class Interface:
         return self._synthetic_gradient(record)
 
     def in_flight(self, step: int) -> torch.Tensor | None:
-        """The prediction made when ``step``'s message was sent, while its target is still to come (to
-        checkpoint it; :meth:`restore_in_flight` puts it back)."""
+        """The prediction of ``step``'s message while its target is to come (:meth:`restore_in_flight`)."""
         record = self._sent.get(step)
         return None if record is None or record.prediction is None else record.prediction.detach()
 
