@@ -65,7 +65,8 @@ from ..config import Config, ConfigError, load_config
 from ..drivers.marl.build import build
 from ..drivers.marl.env import make_env
 from ..drivers.marl.learn import ppo_update
-from ..drivers.marl.rollout import Episode, Player
+from ..drivers.marl.parts import Episode
+from ..drivers.marl.rollout import Player
 from ..runtime.loop import step_generator
 from ..runtime.report import Report
 from ..runtime.run import resolve_device

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...drivers.marl.rollout import Episode
+from ...drivers.marl.parts import Episode
 from .model import Floor, FloorChannel, FloorGroup
 
 

@@ -21,19 +21,20 @@ Nothing here knows what DNI is beyond ``tick.send`` / ``tick.receive``: the mech
 from __future__ import annotations
 
 from .bench import METHODS, bench
-from .build import CHECKPOINT, EVAL_SEED, Channel, Group, build
+from .build import CHECKPOINT, EVAL_SEED, build
 from .channels import hear, route, transmitted
 from .config import AGENT_CONFIG, APPLIES_CHANNELS, SECTION, check_config
-from .controls import FidelityHistory, ablation_permutation, calibrate_messages
+from .controls import FidelityHistory, ablation_permutation
 from .dist import train_distributed
 from .env import DirectParallel, eval_config, eval_env_kwargs, make_copies, make_env
 from .gates import Sensitivity, context_size, gate_size, sender_context, sensitivities
 from .learn import ppo_update
 from .metrics import comm_metrics, entropy_bits, message_symbols, mutual_information_bits
+from .parts import Channel, Episode, Group
 from .policy import PolicyNet
 from .ppo import advantages, ppo_loss
 from .replay import batched_groups, replay
-from .rollout import Episode, Player
+from .rollout import Player, calibrate_messages
 from .train import Evaluator, SuccessTimes, episode_metrics, evaluate, evaluate_system, train
 
 __all__ = [

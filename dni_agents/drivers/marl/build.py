@@ -4,7 +4,6 @@ each channel with its interface and channel model, and the core ``System`` that 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,42 +11,15 @@ import torch
 from gymnasium import spaces
 
 from ...config import Config, ConfigError, interface_config
-from ...core import Agent, ChannelModel, Interface, System
+from ...core import Agent, System
 from ..common import agent_optimizer, build_interface
 from .channels import channel_model
 from .gates import bootstrap_size, context_size, gate_horizon, gate_size
+from .parts import Channel, Group
 from .policy import PolicyNet, user_body
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 1_000_003  # evaluation episodes never reuse training seeds
-
-
-@dataclass
-class Group:
-    """One network (core agent) and the environment agents it controls."""
-
-    name: str
-    members: list[str]
-    agent: Agent
-    net: PolicyNet
-    policy: bool
-    period: int
-    action_space: spaces.Space
-    obs_dim: int
-    inbound: list[Channel] = field(default_factory=list)
-    outbound: list[Channel] = field(default_factory=list)
-
-
-@dataclass
-class Channel:
-    name: str
-    sender: str
-    receiver: str
-    mode: str
-    size: int
-    obs_slice: tuple[int, int] | None  # None: appended to the receiver's observation
-    interface: Interface | None  # None for rial (the environment carries the message)
-    model: ChannelModel = field(default_factory=ChannelModel)  # noise, discretisation, delay
 
 
 # ------------------------------------------------------------------------------------------ building

@@ -20,8 +20,7 @@ from ...config import Config, ConfigError, interface_config
 from ...core import ChannelModel
 
 if TYPE_CHECKING:
-    from .build import Channel, Group
-    from .rollout import Episode
+    from .parts import Channel, Episode, Group
 
 def channel_model(cfg: Config, sender: str, receiver: str) -> ChannelModel:
     c = interface_config(cfg, sender, receiver).channel

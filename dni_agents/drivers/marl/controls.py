@@ -3,7 +3,8 @@
 * Ablation at evaluation (:func:`ablation_permutation`): ``permute`` hands every environment copy the
   messages of another copy, ``zero`` silences the channel. A receiver that uses the message falls to its
   no-communication level.
-* The frozen control (:func:`calibrate_messages`): a fixed random code at the scale trained codes reach.
+* The frozen control: a fixed random code at the scale trained codes reach (``marl.message_rms``, set
+  through the player: :func:`~dni_agents.drivers.marl.rollout.calibrate_messages`).
 * :func:`channel_stats` and :class:`FidelityHistory`: the messages' scale and ĝ's fidelity over training.
 """
 
@@ -16,8 +17,7 @@ import torch
 from ...config import ConfigError
 
 if TYPE_CHECKING:
-    from .build import Channel
-    from .rollout import Episode, Player
+    from .parts import Channel, Episode
 
 ABLATIONS = ("permute", "zero")
 
@@ -28,30 +28,6 @@ def ablation_permutation(copies: int, seed: int) -> torch.Tensor:
         raise ConfigError("eval --ablate permute: needs at least 2 environment copies (marl.eval_episodes)")
     g = torch.Generator().manual_seed(seed)
     return (torch.arange(copies) + torch.randint(1, copies, (), generator=g)) % copies
-
-
-@torch.no_grad()
-def calibrate_messages(player: Player, rms: float, seed: int) -> dict[str, float]:
-    """The frozen control's matched scale: scale each message head (weight and bias) so that its messages
-    on the first observations of every environment copy have RMS ``rms`` per component (before any squash).
-    Returns each channel's factor."""
-    obs, _ = player.envs.reset(seed=seed)
-    E = player.envs.num_envs
-    factors = {}
-    for g in player.groups:
-        heads = [c for c in g.outbound if c.interface is not None]
-        if not heads:
-            continue
-        x = player.inputs(g, player._stack_obs(obs, g), {c.name: torch.zeros(E, len(g.members), c.size)
-                                                        for c in g.inbound if c.interface is not None}, 0)
-        features, _ = g.net(x.flatten(0, 1), None)
-        for c in heads:
-            head, now = g.net.head(c.name), g.net.message(c.name, features, squash=False)
-            factor = rms / float(now.pow(2).mean().sqrt().clamp_min(1e-8))
-            head.weight.mul_(factor)
-            head.bias.mul_(factor)
-            factors[c.name] = factor
-    return factors
 
 
 def channel_stats(ep: Episode, channels: list[Channel]) -> dict[str, dict[str, float]]:

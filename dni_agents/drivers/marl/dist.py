@@ -53,13 +53,14 @@ from ...runtime.ranks import (
 from ...runtime.report import write_report
 from ...runtime.run import with_threads
 from ...runtime.stop import StopRequest
-from .build import Channel, Group, build
-from .controls import FidelityHistory, calibrate_messages, channel_stats
+from .build import build
+from .controls import FidelityHistory, channel_stats
 from .env import eval_config, make_env
 from .gates import SYNTHETIC
 from .learn import block_steps, ppo_update
 from .metrics import comm_metrics
-from .rollout import Player
+from .parts import Channel, Group
+from .rollout import Player, calibrate_messages
 from .train import Evaluator, episode_metrics, threads
 
 

@@ -22,8 +22,7 @@ from .channels import transmitted
 from .ppo import normalized_advantages, policy_objective
 
 if TYPE_CHECKING:
-    from .build import Channel, Group
-    from .rollout import Episode
+    from .parts import Channel, Episode, Group
 
 SYNTHETIC = ("dni", "cdni")  # modes whose sender gets a ĝ now
 

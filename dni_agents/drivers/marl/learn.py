@@ -16,11 +16,11 @@ import torch
 from ...config import Config
 from ...core import System
 from ...core.distributed import TorchDistributed
-from .build import Group
 from .gates import Sensitivity, sensitivities
+from .parts import Episode, Group
 from .ppo import advantages, ppo_loss
 from .replay import batched_groups, replay
-from .rollout import Episode, Player
+from .rollout import Player
 
 
 def ppo_update(

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .build import Group
     from .config import MarlConfig
-    from .rollout import Episode
+    from .parts import Episode, Group
 
 def advantages(ep: Episode, g: Group, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over the network's decision steps (every ``period`` env steps; rewards in between are summed)."""

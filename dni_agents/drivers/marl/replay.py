@@ -7,10 +7,10 @@ import torch
 
 from ...core import Tick
 from ...core.distributed import TorchDistributed
-from .build import Channel, Group
 from .channels import route, transmitted
 from .gates import Sensitivity, sender_context
-from .rollout import Episode, Player
+from .parts import Channel, Episode, Group
+from .rollout import Player
 
 
 def batched_groups(groups: list[Group]) -> tuple[str, ...]:

@@ -3,47 +3,16 @@ the learner replays (observations, actions, messages as sent and heard, the chan
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from gymnasium import spaces
 
 from ...config import Config, ConfigError
-from .build import Channel, Group
 from .channels import hear, speaking_order
 from .controls import ablation_permutation
 from .env import make_copies
 from .gates import actor_memory
-
-
-@dataclass
-class Episode:
-    """One synchronous episode of every environment copy (time-major, ``T`` steps at most)."""
-
-    obs: dict[str, torch.Tensor]  # group -> (T, E, n, obs_dim)
-    actions: dict[str, torch.Tensor]  # group -> (T, E, n) or (T, E, n, A)
-    logp: dict[str, torch.Tensor]
-    values: dict[str, torch.Tensor]
-    rewards: dict[str, torch.Tensor]  # group -> (T, E, n)
-    alive: torch.Tensor  # (T, E): the copy was still running at step t
-    sources: dict[str, torch.Tensor]  # channel -> (T, E, n_receivers): sender member heard at t (-1: none)
-    messages: dict[str, torch.Tensor]  # channel -> (T, E, n_senders, size), as sent
-    private: torch.Tensor | None  # (T, E, n_senders) private info of the private_info agent
-    steps: int  # environment steps played (alive copies only)
-    noise: dict[str, torch.Tensor] = field(default_factory=dict)  # noisy channel -> ε of each message sent
-    heard: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (T, E, n_receivers, size)
-    probs: dict[str, torch.Tensor] = field(default_factory=dict)  # discrete group -> (T, E, n, actions)
-    memory: dict[str, torch.Tensor] = field(default_factory=dict)  # recurrent group -> actor state before t
-    outage: dict[str, torch.Tensor] = field(default_factory=dict)  # channel -> (E,) 1: up this episode
-
-    @property
-    def length(self) -> int:
-        return self.alive.shape[0]
-
-    def decisions(self, period: int) -> list[int]:
-        """The steps at which a network of this ``period`` acts (all copies start together)."""
-        return list(range(0, self.length, period))
+from .parts import Channel, Episode, Group
 
 
 class Player:
@@ -258,3 +227,27 @@ class Player:
             for i, m in enumerate(g.members):
                 actions[m] = chosen[:, i]
         return actions
+
+
+@torch.no_grad()
+def calibrate_messages(player: Player, rms: float, seed: int) -> dict[str, float]:
+    """The frozen control's matched scale: scale each message head (weight and bias) so that its messages
+    on the first observations of every environment copy have RMS ``rms`` per component (before any squash).
+    Returns each channel's factor."""
+    obs, _ = player.envs.reset(seed=seed)
+    E = player.envs.num_envs
+    factors = {}
+    for g in player.groups:
+        heads = [c for c in g.outbound if c.interface is not None]
+        if not heads:
+            continue
+        x = player.inputs(g, player._stack_obs(obs, g), {c.name: torch.zeros(E, len(g.members), c.size)
+                                                        for c in g.inbound if c.interface is not None}, 0)
+        features, _ = g.net(x.flatten(0, 1), None)
+        for c in heads:
+            head, now = g.net.head(c.name), g.net.message(c.name, features, squash=False)
+            factor = rms / float(now.pow(2).mean().sqrt().clamp_min(1e-8))
+            head.weight.mul_(factor)
+            head.bias.mul_(factor)
+            factors[c.name] = factor
+    return factors

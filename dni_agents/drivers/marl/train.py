@@ -17,15 +17,16 @@ from ...runtime.finished import finished_run, restore_finished
 from ...runtime.loop import Loop, step_generator
 from ...runtime.run import open_run, resolve_device, with_threads
 from ...runtime.stop import StopRequest
-from .build import CHECKPOINT, EVAL_SEED, Channel, Group, build
-from .controls import FidelityHistory, calibrate_messages, channel_stats
+from .build import CHECKPOINT, EVAL_SEED, build
+from .controls import FidelityHistory, channel_stats
 from .env import eval_config, eval_env_kwargs, make_env
 from .learn import ppo_update
 from .metrics import (
     comm_metrics,
     log_projector,
 )
-from .rollout import Episode, Player
+from .parts import Channel, Episode, Group
+from .rollout import Player, calibrate_messages
 
 
 def episode_metrics(cfg: Config, ep: Episode, groups: list[Group]) -> dict[str, float]:
