@@ -695,3 +695,36 @@ def test_a_kept_utility_loss_holds_no_buffer_of_the_batch():
         iface.transport.put_target("a->b", step, torch.randn(64, 256))
         (record,) = iface.collect(track=False)
         assert record["utility_loss"].untyped_storage().nbytes() <= 8
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_a_stacked_message_is_learned_as_the_messages_it_stacks(kind):
+    """One message that stacks 3 steps of 4 rows (``stacked=3``) gives the sender the ĝ of the 3 messages
+    sent one by one (per-example units per step; the first two rows of steps inside warm-up get none) and
+    moves the utility model as regressing onto the 3 targets together does."""
+    torch.manual_seed(0)
+    h, target = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    runs = []
+    for stacked in (False, True):
+        torch.manual_seed(1)
+        utility = UtilityModel((5,), kind=kind, hidden=8)
+        nn.init.normal_(utility.net[-1].weight if kind == "mlp" else utility.linear.weight)
+        iface = Interface("a->b", "a", "b", "dni", utility, torch.optim.Adam(utility.parameters(), lr=0.1),
+                          warmup_steps=1)
+        if stacked:
+            grads = [iface.send(h.flatten(0, 1), 0, stacked=3)]
+            iface.transport.put_target("a->b", 0, target.flatten(0, 1))
+        else:
+            grads = [iface.send(h[t], t) for t in range(3)]
+            for t in range(3):
+                iface.transport.put_target("a->b", t, target[t])
+        iface.collect(track=False)
+        runs.append((grads, [p.detach().clone() for p in utility.parameters()], iface.messages_sent))
+    (one_by_one, params_a, sent_a), (stack, params_b, sent_b) = runs
+    assert one_by_one[0] is None and sent_a == sent_b == 3  # step 0 is in warm-up
+    expected = torch.cat([torch.zeros(4, 5), one_by_one[1], one_by_one[2]])
+    assert torch.allclose(stack[0], expected, atol=1e-6)
+    for a, b in zip(params_a, params_b, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="rows do not stack"):
+        iface.send(torch.randn(5, 5), 9, stacked=2)

@@ -30,7 +30,7 @@ def batched_groups(groups: list[Group]) -> tuple[str, ...]:
 
 
 def replay(
-    groups: list[Group], player: Player, ep: Episode, mb: torch.Tensor, ticks: dict, base: int,
+    groups: list[Group], player: Player, ep: Episode, mb: torch.Tensor, ticks: dict[str, Tick], base: int,
     sens: Sensitivity, transport: TorchDistributed | None = None, batched: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """The episode again, with gradients: the message of step t goes out through the interface as the
