@@ -17,6 +17,10 @@ observation ends in ``slot`` zeros, which the driver's channel overwrites with t
 a fixed random code gives two colours one symbol on most seeds, so each agent has to learn what to say.
 ``oracle=True`` appends the agent's *own* goal colour (one-hot): the upper reference, a receiver told what
 the message is about.
+
+``vector_env(num_envs, **kwargs)`` (:class:`ReferenceNarrowVector`) steps all copies in one batched torch
+call (mpe2's physics in :mod:`dni_envs.mpe_batched`); copy ``i`` equals ``parallel_env`` reset with
+``seed + i``, so the marl driver, which uses it, plays the same episodes as with one-by-one copies.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from ._base import SeededParallelEnv
+from .simple_reference import SimpleReference
 
 MOVES = 5  # mpe2's discrete action = move + 5 · word; word 0 here
 
@@ -89,3 +95,39 @@ class ReferenceNarrow(SeededParallelEnv):  # its spaces; mpe2 seeds itself
 
 def parallel_env(**kwargs: Any) -> ReferenceNarrow:
     return ReferenceNarrow(**kwargs)
+
+
+class ReferenceNarrowVector(SimpleReference):
+    """``num_envs`` copies of :class:`ReferenceNarrow` in lockstep, torch tensors (the vector protocol of
+    :mod:`dni_envs._vector`), built on :class:`dni_envs.simple_reference.SimpleReference`: copy ``i``
+    after ``reset(seed=s)`` equals ``ReferenceNarrow`` reset with ``s + i`` under the same moves
+    (tests/test_envs_mpe.py). Same kwargs as :class:`ReferenceNarrow`, plus ``device``."""
+
+    metadata = {"name": "reference_narrow_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(self, num_envs: int, slot: int = 2, oracle: bool = False, max_cycles: int = 25,
+                 local_ratio: float = 0.5, render_mode: str | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        if slot < 0:
+            raise ValueError(f"slot must be >= 0, got {slot}")
+        if render_mode is not None:
+            raise ValueError(f"unsupported render_mode {render_mode!r}")
+        self.slot, self.oracle = slot, bool(oracle)
+        self.obs_dim = 11 + slot + (3 if oracle else 0)
+        self._setup(num_envs, local_ratio, max_cycles, device, actions=MOVES)  # move m is mpe2's m + 5 · 0
+        self.comm_slice = {a: slice(11, 11 + slot) for a in self.possible_agents}
+
+    def _obs_columns(self, j: int) -> list[dict[int, float]]:
+        return super()._obs_columns(j)[:11] + [{} for _ in range(self.obs_dim - 11)]
+
+    def _obs_bias(self, j: int, goal: np.ndarray) -> np.ndarray:
+        bias = np.zeros((len(goal), self.obs_dim))
+        bias[:, :11] = super()._obs_bias(j, goal)[:, :11]
+        if self.oracle:  # the own goal: the landmark the other agent's colour names
+            bias[:, 11 + self.slot:] = np.eye(3)[goal[:, 1 - j]]
+        return bias
+
+
+def vector_env(num_envs: int, **kwargs: Any) -> ReferenceNarrowVector:
+    """``num_envs`` copies in lockstep (what the marl driver plays when this module is ``marl.env``)."""
+    return ReferenceNarrowVector(num_envs, **kwargs)

@@ -10,13 +10,14 @@ behaviour gets a new version here).
 | Observation  | Box(11 + slot, + 3 with ``oracle``): velocity, landmarks, other's goal, slot     |
 | Reward       | mpe2's, each agent paid for how well it guided the other                         |
 | Arguments    | ``slot=2, oracle=False, max_cycles=25, local_ratio=0.5``                         |
+| Vectorised   | ``vector_env(num_envs, ...)``: all copies in one torch call, equal step by step  |
 """
 
 from __future__ import annotations
 
 from dni_envs._base import versioned
-from dni_envs.reference_narrow import ReferenceNarrow
+from dni_envs.reference_narrow import ReferenceNarrow, vector_env
 
 raw_env, parallel_env, env = versioned(ReferenceNarrow)
 
-__all__ = ["env", "parallel_env", "raw_env"]
+__all__ = ["env", "parallel_env", "raw_env", "vector_env"]

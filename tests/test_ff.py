@@ -184,7 +184,7 @@ def test_bundled_configs_found_by_name_after_a_non_editable_install(tmp_path):
         check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
     ).stdout.split()
     assert out[0].startswith(str(target)) and out[1].startswith(str(target))
-    assert out[2] == "mpe2.simple_speaker_listener_v4" and out[3].startswith(str(target))
+    assert out[2] == "dni_envs.simple_speaker_listener_v4" and out[3].startswith(str(target))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")

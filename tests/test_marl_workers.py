@@ -18,12 +18,17 @@ from dni_agents.drivers import marl
 from dni_agents.drivers.marl.env import make_copies
 from dni_agents.drivers.marl.workers import WorkerCopies
 
+# workers step copy-by-copy environments: the bundled speaker_listener on mpe2 itself (its default, the
+# batched dni_envs port, steps all copies in one call and refuses workers)
+ON_MPE2 = {"speaker_listener": ["marl.env=mpe2.simple_speaker_listener_v4"]}
+SL_ON_MPE2 = ON_MPE2["speaker_listener"]
 TINY = ["trainer.steps=3", "marl.num_envs=5", "marl.max_steps=6", "marl.epochs=2", "marl.eval_episodes=10",
         "log.embedding_samples=0"]
 
 
 def _run(tmp_path, workers: int, name: str = "speaker_listener"):
-    cfg = load_config(name, [f"log.dir={tmp_path}", *TINY, f"marl.env_workers={workers}"])
+    cfg = load_config(name, [f"log.dir={tmp_path}", *TINY, f"marl.env_workers={workers}",
+                             *ON_MPE2.get(name, [])])
     result = marl.train(cfg, tmp_path / f"{name}{workers}", progress=False)
     state = torch.load(tmp_path / f"{name}{workers}" / marl.CHECKPOINT, weights_only=True)["system"]
     return result, state
@@ -45,7 +50,7 @@ def test_workers_give_the_same_run_as_one_process(tmp_path, name, counts):
 
 
 def test_worker_copies_step_exactly_like_the_copies_in_this_process(tmp_path):
-    cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", "marl.num_envs=4"])
+    cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", "marl.num_envs=4", *SL_ON_MPE2])
     here = make_copies(cfg, 4, workers=0)
     there = make_copies(cfg, 4, workers=2)
     try:
@@ -71,7 +76,7 @@ def test_worker_copies_step_exactly_like_the_copies_in_this_process(tmp_path):
 def test_a_ctrl_c_leaves_the_workers_to_the_learner(tmp_path):
     """SIGINT (a Ctrl-C reaches the whole terminal's process group) does not end a worker: the learner
     stops at its next update boundary and checkpoints, which still steps the environments."""
-    cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", "marl.num_envs=4"])
+    cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", "marl.num_envs=4", *SL_ON_MPE2])
     copies = make_copies(cfg, 4, workers=2)
     try:
         copies.reset(seed=0)
@@ -87,7 +92,7 @@ def test_a_ctrl_c_leaves_the_workers_to_the_learner(tmp_path):
 
 
 def test_a_failing_or_dead_worker_is_named(tmp_path):
-    cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", "marl.num_envs=4"])
+    cfg = load_config("speaker_listener", [f"log.dir={tmp_path}", "marl.num_envs=4", *SL_ON_MPE2])
     copies = make_copies(cfg, 4, workers=2)
     copies.reset(seed=0)
     with pytest.raises(RuntimeError, match="environment worker 0 .* failed"):
@@ -109,7 +114,7 @@ def test_workers_start_from_a_script_without_a_main_guard(tmp_path):
     script.write_text(
         "from dni_agents.config import load_config\n"
         "from dni_agents.drivers.marl.env import make_copies\n"
-        f"cfg = load_config('speaker_listener', ['log.dir={tmp_path}'])\n"
+        f"cfg = load_config('speaker_listener', ['log.dir={tmp_path}', '{SL_ON_MPE2[0]}'])\n"
         "copies = make_copies(cfg, 3, workers=2)\n"
         "obs, _ = copies.reset(seed=0)\n"
         "print('rows', obs['listener_0'].shape[0])\n"

@@ -25,12 +25,15 @@ sender's private information and what the receiver *heard*), ``ablated_return`` 
 messages shuffled across environment copies), ``silenced_return`` (with every channel silent: what a receiver
 does when it hears nothing, the state ``channel.outage`` trains it for), ``grad_cosine`` / ``grad_r2``
 (held-out fidelity of ĝ, mean / median over the second half of training), ``env_steps_per_s`` (training,
-learning included), ``wall_s``, ``curve`` (return against environment steps). The summary gives, per task, the
-fractions the acceptance of issue 14 reads: the part of the reference gap backprop wins over frozen, the part
-of the frozen→backprop gap each synthetic mode closes, and the ablated return against the no-communication
-one. The no-communication reference is the ``none`` runs' ablated return: their receivers with the channel
-shuffled, i.e. with no information about the sender's (the unablated ``none`` return can sit a little above
-it: the faint code's clean signs at evaluation say something the receiver half-learned to read).
+learning included), ``wall_s``, ``curve`` (return against environment steps); for a task whose config has
+``marl.teams`` (a competitive game, where ``mean_return`` averages opposing sides) also ``team_returns``,
+``ablated_team_returns`` and ``silenced_team_returns`` ({team: return}). The summary gives, per task, each
+method's means (per team too, where the records have teams) and the fractions the acceptance of issue 14
+reads: the part of the reference gap backprop wins over frozen, the part of the frozen→backprop gap each
+synthetic mode closes, and the ablated return against the no-communication one. The no-communication
+reference is the ``none`` runs' ablated return: their receivers with the channel shuffled, i.e. with no
+information about the sender's (the unablated ``none`` return can sit a little above it: the faint code's
+clean signs at evaluation say something the receiver half-learned to read).
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ TASKS: dict[str, dict[str, Any]] = {
     # upper: SwitchRiddle(3).optimal_return(), P(all three visited within 6 days) = 540/729, exactly
     "switch_riddle_noisy": {"config": "switch_riddle_noisy", "upper": 540 / 729, "frozen_rms": 3.0,
                             "quick_steps": 8},
+    # upper: scripted movers that steer to their own goal, the mean of both agents' returns
+    # (scripts/reference_bounds.py, docs/results/reference_bounds.json; steering to the landmarks' centre,
+    # the no-communication mover: -17.45). steps: the suite's budget (the config trains 1,000 updates)
+    "reference": {"config": "reference", "upper": -7.41, "frozen_rms": 0.84, "quick_steps": 3,
+                  "steps": 600},
+    # competitive (marl.teams): reported per team; no upper (mean_return averages the opposing teams)
+    "crypto": {"config": "crypto", "upper": None, "frozen_rms": 1.0, "quick_steps": 3},
 }
 # Not in the suite yet: reference_2bit (simple_reference both ways through 2 noisy bits,
 # dni_envs.reference_narrow): in 600 updates an agent told its own goal did no better than one told
@@ -66,18 +76,21 @@ METHODS: dict[str, list[str]] = {  # backprop first: the frozen control is match
     "cdni": ["interface_defaults.mode=cdni", "interface_defaults.utility.gate=true"],
 }
 SYNTHETIC = ("dni", "cdni")
+TEAM_KEYS = ("team_returns", "ablated_team_returns", "silenced_team_returns")  # with marl.teams
 
 
 def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str] = (),
             frozen_rms: float | None = None) -> dict[str, Any]:
     """Train one (task, method, seed) without a run folder; its record."""
     spec = TASKS[task]
-    extra = [f"trainer.steps={spec['quick_steps']}"] if quick else []
+    steps = spec["quick_steps"] if quick else spec.get("steps")
+    extra = [f"trainer.steps={steps}"] if steps else []
     if method == "frozen":
         extra.append(f"marl.message_rms={frozen_rms or spec['frozen_rms']}")
     cfg = load_config(spec["config"], [*METHODS[method], *extra, *overrides, f"seed={seed}"])
     m, wall = timed_run(marl.train, cfg)
     channel = next(k.rsplit("/", 1)[0] for k in m if k.endswith("/message_entropy_bits"))
+    teams = {key: m.get(key) for key in TEAM_KEYS} if cfg.marl.teams else {}
     return {
         "task": task, "method": method, "seed": seed, "mean_return": m["mean_return"],
         "success_rate": m.get("success_rate"), "train_success_rate": m.get("train_success_rate"),
@@ -88,12 +101,22 @@ def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str]
         "frozen_rms": cfg.marl.message_rms, "env_steps_per_s": m["env_steps_per_s"],
         "wall_s": wall, "updates": cfg.trainer.steps,
         "env_steps": cfg.trainer.steps * cfg.marl.num_envs * cfg.marl.max_steps, "curve": m["curve"],
+        **teams,
     }
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if r.get(key) is not None]
     return sum(values) / len(values) if values else None
+
+
+def _team_means(rows: list[dict], key: str) -> dict[str, float] | None:
+    """Each team's mean over the rows of ``key`` ({team: return}); None when no row has it."""
+    dicts = [r[key] for r in rows if r.get(key)]
+    if not dicts:
+        return None
+    teams = dict.fromkeys(t for d in dicts for t in d)
+    return {t: sum(d[t] for d in dicts if t in d) / sum(t in d for d in dicts) for t in teams}
 
 
 def summarize(results: list[dict]) -> dict[str, Any]:
@@ -108,13 +131,17 @@ def summarize(results: list[dict]) -> dict[str, Any]:
                                                        "ablated_return", "silenced_return", "grad_cosine",
                                                        "grad_r2",
                                                        "env_steps_per_s")}
+            for key in TEAM_KEYS:  # competitive tasks (marl.teams): each side's return
+                means = _team_means(mine, key)
+                if means is not None:
+                    per[method][key] = means
             per[method]["seeds"] = len(mine)
         out: dict[str, Any] = {"methods": per, "upper_reference": TASKS[task]["upper"]}
         ret = {m: v["mean_return"] for m, v in per.items()}
         no_comm = per.get("none", {}).get("ablated_return")  # what a receiver gets out of no information
         if no_comm is not None:
             out["no_comm_reference"] = no_comm
-        if no_comm is not None and {"frozen", "backprop"} <= ret.keys():
+        if no_comm is not None and TASKS[task]["upper"] is not None and {"frozen", "backprop"} <= ret.keys():
             gap = TASKS[task]["upper"] - no_comm
             out["backprop_over_frozen_of_reference_gap"] = (ret["backprop"] - ret["frozen"]) / gap
         if {"frozen", "backprop"} <= ret.keys():
@@ -178,8 +205,10 @@ def bench(quick: bool = False, out: Path | None = None, seeds: int | None = None
             frozen_rms = sum(scales) / len(scales) if scales else None
             for seed in range(seeds):
                 row = run_one(task, method, seed, quick, list(overrides), frozen_rms)
-                report.add(row, f"{task} {method:>8} seed {seed}: return {row['mean_return']:.3f}, "
-                                f"ablated {row['ablated_return']:.3f}, MI {row['mi_bits']:.2f}, "
+                mi = "n/a" if row["mi_bits"] is None else f"{row['mi_bits']:.2f}"  # n/a: no private_info
+                sides = "".join(f", {t} {v:.3f}" for t, v in (row.get("team_returns") or {}).items())
+                report.add(row, f"{task} {method:>8} seed {seed}: return {row['mean_return']:.3f}{sides}, "
+                                f"ablated {row['ablated_return']:.3f}, MI {mi}, "
                                 f"cos {row['grad_cosine']}, {row['env_steps_per_s']:.0f} env steps/s")
     report.finish(summary=summarize(results))
     if out is not None:

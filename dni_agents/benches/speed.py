@@ -1,7 +1,9 @@
 """``dni-agents bench speed``: how fast the marl driver learns, against a plain-PyTorch floor.
 
-For every bundled marl job (:data:`CONFIGS`), on one thread, in process CPU time (``time.process_time``;
-wall time with CUDA synchronisation for a floor on a GPU), the methods alternating in rounds:
+For every bundled marl job (:data:`CONFIGS`; a row ``NAME@mpe2`` is the job on mpe2's own environment,
+stepped one copy at a time, instead of its batched port in ``dni_envs``), on one thread, in process CPU
+time (``time.process_time``; wall time with CUDA synchronisation for a floor on a GPU), the methods
+alternating in rounds:
 
 ``ours_env_steps_per_cpu_s``
     environment steps per CPU-second of training, playing and learning (``Player.play`` + ``ppo_update``,
@@ -72,8 +74,13 @@ from ..runtime.report import Report
 from ..runtime.run import resolve_device
 from .floor import floor_update, make_floor
 
-CONFIGS = ("digits_referential", "speaker_listener", "speaker_listener_2bit", "referential", "reference",
-           "reference_2bit", "crypto", "switch_riddle", "switch_riddle_noisy")
+CONFIGS = ("digits_referential", "speaker_listener", "speaker_listener@mpe2", "speaker_listener_2bit",
+           "referential", "reference", "reference@mpe2", "reference_2bit", "crypto", "crypto@mpe2",
+           "switch_riddle", "switch_riddle_noisy")
+# a row NAME@mpe2: the bundled config NAME on mpe2's own environment (one Python call per copy and step)
+# instead of its batched port in dni_envs (the default: the same game, equal step by step)
+ON_MPE2 = {"speaker_listener": "mpe2.simple_speaker_listener_v4", "reference": "mpe2.simple_reference_v3",
+           "crypto": "mpe2.simple_crypto_v3"}
 QUICK_CONFIGS = ("speaker_listener", "digits_referential")
 SUCCESS_CONFIG, SUCCESS_AT = "digits_referential", 0.9  # part (d): time and games to held-out success
 # (warm-up updates, alternating rounds, updates per method and round)
@@ -134,12 +141,19 @@ def machine() -> str:
     return platform.processor() or platform.machine()
 
 
+def row_config(row: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """The bundled config of a row and its overrides (``NAME@mpe2``: on mpe2's environment)."""
+    name, _, env = row.partition("@")
+    return name, ([f"marl.env={ON_MPE2[name]}"] if env else []) + list(overrides)
+
+
 def measure(name: str, quick: bool, overrides: list[str], rounds: int | None) -> dict[str, Any]:
     """Part (a)-(c) of one config: the methods alternating in rounds; medians over the rounds."""
     warmup, n_rounds, n = QUICK if quick else FULL
     n_rounds = rounds or n_rounds
-    cfg = load_config(name, [*overrides, "device=cpu"])  # ours: the marl driver is CPU-only
-    floor_device = resolve_device(load_config(name, list(overrides)).device)
+    config, overrides = row_config(name, overrides)
+    cfg = load_config(config, [*overrides, "device=cpu"])  # ours: the marl driver is CPU-only
+    floor_device = resolve_device(load_config(config, list(overrides)).device)
     ours = build_ours(cfg)
     floor = make_floor(cfg, ours.groups, ours.channels, floor_device)
     fixed = ours.play()  # the episode both learners learn from in (b) and (c)
@@ -174,7 +188,8 @@ def measure(name: str, quick: bool, overrides: list[str], rounds: int | None) ->
     ours_ms, floor_ms = 1000 * statistics.median(learn), 1000 * statistics.median(floor_learn)
     play_s, episode_steps = statistics.median(play), statistics.median(steps)
     return {
-        "config": name, "mode": ",".join(sorted({c.mode for c in ours.channels})) or "none",
+        "config": name, "env": cfg.marl.env,
+        "mode": ",".join(sorted({c.mode for c in ours.channels})) or "none",
         "num_envs": mc.num_envs, "max_steps": mc.max_steps, "epochs": mc.epochs,
         "minibatches": mc.minibatches,
         "env_steps_per_update": episode_steps,

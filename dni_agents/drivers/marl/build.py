@@ -134,9 +134,40 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
         groups[sender].outbound.append(ch)
         groups[receiver].inbound.append(ch)
         channels.append(ch)
+    team_members(cfg, list(groups.values()))  # marl.teams name environment agents this env has
     system = System([g.agent for g in groups.values()], [c.interface for c in channels if c.interface],
                     on_nonfinite=cfg.trainer.on_nonfinite)
     return system, list(groups.values()), channels
+
+
+def team_members(cfg: Config, groups: list[Group]) -> dict[str, list[str]]:
+    """``marl.teams`` as environment agents, in the order listed: a network's name stands for every
+    environment agent it controls. Raises ``ConfigError`` for a name that is neither a network nor one of
+    the environment agents the networks control, and for an environment agent in two teams (also when one
+    team names it and another its network)."""
+    networks = {g.name: g.members for g in groups}
+    env_agents = [m for g in groups for m in g.members]
+    seen: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
+    for team, names in cfg.marl.teams.items():
+        out[team] = []
+        for name in names:
+            if name in networks:
+                found = networks[name]
+            elif name in env_agents:
+                found = [name]
+            else:
+                raise ConfigError(f"marl.teams.{team}: unknown agent {name!r} (allowed: the agents "
+                                  f"{', '.join(networks)} or the environment agents {', '.join(env_agents)})")
+            for m in found:
+                if m in seen:
+                    where = "twice in this team" if seen[m] == team else f"already in team {seen[m]!r}"
+                    via = "" if m == name else f" (of agent {name!r})"
+                    raise ConfigError(f"marl.teams.{team}: environment agent {m!r}{via} is {where} (an agent "
+                                      "plays for one team)")
+                seen[m] = team
+                out[team].append(m)
+    return out
 
 
 def _check_private_info(cfg: Config, obs_dims: dict[str, int]) -> None:

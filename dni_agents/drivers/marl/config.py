@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -91,6 +92,17 @@ class MarlConfig(_Strict):
     # the marl driver's own name for trainer.threads, which it overrides when set (None: trainer.threads);
     # kept so that the configs and commands that set it run as before
     threads: NonNegInt | None = None
+    # competitive games: which agents play together, {team: [agent, ...]}; each name a network of
+    # ``agents`` (every environment agent it controls) or one environment agent a network controls; an agent
+    # plays for one team at most. The evaluation then reports each team's return (``team_returns``, and per
+    # control ``ablated_team_returns`` ...) beside ``mean_return``, the mean over every agent. {} or null:
+    # no teams (``marl.teams=null`` on the command line clears a config's teams: ``marl.teams={...}`` merges)
+    teams: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("teams", mode="before")
+    @classmethod
+    def _no_teams(cls, v: Any) -> Any:
+        return {} if v is None else v
 
 SECTION = MarlConfig
 AGENT_CONFIG = MarlAgentConfig
@@ -100,7 +112,8 @@ APPLIES_CHANNELS = True  # the shared schema's channel keys (rial, channel model
 
 def check_config(cfg: Config) -> None:
     """What pydantic cannot check per field: the agents are listed, the success thresholds are distinct,
-    and ``private_info`` names an agent."""
+    ``private_info`` names an agent, and ``teams`` name agents, each in one team (the environment agents
+    they stand for are checked when the networks are built: :func:`~.build.team_members`)."""
     if not cfg.agents:
         raise ConfigError("agents: marl needs its agents listed (e.g. [{name: speaker_0}, "
                           "{name: listener_0}])")
@@ -120,3 +133,27 @@ def check_config(cfg: Config) -> None:
             len(private.obs_argmax) != 2 or private.obs_argmax[0] >= private.obs_argmax[1]
         ):
             raise ConfigError(f"marl.private_info.obs_argmax: {private.obs_argmax} is not [start, stop)")
+    _check_teams(cfg)
+
+
+def _check_teams(cfg: Config) -> None:
+    """``marl.teams``: every name is a network of ``agents`` or matches a network's ``members`` (an
+    environment agent it may control), no team is empty, and no name is in two teams."""
+    networks = [a.name for a in cfg.agents]
+    patterns = [p for a in cfg.agents for p in (a.members or [a.name])]
+    seen: dict[str, str] = {}
+    for team, names in cfg.marl.teams.items():
+        if not team or "/" in team:
+            raise ConfigError(f"marl.teams: team name {team!r} must be non-empty and have no '/' (it names "
+                              "the scalar return/team/<team>)")
+        if not names:
+            raise ConfigError(f"marl.teams.{team}: no agents (list at least one of: {', '.join(networks)})")
+        for name in names:
+            if name not in networks and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                raise ConfigError(f"marl.teams.{team}: unknown agent {name!r} (allowed: the agents "
+                                  f"{', '.join(networks)} or the environment agents their members name)")
+            if name in seen:
+                where = "twice in this team" if seen[name] == team else f"already in team {seen[name]!r}"
+                raise ConfigError(f"marl.teams.{team}: agent {name!r} is {where} (an agent plays for one "
+                                  "team)")
+            seen[name] = team

@@ -34,7 +34,7 @@ class Player:
         if callable(close):
             close()
 
-    def _sources(self, ch: Channel, first: bool, alive: np.ndarray) -> torch.Tensor:
+    def _sources(self, ch: Channel, first: bool, alive: torch.Tensor) -> torch.Tensor:
         """(copies, receivers): which sender member each receiving member hears (-1: nobody)."""
         receivers = self.by_name[ch.receiver].members
         E = len(alive)
@@ -55,21 +55,23 @@ class Player:
                 f"interfaces: {ch.name} connects {len(senders)} senders to {len(receivers)} receivers; the "
                 "environment must say who hears whom (message_sources())"
             )
-        out[torch.as_tensor(~alive)] = -1
+        out[~alive] = -1
         return out
 
-    def _private(self, obs: dict[str, np.ndarray], infos: dict[str, dict], alive: np.ndarray) -> torch.Tensor:
+    def _private(self, obs: dict[str, torch.Tensor], infos: dict[str, dict],
+                 alive: torch.Tensor) -> torch.Tensor:
         """(copies, members) the private information of ``marl.private_info``'s agent (-1: finished)."""
         spec = self.cfg.marl.private_info
         cols = []
         for m in self.by_name[spec.agent].members:
             if spec.obs_argmax is not None:
                 a, b = spec.obs_argmax
-                cols.append(np.argmax(obs[m][:, a:b], axis=1))
+                cols.append(obs[m][:, a:b].argmax(1).cpu())
             else:
-                cols.append(np.asarray(infos.get(m, {}).get(spec.info, np.full(len(alive), -1))))
-        out = torch.as_tensor(np.stack(cols, 1).astype(np.int64))
-        out[torch.as_tensor(~alive)] = -1
+                info = infos.get(m, {}).get(spec.info)
+                cols.append(torch.full((len(alive),), -1) if info is None else torch.as_tensor(info).cpu())
+        out = torch.stack(cols, 1).long()
+        out[~alive] = -1
         return out
 
     @torch.no_grad()
@@ -80,13 +82,14 @@ class Player:
         cfg, T, E = self.cfg, self.cfg.marl.max_steps, self.envs.num_envs
         perm = ablation_permutation(E, seed) if ablate == "permute" else None
         groups, channels = self.groups, self.channels
-        obs_np, infos = self.envs.reset(seed=seed)
+        obs, infos = self.envs.reset(seed=seed)
+        obs = as_tensors(obs)
         kinds = ("obs", "actions", "logp", "values", "rewards", "probs")
         store: dict[str, dict[str, list]] = {k: {g.name: [] for g in groups} for k in kinds}
         sources = {c.name: [] for c in channels}
         messages = {c.name: [] for c in channels if c.interface is not None}
         private, alive_rows = [], []
-        alive = np.ones(E, dtype=bool)
+        alive = torch.ones(E, dtype=torch.bool)
         hidden: dict[str, torch.Tensor | None] = {g.name: None for g in groups}
         held: dict[str, dict[str, torch.Tensor]] = {g.name: {} for g in groups}
         sent: dict[str, torch.Tensor] = {}
@@ -99,13 +102,13 @@ class Player:
         for t in range(T):
             if not alive.any():
                 break
-            alive_rows.append(torch.as_tensor(alive.copy()))
-            obs_t = {g.name: self._stack_obs(obs_np, g) for g in groups}
+            alive_rows.append(alive)
+            obs_t = {g.name: self._stack_obs(obs, g) for g in groups}
             src_t = {c.name: self._sources(c, t < c.model.delay, alive) for c in channels}
             for c in channels:
                 sources[c.name].append(src_t[c.name])
             if cfg.marl.private_info is not None:
-                private.append(self._private(obs_np, infos, alive))
+                private.append(self._private(obs, infos, alive))
             out, heard = {}, {}
             before, noise_before = dict(sent), dict(noise)  # what was sent at t-1 (delay 1)
             for g in self.order:
@@ -149,14 +152,15 @@ class Player:
                             noise[c.name] = c.model.sample_noise(tuple(sent[c.name].shape), generator)
                             noises[c.name].append(noise[c.name])
             steps += int(alive.sum())
-            obs_np, r, term, trunc, infos = self.envs.step(self._env_actions(out, E))
-            rewards = {g.name: torch.as_tensor(np.stack([r.get(m, np.zeros(E)) for m in g.members], 1),
-                                               dtype=torch.float32) * torch.as_tensor(alive)[:, None]
+            obs, r, term, trunc, infos = self.envs.step(self._env_actions(out, E))
+            obs, r = as_tensors(obs), as_tensors(r)
+            nothing = torch.zeros(E)
+            rewards = {g.name: torch.stack([r.get(m, nothing) for m in g.members], 1) * alive[:, None]
                        for g in groups}
-            done = np.zeros(E, dtype=bool)
+            done = torch.zeros(E, dtype=torch.bool)
             for a in term:
-                done |= term[a] | trunc[a]
-            alive = alive & ~done if t < T - 1 else np.zeros(E, dtype=bool)
+                done |= torch.as_tensor(term[a]).cpu() | torch.as_tensor(trunc[a]).cpu()
+            alive = alive & ~done if t < T - 1 else torch.zeros(E, dtype=torch.bool)
             for g in groups:
                 store["obs"][g.name].append(obs_t[g.name])
                 store["rewards"][g.name].append(rewards[g.name])
@@ -176,11 +180,10 @@ class Player:
             {g: torch.stack(v) for g, v in memory.items()}, up,
         )
 
-    def _stack_obs(self, obs: dict[str, np.ndarray], g: Group) -> torch.Tensor:
-        """(copies, members, obs_dim) of a vector environment's observations."""
+    def _stack_obs(self, obs: dict[str, torch.Tensor], g: Group) -> torch.Tensor:
+        """(copies, members, obs_dim) of a vector environment's observations (:func:`as_tensors`)."""
         E = self.envs.num_envs
-        rows = np.stack([obs[m].reshape(E, -1) for m in g.members], 1).astype(np.float32, copy=False)
-        return torch.as_tensor(rows, device=self.device)
+        return torch.stack([obs[m].reshape(E, -1) for m in g.members], 1).to(self.device)
 
     def inputs(self, g: Group, obs: torch.Tensor, inbound: dict[str, torch.Tensor],
                t: int | torch.Tensor) -> torch.Tensor:
@@ -229,12 +232,18 @@ class Player:
         return actions
 
 
+def as_tensors(arrays: dict[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A vector environment's per-agent arrays (numpy, or torch on its own device: ``dni_envs``' batched
+    mpe2 scenarios) as float32 tensors on the CPU, where the rollout keeps its records."""
+    return {a: torch.as_tensor(v).to("cpu", torch.float32) for a, v in arrays.items()}
+
+
 @torch.no_grad()
 def calibrate_messages(player: Player, rms: float, seed: int) -> dict[str, float]:
     """The frozen control's matched scale: scale each message head (weight and bias) so that its messages
     on the first observations of every environment copy have RMS ``rms`` per component (before any squash).
     Returns each channel's factor."""
-    obs, _ = player.envs.reset(seed=seed)
+    obs = as_tensors(player.envs.reset(seed=seed)[0])
     E = player.envs.num_envs
     factors = {}
     for g in player.groups:

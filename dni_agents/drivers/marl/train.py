@@ -17,7 +17,7 @@ from ...runtime.finished import finished_run, restore_finished
 from ...runtime.loop import Loop, step_generator
 from ...runtime.run import open_run, resolve_device, with_threads
 from ...runtime.stop import StopRequest
-from .build import CHECKPOINT, EVAL_SEED, build
+from .build import CHECKPOINT, EVAL_SEED, build, team_members
 from .controls import FidelityHistory, channel_stats
 from .env import eval_config, eval_env_kwargs, make_env
 from .learn import ppo_update
@@ -30,7 +30,9 @@ from .rollout import Player, calibrate_messages
 
 
 def episode_metrics(cfg: Config, ep: Episode, groups: list[Group]) -> dict[str, float]:
-    """Mean episode return per environment agent, and the success rate (last reward >= success_reward)."""
+    """Mean episode return per environment agent (``return/<agent>``), their mean over every agent
+    (``return/mean``: opposing teams together in a competitive game), with ``marl.teams`` each team's mean
+    over its agents (``return/team/<team>``), and the success rate (last reward >= success_reward)."""
     out: dict[str, float] = {}
     last_rewards = []
     last = (ep.alive.sum(0) - 1).clamp_min(0)  # index of each copy's last step
@@ -40,6 +42,8 @@ def episode_metrics(cfg: Config, ep: Episode, groups: list[Group]) -> dict[str, 
             out[f"return/{m}"] = float(r[..., i].sum(0).mean())
         last_rewards.append(ep.rewards[g.name][last, torch.arange(len(last))])
     out["return/mean"] = sum(v for k, v in out.items()) / max(len(out), 1)
+    for team, members in team_members(cfg, groups).items():
+        out[f"return/team/{team}"] = sum(out[f"return/{m}"] for m in members) / len(members)
     if cfg.marl.success_reward is not None:
         final = torch.cat(last_rewards, 1).mean(1)
         out["success_rate"] = float((final >= cfg.marl.success_reward).float().mean())
@@ -200,23 +204,27 @@ class Evaluator:
 
     def scores(self, episodes: int) -> dict[str, Any]:
         """The held-out evaluation's metrics, and the training environment's return and success rate as
-        ``train_mean_return`` / ``train_success_rate``."""
+        ``train_mean_return`` / ``train_success_rate`` (with ``marl.teams`` also ``train_team_returns``)."""
         out = self.run(episodes)
         train = self.run(episodes, train_env=True) if self.separate else out
         out["train_mean_return"] = train["mean_return"]
+        if "team_returns" in train:
+            out["train_team_returns"] = dict(train["team_returns"])
         if "success_rate" in train:
             out["train_success_rate"] = train["success_rate"]
         return out
 
     def final(self, episodes: int) -> dict[str, Any]:
         """:meth:`scores` and, where a channel has an interface, the controls on the held-out environment:
-        the messages shuffled across copies (``ablated_*``) or silenced (``silenced_*``): return and
-        success rate."""
+        the messages shuffled across copies (``ablated_*``) or silenced (``silenced_*``): return, success
+        rate and, with ``marl.teams``, each team's return (``ablated_team_returns``, ...)."""
         out = self.scores(episodes)
         if any(c.interface is not None for c in self.channels):  # does the receiver use the message?
             for name, how in (("ablated", "permute"), ("silenced", "zero")):
                 controlled = self.run(episodes, how)
                 out[f"{name}_return"] = controlled["mean_return"]
+                if "team_returns" in controlled:
+                    out[f"{name}_team_returns"] = controlled["team_returns"]
                 if "success_rate" in controlled:
                     out[f"{name}_success_rate"] = controlled["success_rate"]
         return out
@@ -269,7 +277,10 @@ def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], d
     """Greedy play (most likely action, clean channels) for ``episodes`` episodes in the environment
     ``cfg.marl.env_kwargs`` make (:func:`~dni_agents.drivers.marl.env.eval_config` for the held-out one);
     ``ablate``: with the messages shuffled across copies (``permute``) or silenced (``zero``); ``player``:
-    one of ``min(episodes, 250)`` copies of that environment to reuse (None: built here)."""
+    one of ``min(episodes, 250)`` copies of that environment to reuse (None: built here).
+
+    ``mean_return`` averages the return of every environment agent; in a competitive game (opposing teams)
+    read ``team_returns`` instead: with ``marl.teams``, ``{team: mean return of its agents}``."""
     if player is None:  # short: no workers
         player = Player(cfg, groups, channels, device, min(episodes, EVAL_COPIES), env_workers=0)
     eps = []
@@ -285,6 +296,9 @@ def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], d
                 metrics.setdefault(f"{ch}/{k}", []).append(v)
     out: dict[str, Any] = {k: sum(v) / len(v) for k, v in metrics.items()}
     out["mean_return"] = out.pop("return/mean")
+    teams = cfg.marl.teams
+    if teams:
+        out["team_returns"] = {team: out[f"return/team/{team}"] for team in teams}
     out["_episode"] = eps[0]
     return out
 
