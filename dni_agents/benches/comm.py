@@ -56,11 +56,12 @@ TASKS: dict[str, dict[str, Any]] = {
                             "quick_steps": 8},
     # upper: scripted movers that steer to their own goal, the mean of both agents' returns
     # (scripts/reference_bounds.py, docs/results/reference_bounds.json; steering to the landmarks' centre,
-    # the no-communication mover: -17.45). steps: the suite's budget (the config trains 1,000 updates)
+    # the no-communication mover: -17.45). steps: the suite's budget, about 5 CPU-minutes a run (the config
+    # trains 1,000 updates)
     "reference": {"config": "reference", "upper": -7.41, "frozen_rms": 0.84, "quick_steps": 3,
-                  "steps": 600},
+                  "steps": 400},
     # competitive (marl.teams): reported per team; no upper (mean_return averages the opposing teams)
-    "crypto": {"config": "crypto", "upper": None, "frozen_rms": 1.0, "quick_steps": 3},
+    "crypto": {"config": "crypto", "upper": None, "frozen_rms": 1.0, "quick_steps": 3, "steps": 500},
 }
 # Not in the suite yet: reference_2bit (simple_reference both ways through 2 noisy bits,
 # dni_envs.reference_narrow): in 600 updates an agent told its own goal did no better than one told
