@@ -62,6 +62,9 @@ TASKS: dict[str, dict[str, Any]] = {
                   "steps": 400},
     # competitive (marl.teams): reported per team; no upper (mean_return averages the opposing teams)
     "crypto": {"config": "crypto", "upper": None, "frozen_rms": 1.0, "quick_steps": 3, "steps": 500},
+    # on mpe2 itself (not batched: its copies step one by one, ~600 env steps/s): a short budget
+    "world_comm": {"config": "world_comm", "upper": None, "frozen_rms": 1.0, "quick_steps": 2, "steps": 100,
+                   "overrides": ["marl.eval_episodes=200"]},
 }
 # Not in the suite yet: reference_2bit (simple_reference both ways through 2 noisy bits,
 # dni_envs.reference_narrow): in 600 updates an agent told its own goal did no better than one told
@@ -88,7 +91,8 @@ def run_one(task: str, method: str, seed: int, quick: bool, overrides: list[str]
     extra = [f"trainer.steps={steps}"] if steps else []
     if method == "frozen":
         extra.append(f"marl.message_rms={frozen_rms or spec['frozen_rms']}")
-    cfg = load_config(spec["config"], [*METHODS[method], *extra, *overrides, f"seed={seed}"])
+    cfg = load_config(spec["config"], [*METHODS[method], *spec.get("overrides", []), *extra, *overrides,
+                                       f"seed={seed}"])
     m, wall = timed_run(marl.train, cfg)
     channel = next(k.rsplit("/", 1)[0] for k in m if k.endswith("/message_entropy_bits"))
     teams = {key: m.get(key) for key in TEAM_KEYS} if cfg.marl.teams else {}

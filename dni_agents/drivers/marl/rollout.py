@@ -190,7 +190,6 @@ class Player:
         """The network's input: the observation with each channel's message in its comm slot (or appended),
         and (``marl.time_feature``) the fraction of the episode gone, so the critic knows how much is left.
         ``t``: the step, or the steps (S,) of observations stacked in time (S, copies, members, obs_dim)."""
-        x = obs.clone()
         extra = []
         if self.cfg.marl.time_feature:
             if isinstance(t, torch.Tensor):
@@ -198,15 +197,29 @@ class Player:
                 extra.append(gone.expand(*obs.shape[:-1], 1))
             else:
                 extra.append(obs.new_full((*obs.shape[:-1], 1), t / self.cfg.marl.max_steps))
+        slots = []  # (start, end, message) of the channels heard in a comm slot, by start
         for c in g.inbound:
             if c.interface is None:
                 continue  # rial: the environment put the message in the observation already
-            z = inbound[c.name]
             if c.obs_slice is not None:
-                x[..., c.obs_slice[0]: c.obs_slice[1]] = z
+                slots.append((*c.obs_slice, inbound[c.name]))
             else:
-                extra.append(z)
-        return torch.cat([x, *extra], -1) if extra else x
+                extra.append(inbound[c.name])
+        slots.sort(key=lambda slot: slot[0])
+        if any(a < b_prev for (_, b_prev, _), (a, _, _) in zip(slots, slots[1:])):  # overlapping: in order
+            x = obs.clone()
+            for c in g.inbound:
+                if c.interface is not None and c.obs_slice is not None:
+                    x[..., c.obs_slice[0]: c.obs_slice[1]] = inbound[c.name]
+            pieces = [x]
+        else:  # the observation around the slots, each slot's message in it: one concatenation (its
+            pieces, at = [], 0  # backward hands each piece its columns, no full-width copy)
+            for a, b, z in slots:
+                pieces += [obs[..., at:a], z]
+                at = b
+            pieces.append(obs[..., at:])
+        pieces = [p for p in pieces if p.shape[-1]] + extra
+        return torch.cat(pieces, -1) if len(pieces) > 1 else pieces[0]
 
     def _env_actions(self, out: dict[str, dict[str, torch.Tensor]], copies: int) -> dict[str, np.ndarray]:
         """Each environment agent's action in every copy: its sampled action, or (no policy) its message in
