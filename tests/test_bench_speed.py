@@ -74,3 +74,14 @@ def test_floor_closed_form_utility_gradient_is_autograds() -> None:
     sender_by_hand, sender_autograd = (f.groups[0].net for f in floors)
     for a, b in zip(sender_by_hand.parameters(), sender_autograd.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_a_row_on_mpe2_is_the_bundled_job_on_mpe2s_own_environment() -> None:
+    """``NAME@mpe2`` rows: the bundled config, its environment swapped for mpe2's (the batched port is
+    the default); every such row names a bundled job whose default is the batched port."""
+    assert speed.row_config("speaker_listener", ["a=1"]) == ("speaker_listener", ["a=1"])
+    for row in (r for r in speed.CONFIGS if "@" in r):
+        name, overrides = speed.row_config(row, [])
+        assert load_config(name).marl.env.startswith("dni_envs.")
+        assert load_config(name, overrides).marl.env == speed.ON_MPE2[name].replace("dni_envs.", "")
+        assert load_config(name, overrides).marl.env.startswith("mpe2.")

@@ -418,3 +418,18 @@ def test_cuda_copies_equal_cpu_copies(name: str, continuous: bool) -> None:
     assert cuda.reset(seed=0)[0][cuda.possible_agents[0]].device.type == "cuda"
     for x, y in zip(_play(cpu, 1, 25), _play(cuda, 1, 25), strict=True):
         assert all(np.allclose(x[k], y[k], atol=1e-5) for k in x)
+
+
+def test_reference_bounds_order_random_below_centroid_below_oracle() -> None:
+    """scripts/reference_bounds.py: steering to one's own goal (perfect communication) beats steering to
+    the landmarks' centre (no communication), which beats random moves, by wide margins."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reference_bounds.py"
+    spec = importlib.util.spec_from_file_location("reference_bounds", path)
+    bounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bounds)
+    got = {kind: bounds.play(kind, 300, 5.0, 10**6)["mean_return"]
+           for kind in ("random", "centroid", "oracle")}
+    assert got["random"] < got["centroid"] - 5 and got["centroid"] < got["oracle"] - 5

@@ -59,6 +59,33 @@ def test_route_sends_each_gradient_back_to_the_message_that_was_heard():
     assert torch.equal(messages.grad, expected)
 
 
+@pytest.mark.parametrize("name,time_feature", [("crypto", False), ("speaker_listener", True)])
+def test_inputs_put_each_message_in_its_comm_slot_and_send_its_gradient_back(tmp_path, name, time_feature):
+    """The network's input is the observation with each heard message in its slot (one concatenation of
+    the pieces around the slots): the same values as writing the messages into a copy, and each message
+    gets exactly the gradient of its own columns."""
+    cfg = load_config(name, [f"log.dir={tmp_path}", "marl.num_envs=4", f"marl.time_feature={time_feature}"])
+    _, groups, channels = built(cfg)
+    player = marl.Player(cfg, list(groups.values()), channels, torch.device("cpu"), 4)
+    for g in groups.values():
+        slotted = [c for c in g.inbound if c.interface is not None and c.obs_slice is not None]
+        width = player.envs.observation_space(g.members[0]).shape[0]
+        obs = torch.randn(5, 4, len(g.members), width)
+        heard = {c.name: torch.randn(5, 4, len(g.members), c.size, requires_grad=True) for c in slotted}
+        x = player.inputs(g, obs, heard, torch.arange(5))
+        expected = obs.clone()
+        for c in slotted:
+            expected[..., c.obs_slice[0]: c.obs_slice[1]] = heard[c.name].detach()
+        assert torch.equal(x[..., :width], expected)
+        assert x.shape[-1] == width + time_feature
+        if not slotted:
+            continue
+        weight = torch.randn_like(x)
+        (x * weight).sum().backward()
+        for c in slotted:
+            assert torch.equal(heard[c.name].grad, weight[..., c.obs_slice[0]: c.obs_slice[1]])
+
+
 @pytest.mark.parametrize("mode", ["dni", "backprop", "none"])
 def test_sender_gets_a_gradient_exactly_when_the_mode_says(tmp_path, mode):
     """The sender has no loss of its own: whatever moves it came through the channel."""

@@ -3,6 +3,8 @@ the learner replays (observations, actions, messages as sent and heard, the chan
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -27,6 +29,7 @@ class Player:
         self.order = speaking_order(groups, channels)
         self.by_name = {g.name: g for g in groups}
         self._member_index = {g.name: {m: i for i, m in enumerate(g.members)} for g in groups}
+        self._fixed_sources: dict[tuple[str, bool], torch.Tensor] = {}  # (channel, silent) -> routing
 
     def close(self) -> None:
         """Stop the environments' workers, if they have any (``marl.env_workers``)."""
@@ -34,12 +37,17 @@ class Player:
         if callable(close):
             close()
 
-    def _sources(self, ch: Channel, first: bool, alive: torch.Tensor) -> torch.Tensor:
-        """(copies, receivers): which sender member each receiving member hears (-1: nobody)."""
+    def _sources(self, ch: Channel, first: bool, alive: torch.Tensor, everyone: bool) -> torch.Tensor:
+        """(copies, receivers): which sender member each receiving member hears (-1: nobody). ``everyone``:
+        every copy is alive (a fixed routing is then the same tensor every step; the records only read it)."""
         receivers = self.by_name[ch.receiver].members
         E = len(alive)
+        fixed = (ch.name, first)
+        if everyone and fixed in self._fixed_sources:
+            return self._fixed_sources[fixed]
         if first:
-            return torch.full((E, len(receivers)), -1, dtype=torch.long)
+            out = self._fixed_sources[fixed] = torch.full((E, len(receivers)), -1, dtype=torch.long)
+            return out
         senders = self.by_name[ch.sender].members
         if self.routing:
             index = self._member_index[ch.sender]
@@ -55,11 +63,14 @@ class Player:
                 f"interfaces: {ch.name} connects {len(senders)} senders to {len(receivers)} receivers; the "
                 "environment must say who hears whom (message_sources())"
             )
-        out[~alive] = -1
+        if not everyone:
+            out[~alive] = -1
+        elif not self.routing:
+            self._fixed_sources[fixed] = out
         return out
 
-    def _private(self, obs: dict[str, torch.Tensor], infos: dict[str, dict],
-                 alive: torch.Tensor) -> torch.Tensor:
+    def _private(self, obs: dict[str, torch.Tensor], infos: dict[str, dict], alive: torch.Tensor,
+                 everyone: bool) -> torch.Tensor:
         """(copies, members) the private information of ``marl.private_info``'s agent (-1: finished)."""
         spec = self.cfg.marl.private_info
         cols = []
@@ -71,7 +82,8 @@ class Player:
                 info = infos.get(m, {}).get(spec.info)
                 cols.append(torch.full((len(alive),), -1) if info is None else torch.as_tensor(info).cpu())
         out = torch.stack(cols, 1).long()
-        out[~alive] = -1
+        if not everyone:
+            out[~alive] = -1
         return out
 
     @torch.no_grad()
@@ -100,15 +112,17 @@ class Player:
         memory: dict[str, list[torch.Tensor]] = {}
         steps = 0
         for t in range(T):
-            if not alive.any():
+            live = int(alive.sum())
+            if not live:
                 break
+            everyone = live == E
             alive_rows.append(alive)
             obs_t = {g.name: self._stack_obs(obs, g) for g in groups}
-            src_t = {c.name: self._sources(c, t < c.model.delay, alive) for c in channels}
+            src_t = {c.name: self._sources(c, t < c.model.delay, alive, everyone) for c in channels}
             for c in channels:
                 sources[c.name].append(src_t[c.name])
             if cfg.marl.private_info is not None:
-                private.append(self._private(obs, infos, alive))
+                private.append(self._private(obs, infos, alive, everyone))
             out, heard = {}, {}
             before, noise_before = dict(sent), dict(noise)  # what was sent at t-1 (delay 1)
             for g in self.order:
@@ -151,7 +165,7 @@ class Player:
                         if c.name in noises:
                             noise[c.name] = c.model.sample_noise(tuple(sent[c.name].shape), generator)
                             noises[c.name].append(noise[c.name])
-            steps += int(alive.sum())
+            steps += live
             obs, r, term, trunc, infos = self.envs.step(self._env_actions(out, E))
             obs, r = as_tensors(obs), as_tensors(r)
             nothing = torch.zeros(E)
@@ -206,7 +220,7 @@ class Player:
             else:
                 extra.append(inbound[c.name])
         slots.sort(key=lambda slot: slot[0])
-        if any(a < b_prev for (_, b_prev, _), (a, _, _) in zip(slots, slots[1:])):  # overlapping: in order
+        if any(a < b_prev for (_, b_prev, _), (a, _, _) in pairwise(slots)):  # overlapping: in order
             x = obs.clone()
             for c in g.inbound:
                 if c.interface is not None and c.obs_slice is not None:
