@@ -4,8 +4,8 @@
 
 Per task: one row per method (mean and range over seeds of the greedy return, the return with messages
 shuffled across copies, the return with every channel silent (recorded since channel outages), heard MI,
-held-out ĝ cosine and R², training env steps/s), then the fractions issue 14's acceptance reads
-(`dni_agents.benches.comm.summarize`).
+held-out ĝ cosine and R², training env steps/s), for a competitive game (`marl.teams`) each team's
+return, then the summary's fractions (`dni_agents.benches.comm.summarize`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,17 @@ def main(args: list[str]) -> None:
                   f"| {fmt([r['mi_bits'] for r in rows], 2)} "
                   f"| {fmt([r['grad_cosine'] for r in rows], 2)} | {fmt([r['grad_r2'] for r in rows], 2)} "
                   f"| {fmt([r['env_steps_per_s'] for r in rows], 0)} |")
+        mine = [r for r in results if r["task"] == task]
+        teams = list(dict.fromkeys(t for r in mine for t in r.get("team_returns") or {}))
+        if teams:  # a competitive game (marl.teams): each side's return, never the average of opposing sides
+            print("\n| method | team | greedy return | ablated (permuted) | silenced |")
+            print("|---|---|---|---|---|")
+            for method in s["methods"]:
+                rows = [r for r in results if r["task"] == task and r["method"] == method]
+                for team in teams:
+                    cols = [fmt([(r.get(key) or {}).get(team) for r in rows])
+                            for key in ("team_returns", "ablated_team_returns", "silenced_team_returns")]
+                    print(f"| {method} | {team} | " + " | ".join(cols) + " |")
         print()
         for key, value in s.items():
             if key != "methods":

@@ -28,8 +28,8 @@ does when it hears nothing, the state ``channel.outage`` trains it for), ``grad_
 learning included), ``wall_s``, ``curve`` (return against environment steps); for a task whose config has
 ``marl.teams`` (a competitive game, where ``mean_return`` averages opposing sides) also ``team_returns``,
 ``ablated_team_returns`` and ``silenced_team_returns`` ({team: return}). The summary gives, per task, each
-method's means (per team too, where the records have teams) and the fractions the acceptance of issue 14
-reads: the part of the reference gap backprop wins over frozen, the part of the frozen→backprop gap each
+method's means (per team too, where the records have teams) and the fractions that say whether a channel
+learned: the part of the reference gap backprop wins over frozen, the part of the frozen→backprop gap each
 synthetic mode closes, and the ablated return against the no-communication one. The no-communication
 reference is the ``none`` runs' ablated return: their receivers with the channel shuffled, i.e. with no
 information about the sender's (the unablated ``none`` return can sit a little above it: the faint code's
@@ -125,7 +125,8 @@ def _team_means(rows: list[dict], key: str) -> dict[str, float] | None:
 
 
 def summarize(results: list[dict]) -> dict[str, Any]:
-    """Per task: each method's means, and the fractions issue 14's acceptance reads."""
+    """Per task: each method's means, and the fractions that say whether a channel learned (module
+    docstring)."""
     summary: dict[str, Any] = {}
     for task in dict.fromkeys(r["task"] for r in results):
         rows = [r for r in results if r["task"] == task]

@@ -126,10 +126,12 @@ class DirectParallel:
 #   message_sources() -> one {receiver: sender or None} per copy      (optional: routing environments)
 #
 # obs: {agent: array (num_envs, *obs_shape)}; rewards / terminations / truncations: {agent: (num_envs,)};
-# infos: {agent: {key: (num_envs,)}}; actions: {agent: (num_envs, *action_shape)}. A copy whose episode has
-# ended is not stepped again: its entries are ignored until the next reset. An environment module that
-# offers ``vector_env(num_envs, **env_kwargs)`` is used as it is (one numpy call for all copies instead of
-# one Python call per copy); any other is wrapped in :class:`ParallelCopies`.
+# infos: {agent: {key: (num_envs,)}}; actions: {agent: numpy (num_envs, *action_shape)}. Arrays may be numpy
+# or torch tensors on any device (the rollout keeps its records on the CPU: rollout.as_tensors). A copy
+# whose episode has ended is not stepped again: its entries are ignored until the next reset. An
+# environment module that offers ``vector_env(num_envs, **env_kwargs)`` is used as it is (one call for all
+# copies instead of one Python call per copy: dni_envs' batched mpe2 scenarios, envs/_vector.py); any other
+# is wrapped in :class:`ParallelCopies`.
 
 
 def make_copies(cfg: Config, num_envs: int, workers: int | None = None) -> Any:
