@@ -5,9 +5,9 @@
         --out docs/results/marl_speedup.json
 
 Each round runs both trees, one after the other (alternating which goes first), each in a fresh process
-on one thread (pinned to one core where ``taskset`` exists): a few warm-up updates, then ``--updates``
-updates of play + learn, timed in process CPU time. Reported per tree: environment steps per CPU-second
-(playing and learning), and the CPU milliseconds per update spent playing, in the environment's own
+on one thread (pinned to one core where ``taskset`` exists: core 0, or ``SPEEDUP_CPU``): a few warm-up
+updates, then ``--updates`` updates of play + learn, timed in process CPU time. Reported per tree:
+environment steps per CPU-second (playing and learning), and the CPU milliseconds per update spent playing, in the environment's own
 ``step``, and learning; the speed-up is the median over rounds of each round's own ratio. The environment's
 share bounds what any learner can reach: with learning and the rest of the rollout free, an update still
 costs the environment's steps (``ceiling``).
@@ -86,7 +86,7 @@ def _child(tree: Path, code: str, config: str, args: list[str]) -> dict[str, flo
     own = tree / "configs" / f"{config}.yaml"
     cmd = [sys.executable, "-c", code, str(own) if own.is_file() else config, *args]
     if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "0", *cmd]
+        cmd = ["taskset", "-c", os.environ.get("SPEEDUP_CPU", "0"), *cmd]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tree).stdout
     return json.loads(out.strip().splitlines()[-1])
 
