@@ -7,8 +7,8 @@
 Each round runs both trees, one after the other (alternating which goes first), each in a fresh process
 on one thread (pinned to one core where ``taskset`` exists: core 0, or ``SPEEDUP_CPU``): a few warm-up
 updates, then ``--updates`` updates of play + learn, timed in process CPU time. Reported per tree:
-environment steps per CPU-second (playing and learning), and the CPU milliseconds per update spent playing, in the environment's own
-``step``, and learning; the speed-up is the median over rounds of each round's own ratio. The environment's
+environment steps per CPU-second (playing and learning), and the CPU milliseconds per update spent
+playing, in the environment's own ``step``, and learning; the speed-up is the median over rounds of each round's own ratio. The environment's
 share bounds what any learner can reach: with learning and the rest of the rollout free, an update still
 costs the environment's steps (``ceiling``).
 
