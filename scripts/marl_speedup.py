@@ -8,9 +8,9 @@ Each round runs both trees, one after the other (alternating which goes first), 
 on one thread (pinned to one core where ``taskset`` exists: core 0, or ``SPEEDUP_CPU``): a few warm-up
 updates, then ``--updates`` updates of play + learn, timed in process CPU time. Reported per tree:
 environment steps per CPU-second (playing and learning), and the CPU milliseconds per update spent
-playing, in the environment's own ``step``, and learning; the speed-up is the median over rounds of each round's own ratio. The environment's
-share bounds what any learner can reach: with learning and the rest of the rollout free, an update still
-costs the environment's steps (``ceiling``).
+playing, in the environment's own ``step``, and learning; the speed-up is the median over rounds of each
+round's own ratio. The environment's share bounds what any learner can reach: with learning and the rest
+of the rollout free, an update still costs the environment's steps (``ceiling``).
 
 ``--train-seeds N``: also train the default config to the end in both trees, seeds 0..N-1 (one thread,
 pinned likewise), and report each run's greedy return and heard mutual information: the speed-up must not
