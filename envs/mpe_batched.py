@@ -41,12 +41,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
+
+from ._vector import check_choice, check_kwargs
 
 Tensor = torch.Tensor
 JOINT_TABLE_LIMIT = 1 << 20  # entries of the joint-action table; beyond it, one lookup per agent
+
+
+# ------------------------------------------------------------------------- what every scenario shares
+def mpe_action_spaces(agents: list[str], sizes: list[int], continuous: bool) -> dict[str, spaces.Space]:
+    """mpe2's action spaces: ``Discrete(n)``, or (``continuous_actions=True``) ``Box(0, 1, (n,))`` float32."""
+    if continuous:
+        return {a: spaces.Box(low=0, high=1, shape=(n,)) for a, n in zip(agents, sizes, strict=True)}
+    return {a: spaces.Discrete(n) for a, n in zip(agents, sizes, strict=True)}
+
+
+def check_mpe_kwargs(owner: str, kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """mpe2's keyword arguments that the batched scenarios take only at the values they implement."""
+    check_kwargs(owner, kwargs, allowed)
+    check_choice(owner, "continuous_actions", kwargs.get("continuous_actions", False), (False, True))
+    check_choice(owner, "render_mode", kwargs.get("render_mode"), (None,))
+    check_choice(owner, "benchmark_data", kwargs.get("benchmark_data", False), (False,))
+    check_choice(owner, "dynamic_rescaling", kwargs.get("dynamic_rescaling", True), (True, False))
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ import torch
 from gymnasium import spaces
 
 from ._vector import VectorEnv
-from .simple_speaker_listener import check_mpe_kwargs, mpe_action_spaces
+from .mpe_batched import check_mpe_kwargs, mpe_action_spaces
 
 EVE, BOB, ALICE = "eve_0", "bob_0", "alice_0"
 AGENTS = (EVE, BOB, ALICE)  # mpe2's order: adversary, good listener, speaker

@@ -45,8 +45,7 @@ import torch
 from gymnasium import spaces
 
 from ._vector import VectorEnv
-from .mpe_batched import AgentBody, BatchedWorld, Body
-from .simple_speaker_listener import check_mpe_kwargs, mpe_action_spaces
+from .mpe_batched import AgentBody, BatchedWorld, Body, check_mpe_kwargs, mpe_action_spaces
 
 AGENTS = ("agent_0", "agent_1")
 LANDMARK_COLORS = np.array([[0.75, 0.25, 0.25], [0.25, 0.75, 0.25], [0.25, 0.25, 0.75]])

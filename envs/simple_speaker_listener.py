@@ -40,28 +40,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from ._vector import VectorEnv, check_choice, check_kwargs
-from .mpe_batched import AgentBody, BatchedWorld, Body
+from ._vector import VectorEnv
+from .mpe_batched import AgentBody, BatchedWorld, Body, check_mpe_kwargs, mpe_action_spaces
 
 SPEAKER, LISTENER = "speaker_0", "listener_0"
 LANDMARK_COLORS = np.array([[0.65, 0.15, 0.15], [0.15, 0.65, 0.15], [0.15, 0.15, 0.65]])
 ALLOWED = ("max_cycles", "device", "continuous_actions", "render_mode", "dynamic_rescaling", "benchmark_data")
-
-
-def mpe_action_spaces(agents: list[str], sizes: list[int], continuous: bool) -> dict[str, spaces.Space]:
-    """mpe2's action spaces: ``Discrete(n)``, or (``continuous_actions=True``) ``Box(0, 1, (n,))`` float32."""
-    if continuous:
-        return {a: spaces.Box(low=0, high=1, shape=(n,)) for a, n in zip(agents, sizes, strict=True)}
-    return {a: spaces.Discrete(n) for a, n in zip(agents, sizes, strict=True)}
-
-
-def check_mpe_kwargs(owner: str, kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    """mpe2's keyword arguments that the batched scenarios take only at the values they implement."""
-    check_kwargs(owner, kwargs, allowed)
-    check_choice(owner, "continuous_actions", kwargs.get("continuous_actions", False), (False, True))
-    check_choice(owner, "render_mode", kwargs.get("render_mode"), (None,))
-    check_choice(owner, "benchmark_data", kwargs.get("benchmark_data", False), (False,))
-    check_choice(owner, "dynamic_rescaling", kwargs.get("dynamic_rescaling", True), (True, False))
 
 
 class SimpleSpeakerListener(VectorEnv):
