@@ -18,6 +18,7 @@ import traceback
 from types import ModuleType
 from typing import Any, NoReturn
 
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -26,6 +27,7 @@ from dni_agents.config import ConfigError, bundled_configs, driver_module, find_
 from dni_agents.core import NonFiniteError
 from dni_agents.core.distributed import PeerError
 from dni_agents.launch import cli_command, launch
+from dni_agents.runtime.run import claim_run_dir, release_run_dir, write_config
 from dni_agents.runtime.stop import Interrupted, StopRequest
 
 PROG = "dni-agents"
@@ -55,14 +57,35 @@ def user_message(exc: BaseException) -> str:
     return " ".join(message.split())
 
 
+OVERRIDES_HELP = """\
+overrides, applied to the config file's keys in the order given:
+  KEY=VALUE   set KEY (dotted: marl.env_kwargs.split=test; list items by index:
+              interfaces.0.mode=none). VALUE is YAML: 1e-3, null, [8, 11], {a: 1}.
+              A mapping VALUE merges into the file's mapping: marl.env_kwargs={a: 1}
+              keeps the file's other env_kwargs.
+  ~KEY        delete KEY from the file's config, so its default applies
+              (~marl.eval_env_kwargs.split). To replace a mapping, delete it first:
+              '~marl.env_kwargs' 'marl.env_kwargs={a: 1}'. Quote it where the
+              shell would expand ~NAME to a home folder.
+"""
+
+
+def is_override(arg: str) -> bool:
+    """``KEY=VALUE`` or ``~KEY`` (an argument that is no option)."""
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train from a config file or bundled config name")
+    train = sub.add_parser("train", help="train from a config file or bundled config name",
+                           epilog=OVERRIDES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("config", metavar="CONFIG", help="a YAML path or a bundled name (see `configs`)")
-    train.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. trainer.lr=1e-3")
+    train.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE|~KEY",
+                       help="set a key (trainer.lr=1e-3) or delete one (~marl.eval_env_kwargs.split); see "
+                            "below")
     train.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue this run")
     train.add_argument("--run-dir", type=pathlib.Path, metavar="DIR", help="default: <log.dir>/<name>")
     train.add_argument("--procs", type=int, default=1, metavar="N",
@@ -76,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=None, metavar="N", help="number of seeds")
     bench.add_argument("--only", type=lambda v: [x for x in v.split(",") if x], default=None, metavar="A,B",
                        help="run only these rows of the suite (models or methods, e.g. mlp6,cnn3)")
-    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run (device=cuda)")
+    bench.add_argument("--cpu", type=int, default=None, metavar="N",
+                       help="time on CPU core N alone, one thread (how docs/benchmarks.md times)")
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE|~KEY",
+                       help="applied to every run (device=cuda), as train's")
     bench.set_defaults(handler=_cmd_bench)
 
     configs = sub.add_parser("configs", help="list bundled configs")
@@ -86,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR")
     ev.add_argument("--ablate", choices=("permute", "zero"), default=None,
                     help="marl: replay with every channel's messages shuffled across environment copies "
-                         "(permute) or silenced (zero)")
+                         "(permute) or silenced (zero): the no-communication reference (a mode none run "
+                         "still hears its sender's untrained code)")
     ev.add_argument("--train-env", action="store_true",
                     help="marl: play on the training environment (marl.env_kwargs) instead of the held-out "
                          "one (marl.eval_env_kwargs merged over marl.env_kwargs, e.g. split: test)")
@@ -99,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        # KEY=VALUE overrides may also follow the options (``bench ff --quick device=cuda``)
-        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        # overrides may also follow the options (``bench ff --quick device=cuda``)
+        stray = [a for a in extra if not is_override(a)]
         if stray or (extra and not hasattr(args, "overrides")):
             parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
         if extra:
@@ -165,13 +192,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 _exit_now(exc, args, cfg)
             _print_json(metrics)
             return 0
+        driver = load_driver(cfg.driver)
+        new_parent = not pathlib.Path(run_dir).parent.exists()
+        if args.resume is None:  # every driver gets its folder with config.yaml (``eval`` reads it)
+            run_dir = claim_run_dir(cfg, run_dir)
         try:
-            metrics = load_driver(cfg.driver).train(cfg, run_dir=run_dir, resume=args.resume, stop=stop)
+            metrics = driver.train(cfg, run_dir=run_dir, resume=args.resume, stop=stop)
         except Interrupted as exc:
             print(_stopped(exc, args, cfg), file=sys.stderr)
             return exc.exit_status
+        except BaseException:
+            if args.resume is None:  # failed before it wrote anything: the next try gets the same folder
+                release_run_dir(cfg, run_dir, parent_too=new_parent)
+            raise
+    if args.resume is not None:  # the run went on with this config (a driver of ours has written it)
+        write_config(cfg, run_dir)
     if isinstance(metrics, dict):
         metrics.pop("curve", None)  # the learning curve is in TensorBoard (and for benches); not one line
+        metrics.setdefault("run_dir", str(run_dir))
     _print_json(metrics)
     return 0
 
@@ -215,11 +253,25 @@ def _exit_now(exc: BaseException, args: argparse.Namespace, cfg: Any) -> NoRetur
     os._exit(exc.exit_status if isinstance(exc, Interrupted) else 2 if is_user_error(exc) else 1)
 
 
+def pin_to_core(core: int) -> None:
+    """Run this process (and the processes it starts) on CPU core ``core`` with one thread: timings taken
+    this way compare methods run one after the other, undisturbed by a second thread or a core switch."""
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if core not in available:
+        raise ConfigError(f"--cpu: core {core} is not available to this process (allowed: "
+                          f"{', '.join(map(str, available)) or 'none: this system cannot pin a process'})")
+    os.sched_setaffinity(0, {core})
+    os.environ["OMP_NUM_THREADS"] = "1"  # for the processes a bench starts
+    torch.set_num_threads(1)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.name not in bench_names():
         raise ConfigError(f"bench: unknown bench {args.name!r} (available: {', '.join(bench_names())})")
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.cpu is not None:
+        pin_to_core(args.cpu)
     if args.name in registry.benches():
         driver = importlib.import_module(registry.benches()[args.name])
     else:

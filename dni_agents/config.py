@@ -3,6 +3,10 @@
 A config is a YAML mapping validated against :class:`Config`. Every error a user can make is
 reported as a :class:`ConfigError` whose message is one line, ``<key.path>: <problem> (<allowed>)``,
 so the CLI can print it without a traceback.
+
+A driver's own settings live under its name (``marl:``) in a model derived from :data:`Section`, the strict
+base every section of ours uses (an unknown key is an error naming the closest one); the driver hands the
+class to the registry as ``SECTION`` (:mod:`dni_agents.registry`).
 """
 
 from __future__ import annotations
@@ -45,10 +49,15 @@ from .schema import (
     import_object,
 )
 
+Section = _Strict
+"""The base class of a config section (a driver's ``SECTION``, and any mapping inside one): a pydantic
+model that refuses unknown keys, so a typo is a one-line error instead of a silent default. Fields use
+pydantic's types and the bounded ones here (``PosInt``, ``UnitFloat``, ...)."""
+
 __all__ = [  # and the schema's names, where drivers (a user's too) have always imported them from
     "UTILITY_KINDS", "AgentConfig", "ChannelConfig", "Config", "ConfigError", "DistributedConfig",
     "InterfaceConfig", "InterfaceOverride", "LogConfig", "NonNegFloat", "NonNegInt", "PosFloat", "PosInt",
-    "TrainerConfig", "UnitFloat", "UtilityConfig", "_Strict", "agent_names", "bundled_configs",
+    "Section", "TrainerConfig", "UnitFloat", "UtilityConfig", "_Strict", "agent_names", "bundled_configs",
     "config_class", "config_to_yaml", "driver_module", "find_config", "import_object", "interface_config",
     "load_config", "parse_config",
 ]
@@ -143,7 +152,10 @@ def parse_config(data: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
     Overrides go through OmegaConf (``DictConfig.merge_with_dotlist``); values are YAML scalars
     (``trainer.lr=1e-3`` is a float, ``x=null`` is None) or YAML flow collections
     (``interfaces=[{sender: layer0, receiver: layer1, mode: none}]``). List items are addressed
-    by index, as ``interfaces.0.mode=none`` or ``interfaces[0].mode=none``; an index must exist.
+    by index, as ``interfaces.0.mode=none`` or ``interfaces[0].mode=none``; an index must exist. A
+    mapping value merges into the mapping it replaces (``marl.env_kwargs={split: test}`` keeps the file's
+    other keys); ``~key`` deletes a key of the file (Hydra's syntax), so the schema's default applies, and
+    ``~marl.env_kwargs marl.env_kwargs={split: test}`` replaces a mapping. Overrides apply in order.
     """
     if not isinstance(data, dict):
         raise ConfigError(f"config: top level must be a mapping of keys, got {type(data).__name__}")
@@ -202,12 +214,16 @@ def _bundled_dir() -> Any:
 
 
 def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Merge dotted overrides with OmegaConf, one at a time so an error names its override."""
+    """Merge dotted overrides with OmegaConf, one at a time so an error names its override; ``~key``
+    deletes ``key``."""
     try:
         conf = OmegaConf.create(data)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config: unsupported content ({_first_line(exc)})") from None
     for override in overrides:
+        if override.startswith("~"):
+            _delete(conf, override)
+            continue
         key, sep, _ = override.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {override!r}: expected key=value (e.g. trainer.lr=1e-3)")
@@ -220,6 +236,35 @@ def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str
         return OmegaConf.to_container(conf, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config: cannot resolve interpolation ({_first_line(exc)})") from None
+
+
+def _delete(conf: Any, override: str) -> None:
+    """``~a.b.c``: remove key ``c`` of the mapping ``a.b`` (or item ``c`` of a list), which must exist."""
+    key = override[1:].strip()
+    if not key or "=" in key:
+        raise ConfigError(f"override {override!r}: expected ~key, which deletes that key (e.g. "
+                          "~marl.eval_env_kwargs.split)")
+    parts = key.replace("[", ".").replace("]", "").split(".")
+    parent_key, last = ".".join(parts[:-1]), parts[-1]
+    parent = OmegaConf.select(conf, parent_key, default=None) if parent_key else conf
+    if OmegaConf.is_dict(parent) and last in parent:
+        del parent[last]
+    elif OmegaConf.is_list(parent) and last.isdigit() and int(last) < len(parent):
+        del parent[int(last)]
+    elif parent is None or not (OmegaConf.is_dict(parent) or OmegaConf.is_list(parent)):
+        what = "is not in the config: nothing to delete"
+        if parent is not None:
+            what = f"is {parent!r}, not a mapping"
+        raise ConfigError(f"{key}: cannot delete ({parent_key} {what})")
+    elif OmegaConf.is_list(parent):
+        raise ConfigError(f"{key}: cannot delete ({parent_key} has {len(parent)} items; no item {last})")
+    else:
+        where = f"{parent_key} has no key {last!r}" if parent_key else f"the config has no key {last!r}"
+        present = list(parent.keys())
+        close = difflib.get_close_matches(last, [str(k) for k in present], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        keys = f"{hint}keys there: {', '.join(str(k) for k in present)}" if present else "nothing to delete"
+        raise ConfigError(f"{key}: cannot delete ({where}; {keys})")
 
 
 def _check_list_index(conf: Any, key: str) -> None:

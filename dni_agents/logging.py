@@ -15,13 +15,19 @@ Tag conventions (drivers, ``dni-agents eval`` and the docs rely on these names):
 ``eval/<metric>``                   evaluation metrics
 ==================================  =======================================================
 
-Text tags: ``config`` (the run's YAML config) and ``hparams`` (markdown table).
+(The marl driver names its tags its own way, channel last: docs/tensorboard.md.)
+
+Text tags: ``config`` (the run's YAML config) and ``hparams`` (the settings the user chose, a markdown
+table); the same settings go to the HParams plugin (a session start at the first step, the experiment and
+the session's end when the logger closes), with the run's final metrics as its metric columns.
 Embeddings go to the projector plugin: ``<run_dir>/projector_config.pbtxt`` plus
-``<run_dir>/<step:05d>/<tag>/{tensors,metadata}.tsv`` (written by ``SummaryWriter.add_embedding``).
+``<run_dir>/<step:05d>/<tag>/{tensors,metadata}.tsv`` and, where a column is named to colour by,
+``bookmarks.json``: one saved view (2-D PCA coloured by that column) in the projector's Bookmarks panel.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -33,8 +39,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "RunDirError", "RunLogger", "make_run_dir", "read_histogram_tags", "read_projector", "read_scalars",
-    "read_texts",
+    "RunDirError", "RunLogger", "make_run_dir", "read_hparams", "read_histogram_tags", "read_projector",
+    "read_scalars", "read_texts", "run_hparams",
 ]
 
 _SIZE_GUIDANCE = {"scalars": 0, "histograms": 0, "tensors": 0}  # 0 = keep every event
@@ -107,8 +113,43 @@ def _clean(cell: Any) -> str:
 
 
 def _hparams_markdown(hparams: Mapping[str, Any]) -> str:
-    rows = [f"| {_clean(k)} | {_clean(v).replace('|', '&#124;')} |" for k, v in sorted(hparams.items())]
+    rows = [f"| {_clean(k)} | {_clean(v).replace('|', '&#124;')} |" for k, v in hparams.items()]
     return "\n".join(["| hparam | value |", "|---|---|", *rows])
+
+
+def _hparam_value(value: Any) -> int | float | str | bool:
+    """The HParams plugin takes numbers, strings and booleans: anything else as compact YAML-ish text."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if value is None:
+        return "null"
+    return json.dumps(value, default=str, separators=(", ", ": "))
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys (``trainer.lr``); list items by index (``interfaces.0.mode``) when they are mappings."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, path + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                out.update(_flat(item, f"{path}.{i}."))
+        else:
+            out[path] = value
+    return out
+
+
+def run_hparams(cfg: Any) -> dict[str, Any]:
+    """A run's hyperparameters for the ``hparams`` table and the HParams plugin: the main settings (driver,
+    config name, interface mode(s), seed, steps, learning rate), then only the keys the user set (the
+    config file's own and the overrides; pydantic's *set* fields), never the whole resolved schema."""
+    modes = [i.mode or cfg.interface_defaults.mode for i in cfg.interfaces] or [cfg.interface_defaults.mode]
+    main = {"driver": cfg.driver, "config": cfg.name, "mode": ",".join(dict.fromkeys(modes)),
+            "seed": cfg.seed, "trainer.steps": cfg.trainer.steps, "trainer.lr": cfg.trainer.lr}
+    user = _flat(cfg.model_dump(exclude_unset=True))
+    return {**main, **{k: v for k, v in user.items() if k not in main and k not in ("name", "driver")}}
 
 
 class RunLogger:
@@ -132,6 +173,11 @@ class RunLogger:
         self._closed = False
         self._embeddings: set[tuple[str, int]] = set()
         self._writer = None
+        self._hparams = {k: _hparam_value(v) for k, v in (hparams or {}).items()}
+        self._metrics: list[str] | None = None  # the HParams plugin's metric columns (None: eval/ tags)
+        self._scalar_tags: dict[str, None] = {}  # tags this logger wrote, in order
+        self._projector = None
+        self._first = purge_step or 0
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter  # imported lazily: disabled loggers skip it
@@ -149,6 +195,11 @@ class RunLogger:
             self._writer.add_text("config", "\n".join("    " + ln for ln in config_yaml.splitlines()), first)
         if hparams:
             self._writer.add_text("hparams", _hparams_markdown(hparams), first)
+            from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+            # the session starts now, so a run in progress is listed in the HParams plugin already
+            self._writer.file_writer.add_summary(hparams_summaries(self._hparams, {})[1], first)
+        self._projector = self._load_projector(purge_step)
 
     @staticmethod
     def _write_atomic(path: Path, text: str) -> None:
@@ -173,6 +224,7 @@ class RunLogger:
     def scalar(self, tag: str, value: float, step: int) -> None:
         if (w := self._w()) is not None:
             w.add_scalar(tag, float(value), int(step))
+            self._scalar_tags[tag] = None
 
     def scalars(self, prefix: str, values: Mapping[str, float | None], step: int) -> None:
         """Log ``prefix/key`` for each value; None/NaN are skipped (a metric that was not measurable)."""
@@ -183,14 +235,16 @@ class RunLogger:
                 continue
             self.scalar(f"{prefix}/{key}", v, step)
 
-    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        """Histogram of the finite entries (NaN/inf would make numpy's binning raise mid-training)."""
+    def histogram(self, tag: str, values: torch.Tensor, step: int, bins: str | Sequence[float] = "tensorflow",
+                  ) -> None:
+        """Histogram of the finite entries (NaN/inf would make numpy's binning raise mid-training); ``bins``:
+        numpy's bin edges (e.g. one bin per symbol), or TensorBoard's default."""
         if (w := self._w()) is None:
             return
         flat = values.detach().to("cpu", torch.float32).reshape(-1)
         flat = flat[torch.isfinite(flat)]
         if flat.numel() > 0:
-            w.add_histogram(tag, flat.numpy(), int(step))
+            w.add_histogram(tag, flat.numpy(), int(step), bins=bins if isinstance(bins, str) else list(bins))
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         if (w := self._w()) is not None:
@@ -203,13 +257,16 @@ class RunLogger:
         labels: Sequence | torch.Tensor | None,
         step: int,
         label_header: Sequence[str] | None = None,
+        color_by: str | None = None,
     ) -> None:
         """Projector embedding of ``vectors`` (flattened to ``(n, d)``), one metadata row per vector.
 
         With ``label_header`` each label is a row of ``len(label_header)`` columns. A one-column header
-        is dropped: the projector treats single-column metadata as header-less.
+        is dropped: the projector treats single-column metadata as header-less. ``color_by`` (a column of
+        the header): also a bookmark, the projector's one saved view, of the first two principal components
+        coloured by that column (the projector's config file cannot preset a projection or a colouring).
         """
-        if (w := self._w()) is None:
+        if self._w() is None:
             return
         if (tag, int(step)) in self._embeddings:
             raise ValueError(f"embedding {tag!r} already logged at step {step}")
@@ -230,8 +287,66 @@ class RunLogger:
                     meta, header = [r[0] for r in meta], None
             else:
                 meta = [_clean(r) for r in rows]
-        w.add_embedding(mat, metadata=meta, global_step=int(step), tag=tag, metadata_header=header)
+        if color_by is not None and (header is None or color_by not in header):
+            raise ValueError(f"color_by={color_by!r} is not a column of the header {header}")
+        self._write_embedding(tag, int(step), mat, meta, header, color_by)
         self._embeddings.add((tag, int(step)))
+
+    def _write_embedding(self, tag: str, step: int, mat: torch.Tensor, meta: list | None,
+                         header: list[str] | None, color_by: str | None) -> None:
+        """The projector's files for one embedding (as ``SummaryWriter.add_embedding`` lays them out, with a
+        bookmark beside them), and ``projector_config.pbtxt`` rewritten with every embedding so far."""
+        from tensorboard.plugins.projector.projector_config_pb2 import EmbeddingInfo
+
+        safe = tag.replace("%", "%25").replace("/", "%2f").replace("\\", "%5c")
+        subdir = f"{step:05d}/{safe}"
+        folder = self.run_dir / subdir
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = ["\t".join(f"{x:.9g}" for x in row) for row in mat.tolist()]
+        self._write_atomic(folder / "tensors.tsv", "\n".join(lines) + "\n")
+        info = EmbeddingInfo(tensor_name=f"{tag}:{step:05d}", tensor_path=f"{subdir}/tensors.tsv",
+                             tensor_shape=list(mat.shape))
+        if meta is not None:
+            rows = [header, *meta] if header is not None else [[m] for m in meta]
+            text = "\n".join("\t".join(r) for r in rows) + "\n"
+            self._write_atomic(folder / "metadata.tsv", text)
+            info.metadata_path = f"{subdir}/metadata.tsv"
+        if color_by is not None and meta is not None and mat.shape[1] >= 2 and mat.shape[0] >= 2:
+            state = _pca_bookmark(mat, color_by, header[0] if header else color_by)
+            self._write_atomic(folder / "bookmarks.json", json.dumps([state]))
+            info.bookmarks_path = f"{subdir}/bookmarks.json"
+        self._projector.embeddings.append(info)
+        from google.protobuf import text_format
+
+        config = text_format.MessageToString(self._projector)
+        self._write_atomic(self.run_dir / "projector_config.pbtxt", config)
+
+    def _load_projector(self, purge_step: int | None):
+        """The projector config so far: a resumed run keeps the embeddings logged before ``purge_step``
+        (those at or after it went with the crashed run's events)."""
+        from google.protobuf import text_format
+        from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+        config = ProjectorConfig()
+        pbtxt = self.run_dir / "projector_config.pbtxt"
+        if pbtxt.exists():
+            old = text_format.Parse(pbtxt.read_text(encoding="utf-8"), ProjectorConfig())
+            for emb in old.embeddings:
+                step = int(emb.tensor_name.rpartition(":")[2] or 0)
+                if purge_step is None or step < purge_step:
+                    config.embeddings.append(emb)
+        return config
+
+    def custom_scalars(self, layout: Mapping[str, Mapping[str, tuple[str, Sequence[str]]]]) -> None:
+        """The Custom Scalars page: ``{category: {chart title: ("Multiline" | "Margin", [tag regexes])}}``."""
+        if (w := self._w()) is not None:
+            w.add_custom_scalars({cat: {title: [kind, list(tags)] for title, (kind, tags) in charts.items()}
+                                  for cat, charts in layout.items()})
+
+    def hparam_metrics(self, tags: Sequence[str]) -> None:
+        """The scalar tags the HParams plugin shows as this run's metrics (their last value); without this
+        call: every ``eval/`` tag the logger wrote."""
+        self._metrics = list(tags)
 
     def interface(self, name: str, stats: Mapping[str, float | None], step: int) -> None:
         self.scalars(f"interface/{name}", stats, step)
@@ -247,8 +362,18 @@ class RunLogger:
             w.flush()
 
     def close(self) -> None:
-        """Flush and close; idempotent."""
+        """Write the HParams plugin's experiment (the hyperparameters and the metric columns) and the
+        session's end, flush and close; idempotent."""
         if not self._closed and self._writer is not None:
+            if self._hparams:
+                from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+                metrics = self._metrics
+                if metrics is None:
+                    metrics = [t for t in self._scalar_tags if t.startswith("eval/")]
+                exp, _, end = hparams_summaries(self._hparams, dict.fromkeys(metrics, 0.0))
+                self._writer.file_writer.add_summary(exp, self._first)
+                self._writer.file_writer.add_summary(end, self._first)
             self._writer.close()
         self._closed = True
 
@@ -257,6 +382,27 @@ class RunLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pca_bookmark(mat: torch.Tensor, color_by: str, label_by: str) -> dict[str, Any]:
+    """A saved projector view (the fields the projector's own bookmarks carry): every point placed on the
+    first two principal components of ``mat``, coloured by the metadata column ``color_by`` as categories."""
+    centred = mat.double() - mat.double().mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    xy = (centred @ v[:2].T).tolist()
+    return {
+        "label": f"2-D PCA, coloured by {color_by}", "isSelected": False,
+        "projections": [{"pca-0": x, "pca-1": y} for x, y in xy],
+        "selectedProjection": "pca", "pcaComponentDimensions": [0, 1],
+        "dataSetDimensions": list(mat.shape), "tSNEIteration": 0, "tSNEPerplexity": 30,
+        "tSNELearningRate": 10, "tSNEis3d": False, "umapIs3d": False, "umapNeighbors": 15, "umapMinDist": 0.1,
+        "selectedPoints": [], "filteredPoints": None, "selectedColorOptionName": color_by,
+        "forceCategoricalColoring": True, "selectedLabelOption": label_by,
+        "customSelectedSearchByMetadataOption": label_by,
+        "customXLeftText": "", "customXLeftRegex": False, "customXRightText": "", "customXRightRegex": False,
+        "customYUpText": "", "customYUpRegex": False, "customYDownText": "", "customYDownRegex": False,
+        "cameraDef": {"orthographic": True, "position": [0, 0, 4], "target": [0, 0, 0], "zoom": 1},
+    }
 
 
 def _accumulator(run_dir: Path):
@@ -287,6 +433,27 @@ def read_texts(run_dir: Path) -> dict[str, list[str]]:
         if tag.endswith("/text_summary"):
             texts = [e.tensor_proto.string_val[0].decode("utf-8") for e in acc.Tensors(tag)]
             out[tag.removesuffix("/text_summary")] = texts
+    return out
+
+
+def read_hparams(run_dir: Path) -> dict[str, Any]:
+    """The HParams plugin's data of a run: ``hparams`` (name -> value, from the session start),
+    ``metrics`` (the experiment's metric tags) and ``status`` (the session end's, or None)."""
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2 as pd
+
+    acc = _accumulator(run_dir)
+    out: dict[str, Any] = {"hparams": {}, "metrics": [], "status": None}
+    for tag, content in acc.PluginTagToContent(metadata.PLUGIN_NAME).items():
+        data = pd.HParamsPluginData.FromString(content)
+        if tag == metadata.SESSION_START_INFO_TAG:
+            for name, value in data.session_start_info.hparams.items():
+                out["hparams"][name] = getattr(value, value.WhichOneof("kind"))
+        elif tag == metadata.EXPERIMENT_TAG:
+            out["metrics"] = [m.name.tag for m in data.experiment.metric_infos]
+        elif tag == metadata.SESSION_END_INFO_TAG:
+            out["status"] = pd.SessionEndInfo.DESCRIPTOR.fields_by_name["status"].enum_type.values_by_number[
+                data.session_end_info.status].name
     return out
 
 

@@ -3,8 +3,9 @@ edit of this package (BenchMARL's registry, with Python's entry points as the ta
 
 A driver is a module (or package) with:
 
-* ``SECTION``: the pydantic model of its config section, the key named like the driver (``marl:``);
-  optional, a driver without settings of its own has none;
+* ``SECTION``: the pydantic model of its config section, the key named like the driver (``marl:``), a
+  subclass of :data:`dni_agents.config.Section` (unknown keys are one-line errors); optional, a driver
+  without settings of its own has none;
 * ``AGENT_CONFIG``: the pydantic model of one ``agents`` entry, when its agents have settings of their own (a
   subclass of ``AgentConfig``; marl's: members, policy, network); optional;
 * ``agent_names(cfg) -> list[str]``: the agents a run of it has (optional: the config's ``agents`` names);
@@ -12,6 +13,15 @@ A driver is a module (or package) with:
 * ``train(cfg, run_dir, log=True, progress=True, resume=None, stop=None) -> dict`` and
   ``evaluate(run_dir) -> dict``; optionally ``train_distributed`` (same arguments, ``--procs N``),
   ``placement_for(cfg, world_size)`` and ``bench(quick, out, seeds, overrides, only)``.
+
+``dni-agents train`` makes a new run's folder (``<log.dir>/<name>``, ``--run-dir``; ``-2``, ``-3``, ... when
+it exists) and writes the resolved ``config.yaml`` into it before it calls ``train`` with it as ``run_dir``
+(``--resume``: the run's own folder, and ``config.yaml`` rewritten once the run has gone on); the driver
+writes its checkpoint and results there, and ``dni-agents eval RUN_DIR`` loads that config to pick the driver
+and calls its ``evaluate(RUN_DIR)``. A start that fails before anything is written leaves no folder. The
+JSON line ``train`` prints is the dict ``train`` returns, with ``run_dir`` added if it has none. Helpers for
+building agents and interfaces from the config: :mod:`dni_agents.drivers` (``build_interface``,
+``agent_optimizer``); a whole example: ``tests/user_driver.py``.
 
 A package adds a driver with an entry point in its ``pyproject.toml``::
 

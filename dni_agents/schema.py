@@ -72,17 +72,19 @@ class TrainerConfig(_Strict):
     eval_every: NonNegInt = 0  # 0: evaluate only at the end
     checkpoint_every: NonNegInt = 0  # 0: checkpoint only at the end
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss, ĝ, target or gradient: stop, or skip it
-    # torch intra-op threads while training (0: torch's default, one per core). One by default: beside
-    # another CPU-bound process, threads beyond the free cores spin (ff_digits cdni on 2 cores: 7 s with
-    # 1 thread, 106 s with 2; docs/benchmarks.md), and these networks gain little from more
+    # torch intra-op threads while training (0: torch's default, one per core). One by default: these
+    # networks gain little from more, and threads beyond the free cores spin beside another CPU-bound
+    # process (docs/benchmarks.md measures both)
     threads: NonNegInt = 1
 
 
 class LogConfig(_Strict):
     dir: str = "runs"
     every: PosInt = 50
-    histogram_every: PosInt = 500
-    embedding_samples: NonNegInt = 512  # messages written to the projector at the end; 0 = none
+    # histograms (and marl's projector snapshots) every that many steps, never at the untrained step 0,
+    # always at the last; "auto": trainer.steps // 5, so any run shows about five
+    histogram_every: PosInt | Literal["auto"] = "auto"
+    embedding_samples: NonNegInt = 512  # messages written to each projector snapshot; 0 = none
 
 
 class AgentConfig(_Strict):
@@ -98,7 +100,7 @@ class UtilityConfig(_Strict):
     """The model that predicts the gradient a receiver will send back (the synthetic gradient)."""
 
     # one of ours, or "package.module:Class": Class(message_shape, context_dim=, gate=, **kwargs) -> a module
-    # whose forward(message, context) returns ĝ shaped like the message (docs: README "Extending")
+    # whose forward(message, context) returns ĝ shaped like the message (docs/extending.md)
     kind: str = "linear"
     kwargs: dict[str, Any] = Field(default_factory=dict)  # for a kind given by import string
     hidden: PosInt = 1024

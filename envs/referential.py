@@ -46,8 +46,10 @@ class ReferentialGame(SeededParallelEnv):
         message_size: int = 4,
         render_mode: str | None = None,
     ) -> None:
-        if n_candidates < 1 or n_features < 1 or message_size < 1:
-            raise ValueError("n_candidates, n_features and message_size must be >= 1")
+        for key, value in (("n_candidates", n_candidates), ("n_features", n_features),
+                           ("message_size", message_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key}={value!r}: it must be an int >= 1")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unsupported render_mode {render_mode!r}")
         self.n_candidates = n_candidates

@@ -80,7 +80,37 @@ def test_train_dispatches_and_prints_json(calls, exp, tmp_path, capsys) -> None:
     assert kind == "train" and got_dir == run_dir and resume is None
     assert cfg.trainer.lr == 0.001 and cfg.trainer.steps == 3
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 and json.loads(lines[0]) == {"accuracy": 0.5, "steps": 3}
+    assert len(lines) == 1 and json.loads(lines[0]) == {"accuracy": 0.5, "steps": 3, "run_dir": str(run_dir)}
+    # the CLI opened the folder and wrote the resolved config into it, whatever the driver does
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+    assert (run_dir / "config.yaml").read_text() == config_to_yaml(cfg)
+
+
+def test_every_driver_gets_a_new_folder_and_a_failed_start_leaves_none(monkeypatch, exp, tmp_path,
+                                                                       capsys) -> None:
+    seen: list[pathlib.Path] = []
+
+    def train(cfg: Config, run_dir: pathlib.Path, resume: pathlib.Path | None, stop=None) -> dict[str, Any]:
+        seen.append(run_dir)
+        (run_dir / "checkpoint.pt").write_text("trained")
+        return {}
+
+    monkeypatch.setattr(cli, "load_driver", lambda name: fake_driver([], train=train))
+    for _ in range(2):
+        assert cli.main(["train", str(exp), f"log.dir={tmp_path / 'runs'}"]) == 0
+    assert seen == [tmp_path / "runs" / "exp", tmp_path / "runs" / "exp-2"]  # never another run's folder
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"run_dir": str(seen[1])}
+
+    def refuse(cfg: Config, run_dir: pathlib.Path, resume: pathlib.Path | None, stop=None) -> dict[str, Any]:
+        seen.append(run_dir)
+        raise DataMissing("no data")
+
+    monkeypatch.setattr(cli, "load_driver", lambda name: fake_driver([], train=refuse))
+    assert run_error(capsys, ["train", str(exp), f"log.dir={tmp_path / 'runs'}"]) == "no data"
+    assert run_error(capsys, ["train", str(exp), f"log.dir={tmp_path / 'new' / 'runs'}"]) == "no data"
+    assert seen[2:] == [tmp_path / "runs" / "exp-3", tmp_path / "new" / "runs" / "exp"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp", "exp-2"]  # nothing left behind
+    assert not (tmp_path / "new" / "runs").exists()  # nor the log.dir the start made
 
 
 def test_train_default_run_dir_and_resume(calls, exp, tmp_path, capsys) -> None:
@@ -88,15 +118,16 @@ def test_train_default_run_dir_and_resume(calls, exp, tmp_path, capsys) -> None:
     assert calls[-1][1][1] == tmp_path / "runs" / "exp"
     previous = tmp_path / "previous"
     previous.mkdir()
-    assert cli.main(["train", str(exp), "--resume", str(previous)]) == 0
+    assert cli.main(["train", str(exp), "--resume", str(previous), "trainer.steps=20"]) == 0
     assert calls[-1][1][1:] == (previous, previous)
+    assert "steps: 20" in (previous / "config.yaml").read_text()  # the config the run went on with
 
 
 def test_train_through_real_loader_names_driver_module(monkeypatch, exp) -> None:
     imported: list[str] = []
     module = fake_driver([])
     monkeypatch.setattr(cli.importlib, "import_module", lambda name: imported.append(name) or module)
-    assert cli.main(["train", str(exp)]) == 0
+    assert cli.main(["train", str(exp), f"log.dir={exp.parent / 'runs'}"]) == 0
     assert imported and set(imported) == {"dni_agents.drivers.ff"}  # the config's schema and the CLI's train
 
 
@@ -112,6 +143,19 @@ def test_bench_dispatches(calls, tmp_path) -> None:
     assert cli.main(["bench", "ff", "device=cpu", "--quick", "--out", str(out), "--seeds", "2",
                      "--only", "mlp3,dni"]) == 0
     assert calls == [("bench", (True, out, 2, ["device=cpu"], ["mlp3", "dni"]))]
+
+
+def test_bench_cpu_pins_to_one_core_and_one_thread(calls, monkeypatch, capsys) -> None:
+    pinned: list = []
+    monkeypatch.setattr(cli.os, "sched_setaffinity", lambda pid, cores: pinned.append(cores))
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(cli.torch, "set_num_threads", lambda n: pinned.append(n))
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert cli.main(["bench", "ff", "--quick", "--cpu", "1"]) == 0
+    assert pinned == [{1}, 1] and cli.os.environ["OMP_NUM_THREADS"] == "1" and calls
+    calls.clear()
+    assert cli.main(["bench", "ff", "--quick", "--cpu", "5"]) == 2  # not a core of this process
+    assert "--cpu: core 5 is not available" in capsys.readouterr().err and not calls
 
 
 def test_configs_lists_names_drivers_descriptions(monkeypatch, tmp_path, capsys) -> None:
@@ -191,7 +235,7 @@ def test_driver_user_error_is_one_line(monkeypatch, exp, capsys) -> None:
 
     module = fake_driver([], train=train)
     monkeypatch.setattr(cli, "load_driver", lambda name: module)
-    message = run_error(capsys, ["train", str(exp)])
+    message = run_error(capsys, ["train", str(exp), f"log.dir={exp.parent / 'runs'}"])
     assert message == "dataset mnist not found under /data (pass ff.data_root=...)"
 
 
@@ -202,7 +246,8 @@ def test_other_exceptions_propagate(monkeypatch, exp) -> None:
     module = fake_driver([], train=train)
     monkeypatch.setattr(cli, "load_driver", lambda name: module)
     with pytest.raises(RuntimeError, match="a bug"):
-        cli.main(["train", str(exp)])
+        cli.main(["train", str(exp), f"log.dir={exp.parent / 'runs'}"])
+    assert not (exp.parent / "runs").exists()
 
 
 def test_argparse_errors_return_2(capsys) -> None:
@@ -230,6 +275,25 @@ def test_overrides_may_follow_options(calls, tmp_path) -> None:
     out = tmp_path / "b.json"
     assert cli.main(["bench", "ff", "--quick", "device=cpu", "--out", str(out), "trainer.steps=3"]) == 0
     assert calls == [("bench", (True, out, None, ["device=cpu", "trainer.steps=3"], None))]
+
+
+def test_a_tilde_override_deletes_a_key_wherever_it_stands(calls, exp, tmp_path, capsys) -> None:
+    runs = f"log.dir={tmp_path}"
+    assert cli.main(["train", str(exp), "--run-dir", str(tmp_path / "a"), "~trainer.steps", runs]) == 0
+    assert calls[-1][1][0].trainer.steps == 1000  # the file's 10 deleted: the schema's default
+    assert cli.main(["train", str(exp), "~trainer.steps", "trainer.steps=7", runs]) == 0
+    assert calls[-1][1][0].trainer.steps == 7
+    assert run_error(capsys, ["train", str(exp), runs, "~trainer.step"]) == (
+        "trainer.step: cannot delete (trainer has no key 'step'; did you mean 'steps'? keys there: steps)")
+
+
+def test_train_help_says_how_overrides_merge_and_delete(capsys) -> None:
+    assert cli.main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "KEY=VALUE|~KEY" in text
+    assert "A mapping VALUE merges into the file's mapping" in text
+    assert "~KEY delete KEY from the file's config, so its default applies" in text
+    assert "'~marl.env_kwargs' 'marl.env_kwargs={a: 1}'" in text  # how to replace a mapping
 
 
 def test_stray_argument_is_a_usage_error(capsys) -> None:

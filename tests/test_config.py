@@ -123,6 +123,37 @@ def test_override_of_missing_list_index() -> None:
     assert error_of(BASE, ("interfaces.1.sender=layer9",)).startswith("interfaces[1]: no such item")
 
 
+MARL = {"driver": "marl", "agents": [{"name": "speaker_0"}, {"name": "listener_0"}],
+        "marl": {"env_kwargs": {"max_cycles": 7, "continuous_actions": True}}}
+
+
+def test_a_mapping_override_merges_and_a_tilde_deletes_the_key_first() -> None:
+    merged = parse_config(MARL, ("marl.env_kwargs={max_cycles: 9}",))
+    assert merged.marl.env_kwargs == {"max_cycles": 9, "continuous_actions": True}  # merged, not replaced
+    cleared = parse_config(MARL, ("~marl.env_kwargs",))
+    assert cleared.marl.env_kwargs == {}  # the schema's default
+    replaced = parse_config(MARL, ("~marl.env_kwargs", "marl.env_kwargs={max_cycles: 9}"))
+    assert replaced.marl.env_kwargs == {"max_cycles": 9}
+    assert parse_config(MARL, ("~marl.env_kwargs.continuous_actions",)).marl.env_kwargs == {"max_cycles": 7}
+    assert parse_config(MARL, ("~agents[1]", "agents.0.name=x")).agents[0].name == "x"  # a list item too
+    assert len(parse_config(MARL, ("~agents.1",)).agents) == 1
+    assert parse_config(BASE, ("trainer.lr=0.5", "~trainer.lr")).trainer.lr == 3e-4  # in the order given
+    assert MARL["marl"]["env_kwargs"] == {"max_cycles": 7, "continuous_actions": True}  # the data untouched
+
+
+def test_deleting_a_key_that_is_not_there_is_one_line() -> None:
+    assert error_of(MARL, ("~marl.env_kwargs.max_cycle",)) == (
+        "marl.env_kwargs.max_cycle: cannot delete (marl.env_kwargs has no key 'max_cycle'; did you mean "
+        "'max_cycles'? keys there: max_cycles, continuous_actions)")
+    assert error_of(BASE, ("~trainer.lr",)) == (
+        "trainer.lr: cannot delete (trainer is not in the config: nothing to delete)")
+    assert error_of(MARL, ("~agents.5",)) == "agents.5: cannot delete (agents has 2 items; no item 5)"
+    assert error_of(MARL, ("~marl.env_kwargs.max_cycles.x",)) == (
+        "marl.env_kwargs.max_cycles.x: cannot delete (marl.env_kwargs.max_cycles is 7, not a mapping)")
+    assert error_of(BASE, ("~",)).startswith("override '~': expected ~key")
+    assert error_of(BASE, ("~trainer.lr=1",)).startswith("override '~trainer.lr=1': expected ~key")
+
+
 def test_bad_name_and_device() -> None:
     assert error_of({**BASE, "name": "../x"}).startswith("name: '../x' is not a valid run name (allowed:")
     assert error_of({**BASE, "name": ".."}).startswith("name: '..' is not a valid run name")

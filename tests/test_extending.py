@@ -3,18 +3,21 @@ each plugged in from outside the package (tests/user_plugins.py, tests/user_driv
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import user_driver
 import user_plugins
 
+import dni_agents.drivers
 from dni_agents import registry
 from dni_agents.cli import bench_names, main
-from dni_agents.config import ConfigError, agent_names, config_to_yaml, load_config
-from dni_agents.drivers import marl
+from dni_agents.config import ConfigError, Section, agent_names, config_to_yaml, load_config
+from dni_agents.drivers import build_interface, marl
 
 TINY = ["trainer.steps=3", "marl.num_envs=16", "marl.eval_episodes=32", "marl.max_steps=10"]
 
@@ -127,6 +130,18 @@ def test_continuous_actions_train_and_the_learner_replays_their_probabilities(tm
     assert torch.isfinite(torch.tensor([result["mean_return"], result["ablated_return"]])).all()
 
 
+def test_the_example_driver_uses_the_public_api_only():
+    """A user's driver needs no private name: its imports from dni_agents carry no leading underscore."""
+    tree = ast.parse(Path(user_driver.__file__).read_text(encoding="utf-8"))
+    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names if (node.module or "").startswith("dni_agents")]
+    assert ("dni_agents.config", "Section") in imported
+    assert ("dni_agents.drivers", "build_interface") in imported
+    assert not [(m, n) for m, n in imported if any(p.startswith("_") for p in [*m.split("."), n])]
+    assert user_driver.SECTION.__mro__[1] is Section and "build_interface" in dni_agents.drivers.__all__
+    assert build_interface.__doc__ and "context_dim" in build_interface.__doc__  # documented
+
+
 def registry_driver(name: str):
     return importlib.import_module(registry.drivers()[name])
 
@@ -152,6 +167,13 @@ def test_a_driver_from_an_installed_package_trains_with_no_edit_of_the_package(t
     assert main(["train", str(config), f"log.dir={tmp_path / 'runs'}"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["last_loss"] < 0.05 * result["first_loss"]  # the encoder learned through ĝ ...
+    run_dir = Path(result["run_dir"])  # the CLI made the folder and wrote the config; the driver checkpointed
+    assert run_dir == tmp_path / "runs" / "run" and (run_dir / user_driver.CHECKPOINT).is_file()
+    ran = load_config(str(config), [f"log.dir={tmp_path / 'runs'}"])
+    assert load_config(str(run_dir / "config.yaml")) == ran
+    assert main(["eval", str(run_dir)]) == 0  # ... and eval finds the driver and its run
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scored["steps"] == 600 and scored["eval_loss"] < 0.05 * result["first_loss"]
     silent = load_config(str(config), ["interface_defaults.mode=none"])
     alone = registry_driver("regression").train(silent, tmp_path / "none", log=False)
     assert alone["last_loss"] > 10 * result["last_loss"]  # ... which it cannot without one

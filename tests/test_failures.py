@@ -247,6 +247,58 @@ def _single_file_scalars(events: Path, folder: Path) -> dict[str, list[tuple[int
     return read_scalars(alone)
 
 
+SMALL_MARL = ["trainer.steps=1", "marl.num_envs=2", "marl.eval_episodes=2", "log.embedding_samples=0"]
+
+
+@pytest.mark.parametrize("config, override, message", [
+    # a message narrower than the speaker's words: its action would silently stay 0
+    ("speaker_listener", "interfaces.0.obs_slice=[8,10]",
+     "interfaces[0].obs_slice: [8, 10] makes speaker_0->listener_0's message 2 wide, but speaker_0 "
+     "(agents[0], policy: false) acts with its message and its action space Discrete(3) takes 3 (allowed: "
+     "a 3-wide message, or policy: true; for 2 on purpose, with the action left at 0, set "
+     "interfaces[0].size=2)"),
+    ("speaker_listener", "~interfaces.0.obs_slice",  # appended (no slot): marl.message_size's width
+     "marl.message_size: 4 makes speaker_0->listener_0's message 4 wide, but speaker_0 (agents[0], policy: "
+     "false) acts with its message and its action space Discrete(3) takes 3"),
+    # the environment declares the receiver's comm slot (crypto: Bob's is [4, 8))
+    ("crypto", "interfaces.0.obs_slice=[4,7]",
+     "interfaces[0].obs_slice: [4, 7] is 3 wide, but bob_0's comm slot (the environment's comm_slice) is "
+     "[4, 8), 4 wide (allowed: [4, 8] or no obs_slice; for a 3-wide message inside the slot on purpose, set "
+     "interfaces[0].size=3 too)"),
+    ("crypto", "interfaces.0.obs_slice=[3,7]",
+     "interfaces[0].obs_slice: [3, 7] is not inside bob_0's comm slot [4, 8) (the environment's comm_slice): "
+     "the message would replace observation entries that are no communication (allowed: [4, 8] or no "
+     "obs_slice)"),
+    # an environment's refusal names the key it names, and the evaluation environment keeps the spaces
+    ("crypto", "marl.env_kwargs.foo=1",
+     "marl.env_kwargs.foo=1: dni_envs.simple_crypto_v3 refuses it (SimpleCrypto: unknown keyword argument "
+     "foo=1; it takes max_cycles, "),
+    ("referential", "marl.env_kwargs.message_size=0",
+     "marl.env_kwargs.message_size=0: dni_envs.referential refuses it (message_size=0: it must be an int "
+     ">= 1)"),
+    ("digits_referential", "marl.eval_env_kwargs.message_size=0",
+     "marl.eval_env_kwargs.message_size=0: dni_envs.digits_referential refuses it (message_size must be an "
+     "int >= 1, got 0)"),
+    ("speaker_listener", "marl.eval_env_kwargs.continuous_actions=true",
+     "marl.eval_env_kwargs.continuous_actions=True: the evaluation environment has speaker_0's action space "
+     "Box(0.0, 1.0, (3,), float32) (training: Discrete(3)), so the trained networks cannot play it (allowed: "
+     "keys that change what is drawn, not the agents or their spaces)"),
+])
+def test_a_message_that_does_not_fit_or_an_env_refusal_is_one_line_and_leaves_no_run(tmp_path, capsys, config,
+                                                                                      override, message):
+    got = run_error(capsys, ["train", config, override, *SMALL_MARL, f"log.dir={tmp_path}"])
+    assert got.startswith(message)
+    assert list(tmp_path.iterdir()) == []  # the run folder the CLI opened is gone again
+
+
+def test_a_narrow_message_asked_for_with_size_builds():
+    for config, extra in (("crypto", ["interfaces.0.obs_slice=[4,7]", "interfaces.0.size=3"]),
+                          ("speaker_listener", ["interfaces.0.obs_slice=[8,10]", "interfaces.0.size=2"])):
+        cfg = load_config(config, [*SMALL_MARL, *extra])
+        _, _, channels = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
+        assert channels[0].size == 3 if config == "crypto" else 2
+
+
 def test_a_resumed_run_shows_each_step_once_with_the_values_of_the_run_that_continued(tmp_path):
     digits = load_dataset("digits")
     args = [f"log.dir={tmp_path}", "trainer.steps=40", "trainer.checkpoint_every=20", "trainer.eval_every=0",

@@ -207,3 +207,73 @@ def test_an_undefined_fidelity_stat_is_never_logged_as_zero(tmp_path: Path) -> N
             assert len(steps) >= 25  # measured wherever it is defined
     assert dict(scalars["interface/layer0->layer1/target_norm"])[0] == 0.0  # the case this is about
     assert 0 not in {s for s, _ in scalars["interface/layer1->layer2/grad_cosine"]}  # ĝ = 0: no direction
+
+
+@pytest.mark.parametrize("count_from", [0, 1])
+def test_histograms_skip_the_untrained_step_and_always_show_the_last(tmp_path: Path, count_from: int) -> None:
+    from dni_agents.config import load_config
+    from dni_agents.runtime.loop import Loop
+
+    def points(*overrides: str) -> list[int]:
+        cfg = load_config("ff_digits", [f"log.dir={tmp_path}", *overrides])
+        loop = Loop(cfg, 0, RunLogger(tmp_path / "off", enabled=False), lambda step: None, log=True,
+                    progress=False, count_from=count_from)
+        return [loop.at(s) for s in range(cfg.trainer.steps) if loop.histograms(s)]
+
+    last = 79 + count_from
+    assert points("trainer.steps=80") == sorted({16, 32, 48, 64, last})  # auto: a fifth of the run
+    assert points("trainer.steps=80", "log.histogram_every=30") == [30, 60, last]  # an explicit cadence
+    assert points("trainer.steps=3", "log.histogram_every=1") == ([1, 2] if count_from == 0 else [1, 2, 3])
+    assert len(points("trainer.steps=1500")) == 5 and points("trainer.steps=1500")[-1] == 1499 + count_from
+
+
+def test_hparams_plugin_holds_the_settings_and_the_final_metrics(tmp_path: Path) -> None:
+    from dni_agents.logging import read_hparams
+
+    with RunLogger(tmp_path / "r", hparams={"trainer.lr": 0.01, "mode": "dni", "fused": True,
+                                            "obs_slice": [8, 11], "teams": None}) as log:
+        log.scalar("eval/mean_return", 1.5, 10)
+        log.scalar("agent/a/loss", 0.1, 10)
+    got = read_hparams(tmp_path / "r")
+    assert got["hparams"] == {"trainer.lr": 0.01, "mode": "dni", "fused": True, "obs_slice": "[8, 11]",
+                              "teams": "null"}
+    assert got["metrics"] == ["eval/mean_return"] and got["status"] == "STATUS_SUCCESS"
+    with RunLogger(tmp_path / "m", hparams={"seed": 0}) as log:
+        log.hparam_metrics(["diagnostics/return"])
+    assert read_hparams(tmp_path / "m")["metrics"] == ["diagnostics/return"]
+    assert read_hparams(tmp_path / "r")["hparams"]  # in the run's own folder, not a subfolder
+    assert not [p for p in (tmp_path / "r").iterdir() if p.is_dir()]
+
+
+def test_run_hparams_are_the_main_settings_and_what_the_user_set() -> None:
+    from dni_agents.config import load_config
+    from dni_agents.logging import run_hparams
+
+    got = run_hparams(load_config("speaker_listener", ["trainer.steps=80", "marl.hidden=32"]))
+    assert list(got)[:6] == ["driver", "config", "mode", "seed", "trainer.steps", "trainer.lr"]
+    assert got["trainer.steps"] == 80 and got["marl.hidden"] == 32 and got["mode"] == "dni"
+    assert got["interfaces.0.obs_slice"] == [8, 11] and got["agents.0.policy"] is False
+    assert "trainer.batch_size" not in got and "marl.gamma" not in got  # defaults nobody set
+    assert None not in got.values() and len(got) < 40
+
+
+def test_projector_bookmark_and_resume_keeps_earlier_snapshots(tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "b"
+    rows = [[str(i % 3), str(i), "0"] for i in range(9)]
+    with RunLogger(run) as log:
+        for step in (5, 10):
+            log.embedding("msg", torch.randn(9, 3), rows, step, label_header=["goal", "episode", "t"],
+                          color_by="goal")
+        with pytest.raises(ValueError):
+            log.embedding("msg", torch.randn(9, 3), rows, 11, label_header=["goal", "episode", "t"],
+                          color_by="colour")
+    emb = read_projector(run)
+    assert [e["step"] for e in emb] == [5, 10] and emb[0]["metadata"][0] == ["goal", "episode", "t"]
+    (state,) = json.loads((emb[0]["tensor_path"].parent / "bookmarks.json").read_text())
+    assert state["selectedColorOptionName"] == "goal" and state["pcaComponentDimensions"] == [0, 1]
+    assert len(state["projections"]) == 9 and state["dataSetDimensions"] == [9, 3]
+    with RunLogger(run, purge_step=10) as log:  # a resume from 10: the snapshot at 10 went with the crash
+        log.embedding("msg", torch.randn(4, 3), None, 12)
+    assert [e["step"] for e in read_projector(run)] == [5, 12]

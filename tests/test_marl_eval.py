@@ -15,7 +15,7 @@ from exact import assert_equal_states
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
-from dni_agents.logging import read_scalars
+from dni_agents.logging import read_histogram_tags, read_scalars, read_texts
 
 marl_train = importlib.import_module("dni_agents.drivers.marl.train")  # the module (marl.train: its function)
 
@@ -40,8 +40,9 @@ def test_every_evaluation_plays_the_held_out_environment(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(marl_train, "evaluate_system", spy)
     result = marl.train(cfg, tmp_path / "run", progress=False)
-    # update 2: held-out and training split; the end: both, then the controls on the held-out split
-    assert played == [("test", None), ("train", None), ("test", None), ("train", None),
+    # update 2: held-out (and with the messages shuffled) and training split; the end: held-out and
+    # training split, then the controls on the held-out split
+    assert played == [("test", None), ("test", "permute"), ("train", None), ("test", None), ("train", None),
                       ("test", "permute"), ("test", "zero")]
     for key in ("success_rate", "mean_return", "train_success_rate", "train_mean_return", "ablated_return",
                 "silenced_return", "ablated_success_rate", "silenced_success_rate"):
@@ -61,12 +62,16 @@ def test_every_evaluation_plays_the_held_out_environment(tmp_path, monkeypatch, 
 
 
 def test_the_evaluation_environment_is_built_with_the_merged_kwargs(tmp_path):
-    cfg = digits(tmp_path, "marl.eval_env_kwargs={split: all, n_candidates: 3}")
+    cfg = digits(tmp_path, "marl.env_kwargs.split=train", "marl.eval_env_kwargs={split: all}")
     system, groups, channels = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
     evaluator = marl.Evaluator(cfg, groups, channels, torch.device("cpu"))
-    assert marl.eval_env_kwargs(cfg) == {"n_candidates": 3, "message_size": 4, "split": "all"}
+    assert marl.eval_env_kwargs(cfg) == {"n_candidates": 5, "message_size": 4, "split": "all"}
     assert evaluator.heldout.marl.env_kwargs == marl.eval_env_kwargs(cfg)
-    assert cfg.marl.env_kwargs == {"n_candidates": 5, "message_size": 4}  # the training config is untouched
+    assert cfg.marl.env_kwargs == {"n_candidates": 5, "message_size": 4, "split": "train"}  # untouched
+    with pytest.raises(ConfigError, match=r"marl.eval_env_kwargs.n_candidates=3: the evaluation environment "
+                                          r"has receiver's observation space .*\(training: Box"):
+        marl.Evaluator(digits(tmp_path, "marl.eval_env_kwargs={n_candidates: 3}"), groups, channels,
+                       torch.device("cpu"))  # another game's shape: the trained networks cannot play it
 
 
 def test_periodic_evaluation_logs_curves_and_the_time_to_success(tmp_path, monkeypatch):
@@ -92,6 +97,15 @@ def test_periodic_evaluation_logs_curves_and_the_time_to_success(tmp_path, monke
     assert reached["0"]["update"] == 2 and reached["0"]["games"] == 32
     assert 0 < reached["0"]["train_seconds"] < result["train_seconds"]
     assert 0 < reached["0"]["train_cpu_seconds"] < result["train_cpu_seconds"]
+    assert [step for step, _ in scalars["eval/ablated_return"]] == [2, 4, 6]  # the control on every curve
+    assert "eval/silenced_return" not in scalars and "eval/eval_seconds" not in scalars  # in the table
+    protocol = result["protocol"]["sender->receiver"]  # a discretised channel: its protocol, held out
+    assert sum(row["count"] for row in protocol["messages"]) == 32  # one row per one-step game
+    assert len(protocol["position_entropy_bits"]) == cfg.marl.message_size
+    texts = read_texts(Path(result["run_dir"]))
+    assert "topographic similarity" in texts["protocol/sender"][0]
+    assert "| mean_return |" in texts["evaluation"][0]
+    assert read_histogram_tags(Path(result["run_dir"]))["heard/sender/symbols"] == 1  # the last update
     json.dumps(result)  # the final JSON
 
 

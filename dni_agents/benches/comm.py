@@ -4,8 +4,9 @@ Every task is a game in which a fixed random code fails (a narrow noisy channel)
 only come from a sender that learned its code. Methods (each a set of config overrides):
 
 ==============  ==========================================================================================
-``none``        no gradient crosses; the message heads stay faint and random (the no-communication
-                reference: noise drowns the faint code in training, and the receiver learns to ignore it)
+``none``        no gradient crosses; the message heads stay faint and random (on these noisy channels the
+                noise drowns the faint code, and the receiver learns to ignore it; on a noiseless channel
+                a receiver may read it: the no-communication reference is the ablated return)
 ``frozen``      no gradient crosses, but the head is scaled once so its messages have the RMS trained
                 codes reach (``marl.message_rms``: the mean RMS of the messages of this bench's
                 ``backprop`` runs over their second half, run before it; the task's ``frozen_rms`` if

@@ -5,6 +5,7 @@ Pure torch. Nothing here imports a driver, an environment, a data set or the CLI
 
 from .channel import ChannelModel
 from .interface import MODES, Interface, Mode
+from .layer import DNI
 from .message import InProcess, Message, Transport
 from .models import SyntheticInputModel, UtilityModel
 from .nonfinite import NonFiniteError, OnNonFinite
@@ -12,6 +13,7 @@ from .system import Agent, System, Tick
 
 __all__ = [
     "MODES",
+    "DNI",
     "Agent",
     "ChannelModel",
     "InProcess",

@@ -53,7 +53,24 @@ def build_interface(
     source_shape: tuple[int, ...] | None = None,
     transport: Transport | None = None,
 ) -> Interface:
-    """The interface ``sender -> receiver`` as the config describes it (defaults + per-channel override)."""
+    """The interface ``sender -> receiver`` as the config describes it: ``interface_defaults`` with the
+    ``interfaces`` entry of that pair merged in (mode, utility model and its optimizer, scale, λ, warm-up,
+    synthetic input). Part of the public API for drivers (``dni_agents.drivers.build_interface``).
+
+    * ``message_shape``: one message without its batch dimension, e.g. ``(code_size,)``;
+    * ``device``: where the utility and synthetic-input models live;
+    * ``context_dim``: the width of the context a ``cdni`` utility model also sees (pass it with
+      ``tick.send(iface, message, context=...)``: e.g. the receiver's label or target); ignored by other
+      modes;
+    * ``gate_dims``, ``candidates``: a gated cDNI utility model (``utility.gate``): the number of trailing
+      context entries the prediction is linear in (the receiver's sensitivity), and ``(n, features)`` of
+      a receiver that scores candidates with one network (marl's referential games);
+    * ``source_shape``: the shape of what the sender reads; with ``synthetic_input`` set, the model that
+      predicts the message from it (forward unlocking) is built for it;
+    * ``transport``: how messages and gradients travel (default in-process; ``TorchDistributed`` for
+      agents in other processes).
+
+    Raises :class:`~dni_agents.config.ConfigError` (one line) for settings this pair cannot have."""
     icfg = interface_config(cfg, sender, receiver)
     utility = utility_optimizer = None
     if icfg.mode in ("dni", "cdni"):

@@ -9,6 +9,9 @@ once:
 * the one policy for statistics: a step is *measured* on every ``log.every``-th step and on the last one;
   the interfaces' stats are drained on measured steps only, so a logged ``utility_loss`` is the mean over
   the steps since the last measured one and ĝ fidelity is that of the measured step itself;
+* the histogram cadence (:meth:`Loop.histograms`): every ``log.histogram_every``-th log point (``auto``:
+  a fifth of the run) but not the untrained first one, whose spike would set every later slice's scale,
+  and always the last step, so a run of any length shows its final messages;
 * each step's own random generator, so a resumed run draws what the uninterrupted one drew.
 
 Drivers count steps in one of two ways: from 0 (``count_from=0``: the step's index is its log point, as
@@ -18,6 +21,7 @@ hier). Both share the rule above, applied to the log point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,15 +50,31 @@ def mean_stats(records: list[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
-def log_interfaces(logger: RunLogger, system: System, step: int) -> dict[str, dict[str, float]]:
-    """Drain the system's stats and log their means under ``interface/<name>/…``, and what
-    ``trainer.on_nonfinite=skip`` skipped so far under ``skipped/<agent or interface>``."""
+StatTag = Callable[[str, str], str]  # (interface, stat) -> the stat's TensorBoard tag
+
+
+def log_interfaces(logger: RunLogger, system: System, step: int,
+                   tag: StatTag | None = None) -> dict[str, dict[str, float]]:
+    """Drain the system's stats and log their means under ``interface/<name>/…`` (or the tags ``tag``
+    gives: a driver's own layout), and what ``trainer.on_nonfinite=skip`` skipped so far under
+    ``skipped/<agent or interface>``."""
     out = {}
     for name, records in system.drain_stats().items():
         out[name] = mean_stats(records)
-        logger.interface(name, out[name], step)
+        if tag is None:
+            logger.interface(name, out[name], step)
+        else:
+            for key, value in out[name].items():
+                if not math.isnan(value):
+                    logger.scalar(tag(name, key), value, step)
     logger.scalars("skipped", system.skipped, step)
     return out
+
+
+def histogram_every(cfg: Config) -> int:
+    """``log.histogram_every`` as a number of steps (``auto``: a fifth of ``trainer.steps``)."""
+    every = cfg.log.histogram_every
+    return max(cfg.trainer.steps // 5, 1) if every == "auto" else int(every)
 
 
 class Loop:
@@ -69,13 +89,15 @@ class Loop:
         self, cfg: Config, start: int, logger: RunLogger, save: Callable[[int], Path | None], *,
         log: bool, progress: bool, stop_at: int | None = None, stop: StopRequest | None = None,
         unit: str = "step", count_from: int = 0, check: Callable[[int, Any], None] | None = None,
-        rank: int | None = None,
+        rank: int | None = None, stat_tag: StatTag | None = None,
     ) -> None:
         self.cfg, self.start, self.logger, self.save, self.log = cfg, start, logger, save, log
         self.steps = cfg.trainer.steps
         self.end = self.steps if stop_at is None else min(stop_at, self.steps)
         self.stop = stop or StopRequest()
         self.count_from = count_from
+        self.stat_tag = stat_tag
+        self.histogram_every = histogram_every(cfg)
         self.check = check or (lambda step, bar: self.stop.check(step, self.save, bar, self.logger))
         self.bar = tqdm(total=self.end, initial=start, leave=False, unit=unit,
                         desc=cfg.name if rank is None else f"{cfg.name} rank {rank}",
@@ -108,6 +130,13 @@ class Loop:
         """Whether ``step`` is measured: every ``log.every``-th log point, and the last step."""
         return self.due(self.cfg.log.every, step) or step == self.steps - 1
 
+    def histograms(self, step: int) -> bool:
+        """Whether ``step`` gets histograms (and marl's projector snapshots), in a logged run: every
+        ``log.histogram_every``-th log point but the untrained first one (log point 0: its spike would
+        swamp the scale of every later slice), and the last step of the run."""
+        at = self.at(step)
+        return self.log and ((at > 0 and at % self.histogram_every == 0) or step == self.steps - 1)
+
     def logs(self, step: int) -> bool:
         """Whether ``step`` is written to TensorBoard (a measured step of a logged run)."""
         return self.log and self.measured(step)
@@ -118,5 +147,5 @@ class Loop:
         if not self.measured(step):
             return None
         if self.log:
-            return log_interfaces(self.logger, system, self.at(step))
+            return log_interfaces(self.logger, system, self.at(step), self.stat_tag)
         return {name: mean_stats(records) for name, records in system.drain_stats().items()}

@@ -135,7 +135,7 @@ def train(
             logger.agent(top, {"loss": float(out["loss"]), "accuracy": accuracy}, step)
             loop.bar.set_postfix(loss=f"{float(out['loss']):.3f}")
         loop.drain(system, step)
-        if log and loop.due(cfg.log.histogram_every, step):
+        if loop.histograms(step):
             for name, message in out["messages"].items():
                 logger.message_histogram(name, message, step)
         if log and tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:

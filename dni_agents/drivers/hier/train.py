@@ -106,7 +106,7 @@ def train(
             logger.agent(B, {"loss": metrics["b_loss"], "accuracy": metrics["b_accuracy"]}, step + 1)
             loop.bar.set_postfix(a=f"{metrics['a_accuracy']:.2f}", b=f"{metrics['b_accuracy']:.2f}")
         loop.drain(hier.system, step)
-        if log and loop.due(cfg.log.histogram_every, step):
+        if loop.histograms(step):
             logger.message_histogram(MESSAGE, metrics["messages"], step + 1)
         if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < tc.steps:
             evaluate(step + 1)

@@ -63,22 +63,24 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
 
     env_slices = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "comm_slice", None) or {}
     specs: list[tuple[str, str, str, int, tuple[int, int] | None]] = []
+    sources: list[str] = []
     for i, ov in enumerate(cfg.interfaces):
         mode = interface_config(cfg, ov.sender, ov.receiver).mode
         size = ov.size or cfg.marl.message_size
+        slot = env_slices.get(members[ov.receiver][0])
+        slot = (slot.start, slot.stop) if slot is not None else None
         if ov.obs_slice is not None:
             obs_slice = (ov.obs_slice[0], ov.obs_slice[1])
-        elif members[ov.receiver][0] in env_slices:
-            s = env_slices[members[ov.receiver][0]]
-            obs_slice = (s.start, s.stop)
         else:
-            obs_slice = None
+            obs_slice = slot
         if obs_slice is not None:
             if obs_slice[1] > obs_dims[ov.receiver]:
                 raise ConfigError(
                     f"interfaces[{i}].obs_slice: {list(obs_slice)} is outside {ov.receiver}'s observation "
                     f"of size {obs_dims[ov.receiver]}"
                 )
+            if ov.obs_slice is not None:
+                _check_in_slot(i, ov.receiver, obs_slice, slot, ov.size)
             if ov.size is not None and ov.size != obs_slice[1] - obs_slice[0]:
                 raise ConfigError(f"interfaces[{i}].size: {ov.size} does not fit obs_slice {list(obs_slice)}")
             size = obs_slice[1] - obs_slice[0]
@@ -88,6 +90,13 @@ def build(cfg: Config, env: Any, device: torch.device) -> tuple[System, list[Gro
             if obs_slice is None:
                 raise ConfigError(f"interfaces[{i}]: rial needs the environment's comm slot (set obs_slice)")
         specs.append((ov.sender, ov.receiver, mode, size, obs_slice))
+        if ov.obs_slice is not None:  # what set the message's size, for the error below
+            sources.append(f"interfaces[{i}].obs_slice: {list(obs_slice)}")
+        elif obs_slice is not None:
+            sources.append(f"interfaces[{i}]: {ov.receiver}'s comm slot {list(obs_slice)}")
+        else:
+            sources.append(f"marl.message_size: {size}")
+    _check_actions_fit(cfg, specs, sources, act_spaces)
 
     agents_cfg = {a.name: a for a in cfg.agents}
     groups: dict[str, Group] = {}
@@ -168,6 +177,63 @@ def team_members(cfg: Config, groups: list[Group]) -> dict[str, list[str]]:
                 seen[m] = team
                 out[team].append(m)
     return out
+
+
+def _check_in_slot(i: int, receiver: str, obs_slice: tuple[int, int], slot: tuple[int, int] | None,
+                   size: int | None) -> None:
+    """``interfaces[i].obs_slice`` against the receiver's comm slot, where the environment declares one
+    (``comm_slice``): the slot itself, or a narrower message inside it asked for with ``size`` (the rest of
+    the slot keeps what the environment writes there). Anything else would replace observation entries that
+    are no communication, or leave part of the sender's slot to the environment, without a word."""
+    if slot is None or obs_slice == slot:
+        return
+    lo, hi = obs_slice
+    width, slot_width = hi - lo, slot[1] - slot[0]
+    inside = slot[0] <= lo and hi <= slot[1]
+    if inside and size == width:
+        return
+    key, slot_text = f"interfaces[{i}].obs_slice", f"[{slot[0]}, {slot[1]})"
+    fits = f"allowed: [{slot[0]}, {slot[1]}] or no obs_slice"
+    if inside:
+        raise ConfigError(
+            f"{key}: [{lo}, {hi}] is {width} wide, but {receiver}'s comm slot (the environment's "
+            f"comm_slice) is {slot_text}, {slot_width} wide ({fits}; for a {width}-wide message inside the "
+            f"slot on purpose, set interfaces[{i}].size={width} too)")
+    raise ConfigError(
+        f"{key}: [{lo}, {hi}] is not inside {receiver}'s comm slot {slot_text} (the environment's "
+        f"comm_slice): the message would replace observation entries that are no communication ({fits})")
+
+
+def _check_actions_fit(cfg: Config, specs: list[tuple[str, str, str, int, tuple[int, int] | None]],
+                       sources: list[str], act_spaces: dict[str, spaces.Space]) -> None:
+    """A network without a policy (``policy: false``) acts with its first message: the argmax of a
+    ``Discrete(n)`` action over n components, or a ``Box`` of the message's size. A message of another
+    size would leave its action at 0 for ever; that is an error unless the interface sets the size
+    (``interfaces[i].size``: a narrow channel on purpose)."""
+    for i, a in enumerate(cfg.agents):
+        if a.policy:
+            continue
+        sent = [(j, n) for j, (s, _, m, n, _) in enumerate(specs) if s == a.name and m != "rial"]
+        if not sent:
+            continue
+        j, size = sent[0]
+        if cfg.interfaces[j].size == size:
+            continue
+        space = act_spaces[a.name]
+        if isinstance(space, spaces.Discrete):
+            need = int(space.n)
+        elif isinstance(space, spaces.Box) and len(space.shape) == 1:
+            need = int(space.shape[0])
+        else:
+            raise ConfigError(f"agents[{i}].policy: false makes {a.name}'s message its action, but its "
+                              f"action space {space} is neither Discrete nor a 1-d Box (allowed: policy: "
+                              "true)")
+        if size != need:
+            raise ConfigError(
+                f"{sources[j]} makes {specs[j][0]}->{specs[j][1]}'s message {size} wide, but {a.name} "
+                f"(agents[{i}], policy: false) acts with its message and its action space {space} takes "
+                f"{need} (allowed: a {need}-wide message, or policy: true; for {size} on purpose, with the "
+                f"action left at 0, set interfaces[{j}].size={size})")
 
 
 def _check_private_info(cfg: Config, obs_dims: dict[str, int]) -> None:

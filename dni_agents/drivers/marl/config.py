@@ -38,6 +38,7 @@ class PrivateInfoConfig(_Strict):
     agent: str
     info: str | None = None
     obs_argmax: list[NonNegInt] | None = None
+    name: str | None = None  # what it is (goal, digit, ...): the label column and tables (None: info's key)
 
 
 class MarlConfig(_Strict):
@@ -58,7 +59,8 @@ class MarlConfig(_Strict):
     message_activation: Literal["tanh", "linear"] = "tanh"
     # Message heads start small and random (orthogonal, this gain; 0: every channel starts silent). A
     # utility model that sees only the message needs the goals' messages apart from the start (see
-    # docs/benchmarks.md); a fixed code this faint is not decoded by a receiver on its own (mode none).
+    # docs/benchmarks.md). Mode none keeps this code: noise drowns it, but a receiver on a noiseless
+    # channel can learn to read it; with gain 0 and mode none nothing is ever said (docs/communication.md).
     message_init_gain: NonNegFloat = 0.1
     # The frozen control: scale every message head once at the start so that the messages of the first
     # observations have this RMS per component (a fixed random code at the scale trained codes reach)
@@ -96,7 +98,8 @@ class MarlConfig(_Strict):
     # ``agents`` (every environment agent it controls) or one environment agent a network controls; an agent
     # plays for one team at most. The evaluation then reports each team's return (``team_returns``, and per
     # control ``ablated_team_returns`` ...) beside ``mean_return``, the mean over every agent. {} or null:
-    # no teams (``marl.teams=null`` on the command line clears a config's teams: ``marl.teams={...}`` merges)
+    # no teams (``marl.teams=null`` or ``~marl.teams`` on the command line clears a config's teams:
+    # ``marl.teams={...}`` merges into them)
     teams: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("teams", mode="before")

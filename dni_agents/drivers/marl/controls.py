@@ -2,7 +2,10 @@
 
 * Ablation at evaluation (:func:`ablation_permutation`): ``permute`` hands every environment copy the
   messages of another copy, ``zero`` silences the channel. A receiver that uses the message falls to its
-  no-communication level.
+  no-communication level: this, not a ``none`` run, is the no-communication reference.
+* Mode ``none``: no gradient crosses, but the receiver still hears the sender's untrained code (faint:
+  ``marl.message_init_gain``), which it can learn to read on a noiseless channel; it controls for learning
+  through the channel, not for communication (``marl.message_init_gain=0`` with it: nothing is said).
 * The frozen control: a fixed random code at the scale trained codes reach (``marl.message_rms``, set
   through the player: :func:`~dni_agents.drivers.marl.rollout.calibrate_messages`).
 * :func:`channel_stats` and :class:`FidelityHistory`: the messages' scale and ĝ's fidelity over training.

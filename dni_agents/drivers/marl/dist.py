@@ -58,7 +58,7 @@ from .controls import FidelityHistory, channel_stats
 from .env import eval_config, make_env
 from .gates import SYNTHETIC
 from .learn import block_steps, ppo_update
-from .metrics import comm_metrics
+from .metrics import channel_aliases, eval_curves, log_episode, log_losses, stat_tag
 from .parts import Channel, Group
 from .rollout import Player, calibrate_messages
 from .train import Evaluator, episode_metrics, threads
@@ -163,7 +163,6 @@ def train_distributed(
     logger = RunLogger(run_path if rank == 0 else run_path / f"rank{rank}",
                        config_to_yaml(cfg) if rank == 0 else None, enabled=log,
                        purge_step=start if resume is not None else None)  # logged at ``update``
-    private_agent = mc.private_info.agent if mc.private_info else None
     env_steps, fidelity, curve = 0, FidelityHistory(), []
 
     def drain() -> None:  # every target of every minibatch so far is back and learned from
@@ -192,7 +191,8 @@ def train_distributed(
             calibrate_messages(player, mc.message_rms, seed=cfg.seed * 100_000 * mc.num_envs)
         stop = stop or StopRequest()
         loop = Loop(cfg, start, logger, checkpoint, log=log, progress=progress, stop=stop, rank=rank,
-                    unit="update", check=lambda step, bar: stop.check_ranks(step, transport, finish, logger))
+                    unit="update", check=lambda step, bar: stop.check_ranks(step, transport, finish, logger),
+                    stat_tag=stat_tag(channel_aliases(channels)))
         for update in loop:
             t0 = time.perf_counter()
             share_networks(groups, placement, rank, transport, update)
@@ -211,28 +211,24 @@ def train_distributed(
                                       if c.name in usage and c.sender in system.agents})
                 fidelity.add(update, loop.drain(system, update) or {})  # on the senders' ranks
             if loop.logs(update):
-                for name, parts in losses.items():
-                    logger.agent(name, parts, update)
+                log_losses(logger, losses, update)
                 logger.scalar("perf/env_steps_per_s", env_steps / max(seconds, 1e-9), update)
                 if rank == 0:  # every rank played the same episode: one copy of what it shows
-                    logger.scalars("episode", metrics, update)
-                    for name, m in comm_metrics(ep, channels, private_agent, mc.mi_resolution).items():
-                        logger.scalars(f"comm/{name}", m, update)
-                    for name, m in usage.items():
-                        logger.scalars(f"channel/{name}", m, update)
+                    log_episode(logger, cfg, ep, channels, metrics, usage, update)
         t0 = time.perf_counter()
         drain()
         share_networks(groups, placement, rank, transport, tc.steps)  # every rank ends with every network
         seconds += time.perf_counter() - t0
     with closing(Evaluator(cfg, groups, channels, device)) as evaluator:  # held-out, training env, controls
         result = evaluator.final(mc.eval_episodes)
-    result.pop("_episode", None)
+        separate = evaluator.separate
+    result.pop("_episodes", None)
     result.update(rank=rank, agents=mine, updates=tc.steps, start=start, train_seconds=seconds,
                   env_steps_per_s=env_steps / max(seconds, 1e-9), max_in_flight=transport.max_in_flight)
     result.update(fidelity.second_half(tc.steps))  # this rank's channels' held-out ĝ fidelity
     if log:
         if rank == 0:
-            logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
+            logger.scalars("eval", eval_curves(result, separate), tc.steps)
         save(tc.steps)
         result["run_dir"] = str(run_path)
         write_report(run_path / f"metrics.rank{rank}.json", {**result, "curve": curve})

@@ -50,6 +50,8 @@ def constructed(spec: str, factory: Any, kwargs: dict, evaluation: Collection[st
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         named = [k for k in kwargs if re.search(rf"\b{re.escape(str(k))}\b", message)]
         named = [k for k in named if k in evaluation] or named  # the evaluation's own keys are the suspects
+        # "unknown keyword argument foo=1; it takes max_cycles, ...": the key written with its value
+        named = [k for k in named if re.search(rf"\b{re.escape(str(k))}\s*=", message)] or named
         if len(named) == 1:
             key = named[0]
             section = "marl.eval_env_kwargs" if key in evaluation else "marl.env_kwargs"
@@ -70,9 +72,42 @@ def eval_config(cfg: Config, train_env: bool = False) -> Config:
     (one environment built), so a key the environment refuses is named as ``marl.eval_env_kwargs.KEY``."""
     if train_env or not cfg.marl.eval_env_kwargs:
         return cfg
-    make_env_from(cfg.marl.env, cfg.marl.env_kwargs, cfg.marl.eval_env_kwargs)
+    held_out = make_env_from(cfg.marl.env, cfg.marl.env_kwargs, cfg.marl.eval_env_kwargs)
+    _same_spaces(cfg, make_env_from(cfg.marl.env, cfg.marl.env_kwargs), held_out)
     marl = cfg.marl.model_copy(update={"env_kwargs": eval_env_kwargs(cfg)})
     return cfg.model_copy(update={"marl": marl})
+
+
+def _same_spaces(cfg: Config, train: Any, held_out: Any) -> None:
+    """The networks trained on ``train`` can play ``held_out`` only if it has the same agents, observations
+    and actions: ``marl.eval_env_kwargs`` may change what is drawn (``split: test``), not the game's shape.
+    The error names the key that changes it (each tried alone), or the whole mapping."""
+    found = _space_difference(train, held_out)
+    if found is None:
+        return
+    extra, key = cfg.marl.eval_env_kwargs, "marl.eval_env_kwargs"
+    if len(extra) > 1:
+        for k, v in extra.items():
+            alone = make_env_from(cfg.marl.env, cfg.marl.env_kwargs, {k: v})
+            if _space_difference(train, alone) is not None:
+                extra = {k: v}
+                break
+    if len(extra) == 1:
+        key = f"{key}.{next(iter(extra))}={next(iter(extra.values()))!r}"
+    raise ConfigError(f"{key}: the evaluation environment has {found}, so the trained networks cannot play "
+                      "it (allowed: keys that change what is drawn, not the agents or their spaces)")
+
+
+def _space_difference(train: Any, other: Any) -> str | None:
+    """The first agent list or space in which ``other`` differs from ``train``, in words; None if none."""
+    if list(other.possible_agents) != list(train.possible_agents):
+        return f"agents {list(other.possible_agents)} (training: {list(train.possible_agents)})"
+    for agent in train.possible_agents:
+        for what in ("observation_space", "action_space"):
+            mine, theirs = getattr(other, what)(agent), getattr(train, what)(agent)
+            if mine != theirs:
+                return f"{agent}'s {what.replace('_', ' ')} {mine} (training: {theirs})"
+    return None
 
 
 class DirectParallel:

@@ -62,7 +62,8 @@ class PolicyNet(nn.Module):
     * Message heads start small and random (``message_gain``; 0 = silent). A synthetic gradient that sees
       only the message cannot pull apart messages that coincide: from silent heads, the utility model's
       first, message-independent output moved every goal's message along one line, and DNI runs kept
-      two goals merged. A faint random code is not decoded on its own (``none`` stays uninformed).
+      two goals merged. Under channel noise a faint random code is not decoded (``none`` stays
+      uninformed there).
     * The critic reads the messages detached: a message learns from what the receiver *does* with it (the
       policy loss), not from the receiver's value regression, whose offset would drag every message the
       same way. Value targets are normalised by running statistics (buffers, so they are checkpointed).

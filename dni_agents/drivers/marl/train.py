@@ -1,6 +1,8 @@
 """The training loop (open or resume a run, play, learn, log, checkpoint) and greedy evaluation on the
 held-out environment (``marl.eval_env_kwargs``) during and after training, with the controls (messages
-shuffled or silenced) and the time to a held-out success rate."""
+shuffled or silenced), the time to a held-out success rate and, for discretised channels, the protocol
+(topographic similarity, entropy per position, message → meaning table). What TensorBoard shows of it:
+docs/tensorboard.md."""
 
 from __future__ import annotations
 
@@ -22,8 +24,18 @@ from .controls import FidelityHistory, channel_stats
 from .env import eval_config, eval_env_kwargs, make_env
 from .learn import ppo_update
 from .metrics import (
+    channel_aliases,
     comm_metrics,
+    custom_layout,
+    eval_curves,
+    log_episode,
+    log_histograms,
+    log_losses,
     log_projector,
+    log_protocol,
+    protocol_report,
+    results_markdown,
+    stat_tag,
 )
 from .parts import Channel, Episode, Group
 from .rollout import Player, calibrate_messages
@@ -67,7 +79,8 @@ def train(
     Greedy evaluation (:class:`Evaluator`: the held-out environment and the training one) every
     ``trainer.eval_every`` updates and at the end, logged under ``eval/`` at the number of updates done; it
     draws nothing from training's random generators (the same parameters with any ``eval_every``) and its
-    time is not in ``train_seconds``."""
+    time is not in ``train_seconds``. The final results are also one markdown table (text ``evaluation``),
+    with each discretised channel's protocol (text ``protocol/<channel>``, ``protocol`` in the JSON)."""
     stop = stop or StopRequest()
     device = resolve_device(cfg.device)
     mc, tc = cfg.marl, cfg.trainer
@@ -90,11 +103,13 @@ def train(
             return start  # updates are logged at ``update``: the crashed run's from here on are dropped
 
         run_dir, logger = open_run(cfg, run_dir, resume, log, device, CHECKPOINT, restore)
-        if log:  # resumed: the evaluation logged at ``start`` went with the crashed run's events from there
-            for point in success.curve:  # on (purged); its headline numbers come back
+        if log:
+            logger.custom_scalars(custom_layout(cfg, channels))
+            logger.hparam_metrics(hparam_metrics(cfg, channels))
+            # resumed: the evaluation logged at ``start`` went with the crashed run's events from there on
+            for point in success.curve:  # (purged); its headline numbers come back
                 if point["update"] >= start:
-                    logger.scalars("eval", {k: point[k] for k in HEADLINE if k in point}, point["update"])
-        private_agent = mc.private_info.agent if mc.private_info else None
+                    logger.scalars("eval", eval_curves(point, evaluator.separate), point["update"])
         recent: list[float] = []
         fidelity, curve = FidelityHistory(), []  # curve: (environment steps, return) on measured updates
         if mc.message_rms is not None and start == 0:  # the frozen control's scale (a resumed run has it)
@@ -115,7 +130,7 @@ def train(
             loop.bar.set_postfix(shown)
 
         loop = Loop(cfg, start, logger, save, log=log, progress=progress, stop_at=stop_at, stop=stop,
-                    unit="update")
+                    unit="update", stat_tag=stat_tag(channel_aliases(channels)))
         for update in loop:
             t0, c0 = time.perf_counter(), time.process_time()
             generator = step_generator(cfg.seed, update)
@@ -133,26 +148,22 @@ def train(
                 fidelity.add(update, usage)  # the messages' scale, for the frozen control
                 fidelity.add(update, loop.drain(system, update))  # ĝ's (held-out) fidelity
             if loop.logs(update):
-                logger.scalars("episode", metrics, update)
-                for name, parts in losses.items():
-                    logger.agent(name, parts, update)
-                for name, m in comm_metrics(ep, channels, private_agent, mc.mi_resolution).items():
-                    logger.scalars(f"comm/{name}", m, update)
-                for name, m in usage.items():
-                    logger.scalars(f"channel/{name}", m, update)
+                log_losses(logger, losses, update)
+                log_episode(logger, cfg, ep, channels, metrics, usage, update)
                 rate = timing["env_steps"] / max(timing["train_seconds"], 1e-9)
                 logger.scalar("perf/env_steps_per_s", rate, update)
                 logger.scalar("perf/env_steps", (update + 1) * mc.num_envs * mc.max_steps, update)
                 postfix()
-            if log and loop.due(cfg.log.histogram_every, update):
-                for name, msgs in ep.messages.items():
-                    logger.message_histogram(name, msgs[ep.alive], update)
+            if loop.histograms(update):  # a fifth of the run (log.histogram_every) and its last update
+                log_histograms(logger, ep, channels, update)
+                if cfg.log.embedding_samples:
+                    log_projector(cfg, logger, [ep], channels, update)
             done = update + 1
             if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:  # the last: below
-                result = evaluator.scores(mc.eval_episodes)
+                result = evaluator.scores(mc.eval_episodes, control=True)
                 success.add(done, done * mc.num_envs, timing, result)
                 if log:
-                    logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, done)
+                    logger.scalars("eval", eval_curves(result, evaluator.separate), done)
                 postfix()
         if not loop.finished:
             logger.close()
@@ -165,13 +176,18 @@ def train(
                       eval_seconds=evaluator.seconds)
         result.update(fidelity.second_half(tc.steps))  # held-out ĝ fidelity over the second half of training
         result.update(time_to_success=success.reached, eval_curve=success.curve, curve=curve)
+        episodes = result.pop("_episodes", [])
+        protocol = protocol_report(cfg, episodes, channels)  # on the held-out games
+        if protocol:
+            result["protocol"] = protocol
         if log:
-            logger.scalars("eval", {k: v for k, v in result.items() if isinstance(v, float)}, tc.steps)
-            if cfg.log.embedding_samples and "_episode" in result:
-                log_projector(cfg, logger, result["_episode"], channels, tc.steps)
+            logger.scalars("eval", eval_curves(result, evaluator.separate), tc.steps)
+            logger.text("evaluation", results_markdown(result, channels), tc.steps)
+            log_protocol(logger, cfg, protocol, channels, tc.steps)
+            if cfg.log.embedding_samples and episodes:
+                log_projector(cfg, logger, episodes, channels, tc.steps)
             save(tc.steps)
             result["run_dir"] = str(run_dir)
-        result.pop("_episode", None)
         logger.close()
         return result
 
@@ -202,10 +218,17 @@ class Evaluator:
         self.seconds += time.perf_counter() - t0
         return out
 
-    def scores(self, episodes: int) -> dict[str, Any]:
+    def scores(self, episodes: int, control: bool = False) -> dict[str, Any]:
         """The held-out evaluation's metrics, and the training environment's return and success rate as
-        ``train_mean_return`` / ``train_success_rate`` (with ``marl.teams`` also ``train_team_returns``)."""
+        ``train_mean_return`` / ``train_success_rate`` (with ``marl.teams`` also ``train_team_returns``);
+        ``control``: also the return and success rate with the messages shuffled (``ablated_*``), where a
+        channel has an interface."""
         out = self.run(episodes)
+        if control and any(c.interface is not None for c in self.channels):
+            shuffled = self.run(episodes, "permute")
+            out["ablated_return"] = shuffled["mean_return"]
+            if "success_rate" in shuffled:
+                out["ablated_success_rate"] = shuffled["success_rate"]
         train = self.run(episodes, train_env=True) if self.separate else out
         out["train_mean_return"] = train["mean_return"]
         if "team_returns" in train:
@@ -268,7 +291,8 @@ class SuccessTimes:
         self.latest = state.get("latest")
 
 
-HEADLINE = ("success_rate", "mean_return", "train_success_rate", "train_mean_return")
+HEADLINE = ("success_rate", "mean_return", "train_success_rate", "train_mean_return", "ablated_return",
+            "ablated_success_rate")
 EVAL_COPIES = 250  # environment copies an evaluation plays at once
 
 
@@ -299,7 +323,7 @@ def evaluate_system(cfg: Config, groups: list[Group], channels: list[Channel], d
     teams = cfg.marl.teams
     if teams:
         out["team_returns"] = {team: out[f"return/team/{team}"] for team in teams}
-    out["_episode"] = eps[0]
+    out["_episodes"] = eps
     return out
 
 
@@ -317,6 +341,21 @@ def evaluate(run_dir: Path, ablate: str | None = None, train_env: bool = False) 
     update = restore_finished(run_dir, CHECKPOINT, device, restore)
     with closing(Evaluator(cfg, groups, channels, device, train_env)) as evaluator:
         result = evaluator.run(cfg.marl.eval_episodes, ablate)
-    result.pop("_episode", None)
+    result.pop("_episodes", None)
     return {"run_dir": str(run_dir), "update": update, **({"ablate": ablate} if ablate else {}),
             "env_kwargs": eval_env_kwargs(cfg, train_env), **result}
+
+
+def hparam_metrics(cfg: Config, channels: list[Channel]) -> list[str]:
+    """The HParams plugin's metric columns: the held-out return and success, the return with the messages
+    shuffled, and per channel the mutual information heard and ĝ's cosine (their last values)."""
+    aliases = channel_aliases(channels)
+    tags = ["eval/mean_return"]
+    if cfg.marl.success_reward is not None:
+        tags.append("eval/success_rate")
+    if any(c.interface is not None for c in channels):
+        tags.append("eval/ablated_return")
+    if cfg.marl.private_info is not None:
+        tags += [f"diagnostics/heard_mi/{aliases[c.name]}" for c in channels
+                 if c.sender == cfg.marl.private_info.agent]
+    return tags + [f"diagnostics/ghat_cos/{aliases[c.name]}" for c in channels if c.interface is not None]
