@@ -8,6 +8,7 @@ from .interface import MODES, Interface, Mode
 from .message import InProcess, Message, Transport
 from .models import SyntheticInputModel, UtilityModel
 from .nonfinite import NonFiniteError, OnNonFinite
+from .speedups import SpeedUps
 from .system import Agent, System, Tick
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "NonFiniteError",
     "OnNonFinite",
     "SyntheticInputModel",
+    "SpeedUps",
     "System",
     "Tick",
     "Transport",
