@@ -29,9 +29,15 @@ def first_nonfinite(tensors: list[torch.Tensor]) -> int | None:
     tensor checked element by element (a sum of huge finite values may overflow)."""
     if not tensors:
         return None
-    if tensors[0].is_cpu:  # no sync to save: add the sums in Python (no stack, no kernel); a 0-d tensor
-        # (a loss) is its own sum, read directly without a kernel
-        total = sum(t.item() if t.dim() == 0 else float(t.detach().sum(dtype=torch.float32)) for t in tensors)
+    if tensors[0].is_cpu:  # no sync to save: add the sums in Python (no stack, no kernel)
+        total = 0.0
+        for t in tensors:
+            if t.dim() == 0:  # a loss: its own sum, read without a kernel
+                total += t.item()
+            elif t.dtype is torch.float32:
+                total += t.sum().item()
+            else:  # a half-precision sum of finite values may overflow its own type
+                total += t.detach().sum(dtype=torch.float32).item()
     else:
         device = tensors[0].device
         total = float(torch.stack([t.detach().sum(dtype=torch.float32).to(device) for t in tensors]).sum())
