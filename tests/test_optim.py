@@ -4,16 +4,18 @@ fewer calls, and steps put off (``System.steps_together``) only while nothing re
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from exact import assert_equal_states
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from dni_agents.core import Agent, Interface, System, UtilityModel
-from dni_agents.core import optim as core_optim
-from dni_agents.core.optim import step_together
+from dni_agents.core.optim import MergedAdam, StepQueue, mergeable, step_together
 
 
 def _nets(seed: int = 0) -> list[nn.Module]:
@@ -36,18 +38,18 @@ def _backward(nets: list[nn.Module], step: int) -> None:
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_step_together_is_each_optimizers_own_step_in_fewer_calls(fused, monkeypatch):
+def test_step_together_is_each_optimizers_own_step_in_fewer_calls(fused):
     """Bit for bit the parameters and optimizer states of stepping each Adam (and an SGD) on its own, with
-    one call of the functional Adam per set of hyperparameters (here two), not one per optimizer."""
+    one Adam step over groups of equal hyperparameters (here two: the two 1e-3 Adams share one), not one
+    per optimizer; the SGD steps itself."""
     alone, together = _nets(), _nets()
     extra_alone, extra_together = nn.Linear(2, 2), copy.deepcopy(nn.Linear(2, 2))
     extra_together.load_state_dict(extra_alone.state_dict())
     opts_alone = _optimizers(alone, fused) + [torch.optim.SGD(extra_alone.parameters(), lr=0.1, momentum=0.9)]
     opts_together = _optimizers(together, fused) + [
         torch.optim.SGD(extra_together.parameters(), lr=0.1, momentum=0.9)]
-    calls = []
-    real_adam = core_optim.adam
-    monkeypatch.setattr(core_optim, "adam", lambda *a, **k: calls.append(len(a[0])) or real_adam(*a, **k))
+    merged = MergedAdam()
+    calls: list = []
     for step in range(5):
         for nets, extra, opts in ((alone, extra_alone, opts_alone),
                                   (together, extra_together, opts_together)):
@@ -57,18 +59,68 @@ def test_step_together_is_each_optimizers_own_step_in_fewer_calls(fused, monkeyp
             extra(torch.ones(1, 2)).sum().backward()
         for o in opts_alone:
             o.step()
-        step_together(opts_together)
-    assert calls == [4, 2] * 5  # the two 1e-3 Adams share a call (4 tensors), the other has its own
+        hook = register_optimizer_step_post_hook(  # torch's public hook: which optimizers stepped
+            lambda o, *_: calls.append((type(o).__name__, sorted(len(g["params"]) for g in o.param_groups))))
+        step_together(opts_together, merged)
+        hook.remove()
+    assert calls == [("SGD", [2]), ("Adam", [2, 4])] * 5
     for a, b in zip(alone + [extra_alone], together + [extra_together], strict=True):
         assert_equal_states(b.state_dict(), a.state_dict())
     for a, b in zip(opts_alone, opts_together, strict=True):
         assert_equal_states(b.state_dict(), a.state_dict())
 
 
+def test_merged_steps_follow_the_owners_as_they_change():
+    """Between merged steps an owner's learning rate changes, another loads a saved state (new state
+    tensors), a parameter has no gradient (it gets no state, as in its own step) and an owner gains a
+    group: each step stays its owners' own, bit for bit, and an owner whose ``step`` was replaced (an LR
+    scheduler's) steps itself."""
+    runs = []
+    for merge in (False, True):
+        nets = _nets()
+        opts = _optimizers(nets, fused=False)
+        queue = StepQueue(merge=merge)
+        saved, extra = None, nn.Parameter(torch.ones(3))
+        for step in range(6):
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            _backward(nets, step)
+            extra.grad = torch.full((3,), 0.5 * step)
+            if step == 1:
+                nets[1].bias.grad = None
+                saved = copy.deepcopy(opts[0].state_dict())
+            if step == 2:
+                opts[1].param_groups[0]["lr"] = 5e-3
+            if step == 3:
+                opts[0].load_state_dict(saved)
+            if step == 4:
+                opts[2].add_param_group({"params": [extra], "lr": 1e-3})
+            if step == 5:
+                torch.optim.lr_scheduler.StepLR(opts[1], step_size=1)
+                assert not mergeable(opts[1]) and mergeable(opts[0])
+            queue.step(*opts)
+        runs.append((nets + [nn.ParameterList([extra])], opts))
+    (nets_a, opts_a), (nets_b, opts_b) = runs
+    for a, b in zip(nets_a, nets_b, strict=True):
+        assert_equal_states(b.state_dict(), a.state_dict())
+    for a, b in zip(opts_a, opts_b, strict=True):
+        assert_equal_states(b.state_dict(), a.state_dict())
+
+
+def test_the_core_uses_torchs_public_optimizer_api_only():
+    """No private names of torch's optimizers anywhere in the package (they change between releases)."""
+    private = re.compile(r"_init_group|torch\.optim\.adam import|_optimizer_step_(pre|post)_hooks"
+                         r"|_global_optimizer")
+    package = Path(__file__).resolve().parents[1] / "dni_agents"
+    found = [f"{p}:{i}" for p in package.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+             if private.search(line)]
+    assert not found, found
+
+
 @pytest.mark.parametrize("settings", [{}, {"weight_decay": 0.01}, {"amsgrad": True}, {"maximize": True},
                                       {"betas": (0.5, 0.9), "eps": 1e-6}])
 def test_adam_one_tensor_at_a_time_and_foreach_give_the_same_bits(settings):
-    """step_together takes Adam's foreach kernels where the optimizer left the choice to torch (which on a
+    """Merged steps take Adam's foreach kernels where the optimizer left the choice to torch (which on a
     CPU steps one tensor at a time): the same parameters and states to the last bit, over gradients of
     very different scales."""
     runs = []

@@ -9,6 +9,7 @@ from .layer import DNI
 from .message import InProcess, Message, Transport
 from .models import SyntheticInputModel, UtilityModel
 from .nonfinite import NonFiniteError, OnNonFinite
+from .speedups import SpeedUps
 from .system import Agent, System, Tick
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "NonFiniteError",
     "OnNonFinite",
     "SyntheticInputModel",
+    "SpeedUps",
     "System",
     "Tick",
     "Transport",

@@ -1,13 +1,20 @@
-"""The decoupled neural interface: one channel from a sender agent to a receiver agent.
+"""The decoupled neural interface: one channel from a sender agent to a receiver agent, in the order of the
+paper's protocol.
 
-Sender half (:meth:`Interface.send`): the message ``h`` goes out detached; the utility model looks at it
-and returns ĝ at once, so the sender can update now (update unlocking). Receiver half
-(:meth:`Interface.receive`, :meth:`Interface.reply`): the receiver gets a fresh leaf ``z`` and, after its
-own backward pass, replies with ``z.grad``: the true gradient, which already contains whatever synthetic
-gradient the receiver itself got from further downstream (bootstrapping, no special code). When that
-target comes back, :meth:`Interface.collect` regresses the prediction made at send time onto it (the
-prediction is reused — made again only when the model changed meanwhile and the target came from another
-process or the model is deeper than one linear map) and measures how good ĝ was.
+1. **send** (sender, :meth:`Interface.send`): the message ``h`` goes out detached; the utility model
+   predicts ĝ = U(h, context) from it, and the sender gets ĝ at once, so it can update now (update
+   unlocking).
+2. **receive → reply** (receiver, :meth:`Interface.receive`, :meth:`Interface.reply`): the receiver gets a
+   fresh leaf ``z``; after its own backward pass it replies ``z.grad``, the true gradient, which already
+   contains whatever synthetic gradient the receiver itself got from further downstream (bootstrapping, no
+   special code).
+3. **regress** (sender, :meth:`Interface.collect`): when the true gradient comes back, the utility model
+   regresses its prediction onto it (``regression_loss``, ``backward``, its optimizer's ``step``) and ĝ's
+   fidelity is measured.
+
+That is the reference path, written with autograd. Its speed-ups (``closed_form``, ``keep_prediction``,
+``merged_steps``) each live in one place, are switched by :class:`~dni_agents.core.speedups.SpeedUps` and
+are described, with where they give other numbers, in :mod:`~dni_agents.core.speedups`.
 
 Modes: ``dni`` (ĝ now), ``cdni`` (ĝ from U(h, context)), ``backprop`` (the sender waits for the true
 gradient: the coupled, locked baseline), ``none`` (no gradient crosses). With ``lambda_true > 0`` a
@@ -32,9 +39,10 @@ from torch import nn
 
 from .fidelity import fidelity
 from .message import InProcess, Message, Transport
-from .models import linear_regression_gradient, regression_loss
+from .models import regression_loss
 from .nonfinite import NonFiniteError, OnNonFinite, first_nonfinite
 from .optim import StepQueue, clear_grads
+from .speedups import ClosedFormRegression, SpeedUps, keeps_prediction
 
 Mode = Literal["dni", "cdni", "backprop", "none"]
 MODES: tuple[str, ...] = ("dni", "cdni", "backprop", "none")
@@ -53,12 +61,13 @@ class _Sent:
     learned: bool = False  # the utility model has regressed onto the target
     consumed: bool = False  # a locked sender has taken its gradient
     weight: torch.Tensor | None = None  # per row, how much it counts in the utility model's regression
-    inputs: torch.Tensor | None = None  # x of ĝ = W·x + b (a plain linear model): regressed with no graph
+    x: torch.Tensor | None = None  # closed_form: the x of ĝ = W·x + b (the prediction then has no graph)
     units: int = 1  # per-example units: the batch a row's gradient is averaged over (B; 1 if not per-example)
 
 
 class Interface:
     """A channel ``sender -> receiver`` with an optional utility model and synthetic-input model.
+    ``speedups``: which of the speed-ups over the autograd reference path are on (default: all).
 
     All state lives on the instance (nothing global), so many systems can share a process.
     """
@@ -80,6 +89,7 @@ class Interface:
         per_example: bool = True,
         learn: bool = True,
         max_in_flight: int = 1024,
+        speedups: SpeedUps | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"interface {name}: mode {mode!r} is not one of {', '.join(MODES)}")
@@ -91,7 +101,9 @@ class Interface:
         self.utility, self.utility_optimizer = utility, utility_optimizer
         self.scale, self.lambda_true, self.warmup_steps = scale, lambda_true, warmup_steps
         self.synthetic_input, self.synthetic_input_optimizer = synthetic_input, synthetic_input_optimizer
-        self.transport, self.steps = transport if transport is not None else InProcess(), StepQueue()
+        self.transport = transport if transport is not None else InProcess()
+        self.speedups = speedups if speedups is not None else SpeedUps()
+        self.steps = StepQueue(merge=self.speedups.merged_steps)  # a System puts its own queue here
         self.per_example, self.learn, self.max_in_flight = per_example, learn, max_in_flight
         self.messages_sent = 0
         self._sent: dict[int, _Sent] = {}
@@ -102,8 +114,8 @@ class Interface:
         self._predicted_inputs: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._synthetic_input_updates = 0
         self._utility_updates = 0
-        self._linear_of: nn.Module | None = None
-        self._linear_map: nn.Linear | None = None
+        self._closed_form_of: nn.Module | None = None
+        self._closed_form_regression: ClosedFormRegression | None = None
         self.skipped = 0  # targets not regressed onto because they (or their prediction) were not finite
 
     @property
@@ -116,11 +128,12 @@ class Interface:
         """Whether the sender must wait for the receiver's true gradient before it can update."""
         return self.mode == "backprop" or (self.synthetic and self.lambda_true > 0)
 
-    def _bound(self, pending: dict) -> None:  # the oldest are dropped: memory stays bounded
-        while len(pending) > self.max_in_flight:
-            del pending[next(iter(pending))]
+    @property
+    def utility_updates(self) -> int:
+        """How many optimizer steps the utility model has taken (a bench counts how often it learned)."""
+        return self._utility_updates
 
-    # ------------------------------------------------------------------ sender half
+    # ---------------------------------------------------------- 1. send: the message out, ĝ back now
     def send(
         self, h: torch.Tensor, step: int, context: torch.Tensor | None = None,
         weight: torch.Tensor | None = None, stacked: int = 1,
@@ -134,84 +147,46 @@ class Interface:
         if stacked < 1 or h.shape[0] % stacked:
             raise ValueError(f"interface {self.name}: {h.shape[0]} rows do not stack {stacked} messages")
         message = h.detach()
-        inputs = None
         self.transport.put_message(Message(self.name, step, message, context))
         if self.mode == "none":
             return None
+        if weight is not None and weight.shape != message.shape[:1]:
+            raise ValueError(f"interface {self.name}: weight must have one entry per row of the message "
+                             f"({message.shape[0]}), got shape {tuple(weight.shape)}")
         self.messages_sent += stacked
-        prediction, ctx = None, None
+        prediction = x = ctx = None
         if self.synthetic:
             if self.mode == "cdni" and context is None:
                 raise ValueError(f"interface {self.name}: cdni needs a context tensor at send()")
             ctx = context if self.mode == "cdni" else None
-            self.steps.apply_pending(self.utility_optimizer)  # a step put off is taken before U predicts
-            linear = self._linear()
-            if linear is not None:  # the lean path: W·x + b, no graph (its gradient is x's product)
-                with torch.no_grad():
-                    inputs = self.utility.linear_input(message, ctx)
-                    prediction = linear(inputs).reshape(message.shape)
-            else:
-                with torch.set_grad_enabled(self.learn and torch.is_grad_enabled()):
-                    prediction = self.utility(message, ctx)
+            prediction, x = self._predict(message, ctx)
         # the rows of the stack's messages still in warm-up (its first is number messages_sent - stacked + 1)
         rows = h.shape[0] // stacked
         warm = min(max(self.warmup_steps - self.messages_sent + stacked, 0), stacked) * rows
-        if weight is not None and weight.shape != message.shape[:1]:
-            raise ValueError(f"interface {self.name}: weight must have one entry per row of the message "
-                             f"({message.shape[0]}), got shape {tuple(weight.shape)}")
         record = _Sent(message, prediction, warm, ctx, version=self._utility_updates,
                        weight=None if weight is None else weight.detach().to(message.device, message.dtype),
-                       inputs=inputs, units=rows if self.per_example else 1)
+                       x=x, units=rows if self.per_example else 1)
         self._sent[step] = record
         self._bound(self._sent)  # targets that never came back: forget the oldest
         if self.locked:
             return None
         return self._synthetic_gradient(record)
 
-    def in_flight(self, step: int) -> torch.Tensor | None:
-        """The prediction of ``step``'s message while its target is to come (:meth:`restore_in_flight`)."""
-        record = self._sent.get(step)
-        return None if record is None or record.prediction is None else record.prediction.detach()
-
-    def restore_in_flight(
-        self, h: torch.Tensor, step: int, context: torch.Tensor | None = None,
-        prediction: torch.Tensor | None = None,
-    ) -> None:
-        """After loading a checkpoint: put back the message of ``step`` that was sent before it was written
-        and whose target had not come yet, without handing out its gradient again. ``prediction`` (from
-        :meth:`in_flight`) is the value the utility model gave then, kept for the fidelity stats; the
-        regression predicts again with the model as it is when the target comes (what an uninterrupted run
-        does for a target that comes after an update, and gives the same value when none came between), so
-        the run continues exactly."""
-        self.messages_sent -= 1 if self.mode != "none" else 0
-        self.send(h, step, context)
-        record = self._sent.get(step)
-        if record is not None and record.inputs is not None and prediction is not None:
-            record.prediction = prediction.detach().clone()  # the regression's gradient is the residual × x
-            record.version = -1  # across processes its regression predicts again (as below)
-        elif record is not None and record.prediction is not None and prediction is not None:
-            # exactly the saved value (new - new is exactly 0), with the gradient of the current model
-            record.prediction = prediction + (record.prediction - record.prediction.detach())
-            record.version = -1  # its regression predicts again with the weights of then (the loaded ones)
-
-    def _linear(self) -> nn.Linear | None:
-        """The utility model's one linear map when it is a plain linear model (``UtilityModel.linear``), whose
-        regression is computed here without autograd; None for any other model (a user's own included)."""
-        if self._linear_of is not self.utility:  # looked up once per utility model (a hot path)
-            linear = getattr(self.utility, "linear", None)
-            lean = isinstance(linear, nn.Linear) and hasattr(self.utility, "linear_input")
-            self._linear_of, self._linear_map = self.utility, linear if lean else None
-        return self._linear_map
-
-    def _repredict(self) -> bool:
-        """Whether a target that comes after a utility-model update regresses a fresh prediction. In one
-        process with an affine model (one linear map, whose weight gradient does not depend on the weights)
-        the send-time prediction is kept — the semantics every in-process result here was measured with;
-        across processes, or with a deeper model, the prediction is made again."""
-        affine = bool(getattr(self.utility, "affine", False))  # a module that does not say is not affine
-        return not affine or self.transport.is_remote(self.name)
+    def _predict(
+        self, message: torch.Tensor, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ĝ = U(message, context) in per-example units, and the closed form's x (None on the reference path,
+        whose prediction keeps a graph to U's parameters for the regression's backward pass, unless U will
+        not learn)."""
+        self.steps.apply_pending(self.utility_optimizer)  # a step put off is taken before U predicts
+        closed = self._closed_form() if self.speedups.closed_form else None
+        if closed is not None:
+            return closed.predict(message, context)
+        with torch.set_grad_enabled(self.learn and torch.is_grad_enabled()):
+            return self.utility(message, context), None
 
     def _synthetic_gradient(self, record: _Sent) -> torch.Tensor | None:
+        """ĝ as the sender applies it: scaled, in the units of its batch-mean loss, none in warm-up."""
         if record.prediction is None or record.warm == len(record.message):
             return None
         gradient = record.prediction.detach() * (self.scale / record.units)
@@ -219,121 +194,7 @@ class Interface:
             gradient[: record.warm] = 0
         return gradient
 
-    @property
-    def utility_updates(self) -> int:
-        """How many optimizer steps the utility model has taken (a bench counts how often it learned)."""
-        return self._utility_updates
-
-    def target_arrived(self, step: int) -> bool:
-        """Whether the true gradient for the message of ``step`` is here (pulling it from the transport)."""
-        record = self._sent.get(step)
-        if record is None:
-            return False
-        if record.target is None:
-            record.target = self.transport.take_target(self.name, step)
-        return record.target is not None
-
-    def locked_gradient(self, step: int) -> torch.Tensor:
-        """For a locked sender: the gradient to apply once the target is here (true, or BP(λ) mix)."""
-        if not self.target_arrived(step):
-            raise RuntimeError(f"interface {self.name}: no target yet for step {step}")
-        record = self._sent[step]
-        gradient = record.target
-        synthetic = self._synthetic_gradient(record)
-        if self.synthetic and self.lambda_true < 1.0:
-            gradient = self.lambda_true * gradient
-            if synthetic is not None:
-                gradient = gradient + (1.0 - self.lambda_true) * synthetic
-        record.consumed = True
-        if record.learned:
-            del self._sent[step]
-        return gradient
-
-    def collect(
-        self, track: bool = True, on_nonfinite: OnNonFinite = "stop"
-    ) -> list[dict[str, float | torch.Tensor]]:
-        """Learn from every target that has arrived: regress the utility model's send-time predictions onto
-        them (one optimizer step for all that arrived together) and (``track``) measure ĝ against each.
-        Returns one stats dict per target (``step`` and ``utility_loss``, plus the fidelity stats when
-        tracked), values as 0-d tensors. A non-finite target or prediction raises :class:`NonFiniteError`
-        (``stop``) or is left out and counted in :attr:`skipped` (``skip``)."""
-        ready: list[tuple[int, _Sent]] = []
-        for step in list(self._sent):
-            record = self._sent[step]
-            if record.learned or not self.target_arrived(step):
-                continue
-            if record.prediction is not None:
-                ready.append((step, record))
-            record.learned = True
-            if not self.locked or record.consumed:
-                del self._sent[step]
-        stats = self._learn_utility(ready, track, on_nonfinite) if ready else []
-        self._learn_synthetic_inputs()
-        return stats
-
-    def _finite(self, ready: list[tuple[int, _Sent]], on_nonfinite: OnNonFinite) -> list[tuple[int, _Sent]]:
-        """The records whose target and prediction are finite."""
-        kept = []
-        for step, record in ready:
-            bad = first_nonfinite([record.target, record.prediction])
-            if bad is None:
-                kept.append((step, record))
-            elif on_nonfinite == "stop":
-                raise NonFiniteError(self.name, ("target", "synthetic gradient")[bad], step)
-            else:
-                self.skipped += 1
-        return kept
-
-    def _learn_utility(
-        self, ready: list[tuple[int, _Sent]], track: bool, on_nonfinite: OnNonFinite
-    ) -> list[dict[str, float | torch.Tensor]]:
-        """Regress onto the targets of ``ready``. A NaN or Inf in a target or prediction shows in its loss, so
-        the losses (scalars) are checked, and only if one is not finite, the records themselves."""
-        losses, stats = [], []
-        lean: list[tuple[torch.Tensor, _Sent]] = []  # (residual, record): regressed by hand
-        for step, record in ready:
-            prediction = record.prediction
-            if record.inputs is not None:
-                if record.version != self._utility_updates and self.transport.is_remote(self.name):
-                    with torch.no_grad():  # across processes: what the model predicts now (see below)
-                        prediction = self._linear()(record.inputs).reshape(record.message.shape)
-            elif record.version != self._utility_updates and prediction.requires_grad and self._repredict():
-                # the model was updated since the send: regress what it predicts now. Across processes the
-                # send-time residual is of weights since changed (it cost a two-stage cDNI run ~3 points at a
-                # window of 1); a model deeper than one linear map saw weights changed in place (autograd)
-                prediction = self.utility(record.message, record.context)
-            target = record.target * record.units
-            if record.inputs is not None:  # the lean path: the residual once, for the loss and the gradient
-                residual = prediction - target
-                loss = regression_loss(residual, record.weight)
-                lean.append((residual, record))
-            else:  # through autograd (a caller's no_grad would leave the model nothing to learn)
-                with torch.enable_grad():
-                    loss = F.mse_loss(prediction, target) if record.weight is None \
-                        else regression_loss(prediction - target, record.weight)
-                losses.append(loss)
-            # a copy: mse_loss's 0-d result is a view of its B×D buffer (a kept record kept 0.4 MB alive)
-            out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": loss.detach().clone()}
-            kept = slice(None) if record.weight is None else record.weight > 0
-            if track and (record.weight is None or bool(kept.any())):
-                out.update(fidelity(record.prediction.detach()[kept], target[kept], record.message[kept]))
-            stats.append(out)
-        if first_nonfinite([out["utility_loss"] for out in stats]) is not None:
-            kept = self._finite(ready, on_nonfinite)  # raises (stop), or leaves them out (skip)
-            if len(kept) < len(ready):
-                return self._learn_utility(kept, track, on_nonfinite) if kept else []
-        trainable = [loss for loss in losses if loss.requires_grad]
-        if self.learn and self.utility_optimizer is not None and (trainable or lean):
-            self.steps.clear(self.utility_optimizer)
-            if lean:
-                linear_regression_gradient(self._linear(), [(d, r.inputs, r.weight) for d, r in lean])
-            else:
-                (sum(trainable) / len(trainable)).backward()
-            self.steps.step(self.utility_optimizer)
-            self._utility_updates += 1
-        return stats
-
-    # ------------------------------------------------------------------ receiver half
+    # ---------------------------------------------------------- 2. receive, and reply the true gradient
     def receive(self, step: int, source: torch.Tensor | None = None) -> torch.Tensor:
         """The receiver's input for ``step``: the message as a fresh leaf (so its gradient can be replied),
         or, with a synthetic-input model and a ``source``, the predicted message (forward unlocking)."""
@@ -369,6 +230,136 @@ class Interface:
             target = z.grad if z.grad is not None else torch.zeros_like(z)
         self.transport.put_target(self.name, step, target)
 
+    # ---------------------------------------------------------- 3. the true gradient back: regress
+    def target_arrived(self, step: int) -> bool:
+        """Whether the true gradient for the message of ``step`` is here (pulling it from the transport)."""
+        record = self._sent.get(step)
+        if record is None:
+            return False
+        if record.target is None:
+            record.target = self.transport.take_target(self.name, step)
+        return record.target is not None
+
+    def locked_gradient(self, step: int) -> torch.Tensor:
+        """For a locked sender: the gradient to apply once the target is here (true, or BP(λ) mix)."""
+        if not self.target_arrived(step):
+            raise RuntimeError(f"interface {self.name}: no target yet for step {step}")
+        record = self._sent[step]
+        gradient = record.target
+        synthetic = self._synthetic_gradient(record)
+        if self.synthetic and self.lambda_true < 1.0:
+            gradient = self.lambda_true * gradient
+            if synthetic is not None:
+                gradient = gradient + (1.0 - self.lambda_true) * synthetic
+        record.consumed = True
+        if record.learned:
+            del self._sent[step]
+        return gradient
+
+    def collect(
+        self, track: bool = True, on_nonfinite: OnNonFinite = "stop"
+    ) -> list[dict[str, float | torch.Tensor]]:
+        """Learn from every target that has arrived: regress the utility model's send-time predictions onto
+        them (one optimizer step for all that arrived together) and (``track``) measure ĝ against each.
+        Returns one stats dict per target (``step`` and ``utility_loss``, plus the fidelity stats when
+        tracked), values as 0-d tensors. A non-finite target or prediction raises :class:`NonFiniteError`
+        (``stop``) or is left out and counted in :attr:`skipped` (``skip``)."""
+        if not self._sent and not self._predicted_inputs:  # nothing in flight (a system asks after each tick)
+            return []
+        ready: list[tuple[int, _Sent]] = []
+        for step in list(self._sent):
+            record = self._sent[step]
+            if record.learned or not self.target_arrived(step):
+                continue
+            if record.prediction is not None:
+                ready.append((step, record))
+            record.learned = True
+            if not self.locked or record.consumed:
+                del self._sent[step]
+        stats = self._learn_utility(ready, track, on_nonfinite) if ready else []
+        self._learn_synthetic_inputs()
+        return stats
+
+    def _finite(self, ready: list[tuple[int, _Sent]], on_nonfinite: OnNonFinite) -> list[tuple[int, _Sent]]:
+        """The records whose target and prediction are finite."""
+        kept = []
+        for step, record in ready:
+            bad = first_nonfinite([record.target, record.prediction])
+            if bad is None:
+                kept.append((step, record))
+            elif on_nonfinite == "stop":
+                raise NonFiniteError(self.name, ("target", "synthetic gradient")[bad], step)
+            else:
+                self.skipped += 1
+        return kept
+
+    def _learn_utility(
+        self, ready: list[tuple[int, _Sent]], track: bool, on_nonfinite: OnNonFinite
+    ) -> list[dict[str, float | torch.Tensor]]:
+        """The utility regression: each prediction (:meth:`_regressed_prediction`) onto its target in
+        per-example units, one optimizer step for all of ``ready``, and (``track``) how good each ĝ was. A
+        NaN or Inf in a target or prediction shows in its loss, so the losses (scalars) are checked, and
+        only if one is not finite, the records themselves."""
+        losses, closed_terms, stats = [], [], []
+        for step, record in ready:
+            prediction = self._regressed_prediction(record)
+            target = record.target * record.units
+            if record.x is None:  # the reference path: a loss to back-propagate
+                with torch.enable_grad():  # (a caller's no_grad would leave the model nothing to learn)
+                    loss = regression_loss(prediction, target, record.weight)
+                losses.append(loss)
+                # a copy: mse_loss's 0-d result views a buffer the size of the message, which a kept
+                # stats record would keep alive
+                value = loss.detach().clone()
+            else:  # closed_form: the residual once, for the loss and the gradient
+                residual = prediction - target
+                value = ClosedFormRegression.loss(residual, record.weight)
+                closed_terms.append((residual, record.x, record.weight))
+            out: dict[str, float | torch.Tensor] = {"step": step, "utility_loss": value}
+            kept = slice(None) if record.weight is None else record.weight > 0
+            if track and (record.weight is None or bool(kept.any())):
+                out.update(fidelity(record.prediction.detach()[kept], target[kept], record.message[kept]))
+            stats.append(out)
+        if first_nonfinite([out["utility_loss"] for out in stats]) is not None:
+            kept = self._finite(ready, on_nonfinite)  # raises (stop), or leaves them out (skip)
+            if len(kept) < len(ready):
+                return self._learn_utility(kept, track, on_nonfinite) if kept else []
+        graph = [loss for loss in losses if loss.requires_grad]
+        if self.learn and self.utility_optimizer is not None and (graph or closed_terms):
+            count = len(graph) + len(closed_terms)  # the loss is the mean of the regressions' losses
+            self.steps.clear(self.utility_optimizer)
+            if graph:
+                (sum(graph) / count).backward()
+            if closed_terms:
+                self._closed_form().set_gradients(closed_terms, count)
+            self.steps.step(self.utility_optimizer)
+            self._utility_updates += 1
+        return stats
+
+    def _regressed_prediction(self, record: _Sent) -> torch.Tensor:
+        """The prediction the regression pulls towards the target: the one made at send time, unless the
+        utility model was updated since. Then the reference predicts again with the current weights (a
+        graph built before the update saw weights since changed in place), and ``keep_prediction`` keeps
+        the send-time one where it applies (:func:`~dni_agents.core.speedups.keeps_prediction`)."""
+        prediction = record.prediction
+        if record.version == self._utility_updates or keeps_prediction(
+                self.speedups, self.utility, self.transport.is_remote(self.name)):
+            return prediction
+        if record.x is not None:
+            return self._closed_form().predict_again(record.x, record.message.shape)
+        if not prediction.requires_grad:  # nothing learns from it (``learn=False``, a send under no_grad)
+            return prediction
+        with torch.enable_grad():
+            return self.utility(record.message, record.context)
+
+    def _closed_form(self) -> ClosedFormRegression | None:
+        """The utility model's closed-form regression (``closed_form``), if it is one linear map."""
+        if self._closed_form_of is not self.utility:  # looked up once per utility model (a hot path)
+            self._closed_form_of = self.utility
+            self._closed_form_regression = ClosedFormRegression.of(self.utility)
+        return self._closed_form_regression
+
+    # ---------------------------------------------------------- forward unlocking: the synthetic input
     def _learn_synthetic_inputs(self) -> None:
         """Regress each synthetic input onto the real message once that message has arrived."""
         for step in list(self._predicted_inputs):
@@ -384,7 +375,7 @@ class Interface:
                 self.synthetic_input_optimizer.step()
                 self._synthetic_input_updates += 1
 
-    # ------------------------------------------------------------------ checkpoints
+    # ---------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         state: dict = {"messages_sent": self.messages_sent}
         for key in ("utility", "utility_optimizer", "synthetic_input", "synthetic_input_optimizer"):
@@ -398,3 +389,33 @@ class Interface:
         for key in ("utility", "utility_optimizer", "synthetic_input", "synthetic_input_optimizer"):
             if key in state:
                 getattr(self, key).load_state_dict(state[key])
+
+    def in_flight(self, step: int) -> torch.Tensor | None:
+        """The prediction of ``step``'s message while its target is to come (:meth:`restore_in_flight`)."""
+        record = self._sent.get(step)
+        return None if record is None or record.prediction is None else record.prediction.detach()
+
+    def restore_in_flight(
+        self, h: torch.Tensor, step: int, context: torch.Tensor | None = None,
+        prediction: torch.Tensor | None = None,
+    ) -> None:
+        """After loading a checkpoint: put back the message of ``step`` that was sent before it was written
+        and whose target had not come yet, without handing out its gradient again. ``prediction`` (from
+        :meth:`in_flight`) is the value the utility model gave then. Its regression treats it as a message
+        sent before the last update: it regresses that value (``keep_prediction``) or predicts again with the
+        model as it is when the target comes, which is what an uninterrupted run does (and gives the same
+        value when no update came between), so the run continues exactly."""
+        self.messages_sent -= 1 if self.mode != "none" else 0
+        self.send(h, step, context)
+        record = self._sent.get(step)
+        if record is not None and record.x is not None and prediction is not None:
+            record.prediction = prediction.detach().clone()  # the closed form's gradient is the residual × x
+            record.version = -1  # as if sent before the last update (see above)
+        elif record is not None and record.prediction is not None and prediction is not None:
+            # exactly the saved value (new - new is exactly 0), with the gradient of the current model
+            record.prediction = prediction + (record.prediction - record.prediction.detach())
+            record.version = -1
+
+    def _bound(self, pending: dict) -> None:  # the oldest are dropped: memory stays bounded
+        while len(pending) > self.max_in_flight:
+            del pending[next(iter(pending))]

@@ -51,14 +51,11 @@ class UtilityModel(nn.Module):
     learn the receiver's Jacobian from what it saw, while a model of the message alone (or one additive in
     the advantage) predicts about zero: the advantage's sign decides the gradient's.
     ``squash_input`` feeds it tanh(h): an MLP whose input grows with the message extrapolates ĝ ∝ h, which
-    pushes h further (a raw message's norm reached 13 in 20 updates, 20 in 100, on a 2-bit channel whose
-    interface then carried the message before the channel; a discretised channel now hands the interface
-    its bounded output).
+    pushes h further, so an unbounded message can run away.
     ``candidates = (n, f)`` (with ``gate = n``): the context starts with ``n`` candidates of ``f`` features
     and the receiver scores each with one shared network (a referential game's receiver): so does this
     model, one column of U per candidate from (h, candidate i, the rest of the context). A flat MLP has to
-    learn the same map ``n`` times over and did not (held-out cosine 0.04 after 3,000 steps on digits,
-    against 0.90 for this form: scripts/cdni_fit.py).
+    learn the same map ``n`` times over (scripts/cdni_fit.py compares the two).
     """
 
     def __init__(
@@ -121,9 +118,9 @@ class UtilityModel(nn.Module):
 
     @property
     def linear(self) -> nn.Linear | None:
-        """The one linear map ĝ = W·x + b is, for the plain ``linear`` kind (no rank, no gate): its
-        regression's weight gradient is then one product of the residual with x (:meth:`linear_input`),
-        which the interface computes without building a graph. None for every other form."""
+        """The one linear map ĝ = W·x + b is, for the plain ``linear`` kind (no rank, no gate), of x =
+        :meth:`linear_input`: its regression has a closed form (the ``closed_form`` speed-up,
+        :mod:`~dni_agents.core.speedups`). None for every other form."""
         if self.kind == "linear" and self.rank is None and not self.gate:
             return self.net[0]
         return None
@@ -181,44 +178,19 @@ class UtilityModel(nn.Module):
 
     @property
     def affine(self) -> bool:
-        """Whether ĝ is one affine map of its input (its weight gradient does not depend on its weights)."""
+        """Whether ĝ is affine in the model's weights for a given input (its weight gradient does not depend
+        on its weights): the ``keep_prediction`` speed-up applies (:mod:`~dni_agents.core.speedups`)."""
         return self.kind == "linear" and self.rank is None
 
 
-def regression_loss(residual: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """The utility model's loss for ``residual`` = ĝ − target: the mean square (as a dot product: one pass,
-    no buffer; the lean path's), or with row weights the weighted mean over rows of each row's mean."""
+def regression_loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """The utility model's loss: the mean squared error of ĝ against the true gradient, or with row weights
+    (how much each row counts as an example) the weighted mean over rows of each row's mean square."""
     if weight is None:
-        flat = residual.reshape(-1)
-        return flat.dot(flat) / flat.numel()
-    per_row = residual.pow(2).flatten(1).mean(1)
+        return F.mse_loss(prediction, target)
+    per_row = (prediction - target).pow(2).flatten(1).mean(1)
     return (per_row * weight.flatten()).sum() / weight.sum().clamp_min(1e-12)
-
-
-@torch.no_grad()
-def linear_regression_gradient(
-    linear: nn.Linear,
-    terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
-) -> None:
-    """Set ``linear``'s gradients for the mean of the regressions' losses of ĝ = W·x + b, each term
-    ``(residual = prediction − target, x, row weights or None)``, as autograd makes them, bit for bit (one
-    term or several, weighted or not: tests/test_core.py), but without a graph: the loss's gradient for the
-    prediction (the scaled residual, in autograd's order of operations) times x for W, summed over rows
-    for b. The residuals are scaled in place (the caller has read what it needs of them)."""
-    share = torch.ones((), dtype=terms[0][0].dtype, device=terms[0][0].device) / len(terms) \
-        if len(terms) > 1 or terms[0][2] is not None else None  # one unweighted term: × 1.0, skipped
-    for residual, x, weight in reversed(terms):  # autograd's order: the latest graph first
-        rows = residual.shape[0]
-        if weight is None:  # mse_loss's mean: 2/N · (p − t) · share
-            g = residual.mul_(2.0 / residual.numel())
-            g = g.mul_(share) if share is not None else g  # × 1.0 changes no bit: one pass saved
-        else:  # the weighted mean over rows of each row's mean: share/Σw · w_i / D · 2(p − t)
-            per_row = (share / weight.sum().clamp_min(1e-12)) * weight / (residual.numel() // max(rows, 1))
-            g = per_row.view(-1, *([1] * (residual.dim() - 1))) * (2 * residual)
-        g = g.reshape(rows, -1)
-        for param, grad in ((linear.weight, g.t().mm(x)), (linear.bias, g.sum(0))):
-            if param is not None:
-                param.grad = grad if param.grad is None else param.grad.add_(grad)
 
 
 class SyntheticInputModel(nn.Module):

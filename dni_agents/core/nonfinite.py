@@ -24,14 +24,20 @@ class NonFiniteError(RuntimeError):
 
 def first_nonfinite(tensors: list[torch.Tensor]) -> int | None:
     """The index of the first tensor holding a NaN or Inf, or None. Cheap: a NaN or Inf survives a sum, so
-    one sum per tensor (a twentieth of what ``isfinite`` costs on a CPU) and one device sync for all (on a
-    CPU, where a sync costs nothing, the sums are added in Python);
-    only then is each tensor checked element by element (a sum of huge finite values may overflow)."""
+    one sum per tensor (one pass, no mask as ``isfinite`` makes) and one device sync for all (on a CPU,
+    where a sync costs nothing, the sums are added in Python); only if the total is not finite is each
+    tensor checked element by element (a sum of huge finite values may overflow)."""
     if not tensors:
         return None
-    if tensors[0].is_cpu:  # no sync to save: add the sums in Python (no stack, no kernel); a 0-d tensor
-        # (a loss) is its own sum: read directly, ~8 µs less than a sum kernel each
-        total = sum(t.item() if t.dim() == 0 else float(t.detach().sum(dtype=torch.float32)) for t in tensors)
+    if tensors[0].is_cpu:  # no sync to save: add the sums in Python (no stack, no kernel)
+        total = 0.0
+        for t in tensors:
+            if t.dim() == 0:  # a loss: its own sum, read without a kernel
+                total += t.item()
+            elif t.dtype is torch.float32:
+                total += t.sum().item()
+            else:  # a half-precision sum of finite values may overflow its own type
+                total += t.detach().sum(dtype=torch.float32).item()
     else:
         device = tensors[0].device
         total = float(torch.stack([t.detach().sum(dtype=torch.float32).to(device) for t in tensors]).sum())

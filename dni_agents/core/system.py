@@ -44,6 +44,7 @@ from .interface import Interface
 from .message import Transport
 from .nonfinite import NonFiniteError, OnNonFinite, first_nonfinite
 from .optim import StepQueue
+from .speedups import SpeedUps
 
 
 class Agent:
@@ -67,9 +68,6 @@ class Agent:
         """Between backward and the optimizer step: clip the gradient norm if asked (RL needs it)."""
         if self.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
-
-    def ticks_at(self, step: int) -> bool:
-        return (step + 1) % self.period == 0
 
     def state_dict(self) -> dict:
         state = {"module": self.module.state_dict()}
@@ -127,7 +125,7 @@ class Tick:
             self._live[(iface.name, step)] = h  # receiver updates in this same backward pass
             iface.messages_sent += stacked  # sent all the same: a checkpoint does not depend on grouping
             return
-        # (an interface of one's own that predates ``weight`` and ``stacked`` works where they are not used)
+        # the keywords only when used: an interface class of one's own whose send lacks them works without
         if stacked != 1:
             gradient = iface.send(h, step, context, weight, stacked=stacked)
         elif weight is not None:
@@ -173,9 +171,9 @@ class Tick:
         if keep:
             torch.autograd.backward([roots[i] for i in keep], [grads[i] for i in keep])
         for agent in self.agents:  # a backward pass may overflow where loss and ĝ are finite
-            if agent.optimizer is not None:
-                grads_now = (p.grad for p in agent.module.parameters() if p.grad is not None)
-                checked += [(g, agent.name, "gradient", self.step) for g in grads_now]
+            for group in agent.optimizer.param_groups if agent.optimizer is not None else ():
+                checked += [(p.grad, agent.name, "gradient", self.step) for p in group["params"]
+                            if p.grad is not None]  # the gradients the step would apply
         bad = first_nonfinite([c[0] for c in checked])
         if bad is not None:
             if self.system.on_nonfinite == "stop":
@@ -186,7 +184,7 @@ class Tick:
             return
         for agent in self.agents:
             agent.before_step()
-        steps.step(*optimizers)  # coupled agents' Adams in one call (bit for bit), or later: steps_together
+        steps.step(*optimizers)  # now (coupled agents' Adams merged), or later: steps_together
         for iface, step in self._received:
             iface.reply(step)
 
@@ -212,11 +210,13 @@ class System:
     """Agents, the interfaces between them, and the clock. All state is on the instance.
 
     ``track_stats`` (default False): whether interfaces measure ĝ against its target (cosine, relative
-    error, norms; ~7% of a DNI step) for the targets that arrive while it is on. Turn it on for the steps
-    you log, then :meth:`drain_stats`. Each interface keeps at most ``stats_capacity`` records (the newest),
-    so memory stays bounded even if nobody drains. ``on_nonfinite``: a NaN or Inf loss, ĝ, target or
-    parameter gradient ``stop``-s the run (:class:`NonFiniteError`) or its update is ``skip``-ped (counted
-    in :attr:`skipped`).
+    error, norms: a few more passes over every message) for the targets that arrive while it is on. Turn
+    it on for the steps you log, then :meth:`drain_stats`. Each interface keeps at most ``stats_capacity``
+    records (the newest), so memory stays bounded even if nobody drains. ``on_nonfinite``: a NaN or Inf
+    loss, ĝ, target or parameter gradient ``stop``-s the run (:class:`NonFiniteError`) or its update is
+    ``skip``-ped (counted in :attr:`skipped`). ``speedups`` (:class:`~dni_agents.core.speedups.SpeedUps`),
+    if given, is set on every interface and decides whether the optimizers stepped at one time step as
+    one (default: merged).
     """
 
     def __init__(
@@ -227,6 +227,7 @@ class System:
         remote: Iterable[str] = (),
         on_nonfinite: OnNonFinite = "stop",
         stats_capacity: int = 1024,
+        speedups: SpeedUps | None = None,
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -250,11 +251,14 @@ class System:
                 raise ValueError(f"two interfaces are named {iface.name!r}")
             if transport is not None:
                 iface.transport = transport
+            if speedups is not None:
+                iface.speedups = speedups
             self.interfaces[iface.name] = iface
         self.waiting: list[Tick] = []
         self.track_stats = False
         self.on_nonfinite = on_nonfinite
-        self.steps = StepQueue()  # optimizer steps: at once, or put off inside ``steps_together``
+        # optimizer steps: at once, or put off inside ``steps_together``; merged unless switched off
+        self.steps = StepQueue(merge=(speedups if speedups is not None else SpeedUps()).merged_steps)
         for iface in self.interfaces.values():
             iface.steps = self.steps
         self._stats: dict[str, deque[dict]] = {n: deque(maxlen=stats_capacity) for n in self.interfaces}
@@ -303,9 +307,10 @@ class System:
         """``with system.steps_together():`` put every optimizer step of the block off (agents' and utility
         models') and take them together when it ends: bit for bit the same parameters, in one call per set
         of Adam hyperparameters instead of one per optimizer (a DNI step of the 3-layer MLP: five calls
-        become one or two). Safe while nothing in the block reads an updated network's parameters other than
-        through the system (a tick of that agent, a prediction of that utility model), which take the step
-        first: in a feed-forward clock step, where each layer ticks once, nothing does."""
+        become one or two; see ``merged_steps``). Safe while nothing in the block reads an updated network's
+        parameters other than through the system (a tick of that agent, a prediction of that utility
+        model), which take the step first: in a feed-forward clock step, where each layer ticks once,
+        nothing does."""
         return self.steps.together()
 
     def _end(self, tick: Tick) -> None:
