@@ -180,6 +180,7 @@ def parse_config(data: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
     check = getattr(module, "check_config", None)
     if check is not None:
         check(cfg)
+    cfg._overrides = tuple(overrides)
     return cfg
 
 

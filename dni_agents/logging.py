@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -141,15 +142,29 @@ def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _bookkeeping(key: str) -> bool:
+    """Settings that say where and how a run is recorded, not what it learns: no HParams column."""
+    return key in ("name", "driver", "device") or key.startswith(("log.", "trainer.checkpoint"))
+
+
 def run_hparams(cfg: Any) -> dict[str, Any]:
     """A run's hyperparameters for the ``hparams`` table and the HParams plugin: the main settings (driver,
-    config name, interface mode(s), seed, steps, learning rate), then only the keys the user set (the
-    config file's own and the overrides; pydantic's *set* fields), never the whole resolved schema."""
+    config name, interface mode(s), seed, steps, learning rate), then the keys the user changed on the
+    command line (``cfg.overrides``), with the values they resolved to; never the whole schema (the
+    config file itself is the ``config`` text and ``config.yaml``). Runs of one config then compare by
+    what differs between them, and TensorBoard's table shows the main settings first."""
     modes = [i.mode or cfg.interface_defaults.mode for i in cfg.interfaces] or [cfg.interface_defaults.mode]
     main = {"driver": cfg.driver, "config": cfg.name, "mode": ",".join(dict.fromkeys(modes)),
             "seed": cfg.seed, "trainer.steps": cfg.trainer.steps, "trainer.lr": cfg.trainer.lr}
-    user = _flat(cfg.model_dump(exclude_unset=True))
-    return {**main, **{k: v for k, v in user.items() if k not in main and k not in ("name", "driver")}}
+    resolved = _flat(cfg.model_dump())
+    changed: dict[str, Any] = {}
+    for override in getattr(cfg, "overrides", ()):
+        key = override.lstrip("~").split("=", 1)[0].strip()
+        key = re.sub(r"\[(\d+)\]", r".\1", key)  # interfaces[0].mode -> interfaces.0.mode
+        for k, v in resolved.items():  # the key itself, or what a mapping value set under it
+            if (k == key or k.startswith(key + ".")) and k not in main and not _bookkeeping(k):
+                changed[k] = v
+    return {**main, **changed}
 
 
 class RunLogger:

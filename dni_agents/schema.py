@@ -12,7 +12,7 @@ import importlib.resources
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from .core.interface import Mode  # defined once, in the core
 
@@ -199,6 +199,13 @@ class Config(_Strict):
     interface_defaults: InterfaceConfig = Field(default_factory=InterfaceConfig)
     interfaces: list[InterfaceOverride] = Field(default_factory=list)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    _overrides: tuple[str, ...] = PrivateAttr(default=())  # set by parse_config
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The command line's ``KEY=VALUE`` / ``~KEY`` overrides this config was loaded with, in order:
+        what the user changed, which the HParams table compares runs by."""
+        return self._overrides
 
     @field_validator("name")
     @classmethod

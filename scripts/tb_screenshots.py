@@ -57,6 +57,7 @@ class View:
     route: str
     plugin: str
     ready: str
+    width: int = 0  # wider than the viewport where a view's table would hide columns (0: the viewport)
 
 
 VIEWS = (
@@ -67,7 +68,8 @@ VIEWS = (
     View("histograms", "histograms", "histograms", "vz-histogram-timeseries"),
     View("distributions", "distributions", "distributions", "vz-distribution-chart"),
     View("text", "text", "text", "tf-text-loader"),
-    View("hparams", "hparams", "hparams", "tf-hparams-table-view vaadin-grid, tf-hparams-table-view"),
+    View("hparams", "hparams", "hparams", "tf-hparams-table-view vaadin-grid, tf-hparams-table-view",
+         width=2400),  # the settings' columns, then every metric's
 )
 
 
@@ -199,6 +201,8 @@ def shoot_view(context: Any, base: str, view: View, out: Path) -> dict[str, Any]
     url = f"{base}#{view.route}"
     page = context.new_page()
     try:
+        if view.width:
+            page.set_viewport_size({"width": view.width, "height": page.viewport_size["height"]})
         page.goto(url)
         if plugin_active(base, view.plugin):
             warnings: list[str] = []

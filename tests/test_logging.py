@@ -249,12 +249,17 @@ def test_run_hparams_are_the_main_settings_and_what_the_user_set() -> None:
     from dni_agents.config import load_config
     from dni_agents.logging import run_hparams
 
-    got = run_hparams(load_config("speaker_listener", ["trainer.steps=80", "marl.hidden=32"]))
-    assert list(got)[:6] == ["driver", "config", "mode", "seed", "trainer.steps", "trainer.lr"]
-    assert got["trainer.steps"] == 80 and got["marl.hidden"] == 32 and got["mode"] == "dni"
-    assert got["interfaces.0.obs_slice"] == [8, 11] and got["agents.0.policy"] is False
-    assert "trainer.batch_size" not in got and "marl.gamma" not in got  # defaults nobody set
-    assert None not in got.values() and len(got) < 40
+    got = run_hparams(load_config("speaker_listener", [
+        "trainer.steps=80", "marl.hidden=32", "interfaces[0].mode=backprop",
+        "marl.env_kwargs={max_cycles: 20}", "~marl.eval_episodes"]))
+    assert list(got) == ["driver", "config", "mode", "seed", "trainer.steps", "trainer.lr", "marl.hidden",
+                         "interfaces.0.mode", "marl.env_kwargs.max_cycles", "marl.eval_episodes"]
+    assert got["trainer.steps"] == 80 and got["marl.hidden"] == 32 and got["mode"] == "backprop"
+    assert got["marl.env_kwargs.max_cycles"] == 20 and got["interfaces.0.mode"] == "backprop"
+    default = type(load_config("speaker_listener").marl).model_fields["eval_episodes"].default
+    assert got["marl.eval_episodes"] == default  # deleted: the schema's default
+    plain = run_hparams(load_config("speaker_listener"))  # nothing changed: the main settings alone
+    assert list(plain) == ["driver", "config", "mode", "seed", "trainer.steps", "trainer.lr"]
 
 
 def test_projector_bookmark_and_resume_keeps_earlier_snapshots(tmp_path: Path) -> None:
