@@ -201,6 +201,15 @@ class Config(_Strict):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     _overrides: tuple[str, ...] = PrivateAttr(default=())  # set by parse_config
 
+    def __eq__(self, other: object) -> bool:
+        """Equal settings make equal configs, however they were typed (``overrides`` does not count: a
+        run's ``config.yaml`` loads back equal to the config it was started with)."""
+        if not isinstance(other, Config):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as pydantic's models are
+
     @property
     def overrides(self) -> tuple[str, ...]:
         """The command line's ``KEY=VALUE`` / ``~KEY`` overrides this config was loaded with, in order:

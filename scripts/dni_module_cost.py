@@ -8,7 +8,7 @@ alike). Each cost is the median over rounds of the ratio of two methods' times i
 layer path makes the core loop's updates bit for bit (tests/test_dni_module.py), so only time differs.
 JSON to OUT.
 
-    flock /tmp/team/cpu.lock taskset -c 0 python scripts/dni_module_cost.py [--out OUT] [--rounds N]
+    OMP_NUM_THREADS=1 python scripts/dni_module_cost.py [--out OUT] [--rounds N]
 """
 
 from __future__ import annotations

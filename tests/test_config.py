@@ -323,3 +323,11 @@ def test_every_driver_gives_an_agent_its_own_learning_rate_and_the_trainers_weig
     system, _, _ = marl.build(cfg, marl.make_env(cfg), torch.device("cpu"))
     assert group(system, cfg.agents[0].name)["lr"] == 0.5
     assert group(system, cfg.agents[1].name)["lr"] == cfg.trainer.lr
+
+
+def test_configs_compare_by_their_settings_not_by_how_they_were_typed() -> None:
+    typed = load_config("speaker_listener", ["trainer.lr=0.003"])  # the file's own value, set again
+    assert typed.overrides == ("trainer.lr=0.003",) and load_config("speaker_listener").overrides == ()
+    assert typed == load_config("speaker_listener")
+    assert load_config("speaker_listener", ["trainer.lr=0.002"]) != load_config("speaker_listener")
+    assert load_config("speaker_listener") != load_config("speaker_listener", ["marl.hidden=32"])
