@@ -8,7 +8,7 @@ alike). Each cost is the median over rounds of the ratio of two methods' times i
 layer path makes the core loop's updates bit for bit (tests/test_dni_module.py), so only time differs.
 JSON to OUT.
 
-    OMP_NUM_THREADS=1 python scripts/dni_module_cost.py [--out OUT] [--rounds N]
+    python scripts/dni_module_cost.py --cpu 0 [--out OUT] [--rounds N]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dni_agents import DNI
+from dni_agents.cli import pin_to_core
 from dni_agents.data import ImageDataset, batches
 from dni_agents.drivers.ff.timing import PLAIN, paired_cost, step_function, timing_data
 
@@ -86,7 +87,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu", type=int, default=None, metavar="N", help="run on CPU core N alone")
     args = parser.parse_args()
+    if args.cpu is not None:
+        pin_to_core(args.cpu)
     torch.set_num_threads(1)
     data = timing_data(args.seed)
     fns = {"plain": step_function(PLAIN, data, args.seed, batch_norm=False)[0]}

@@ -108,7 +108,7 @@ class Sensitivity:
 
 def sender_context(
     c: Channel, receiver: Group, ep: Episode, steps: int | torch.Tensor, mb: torch.Tensor, n_senders: int,
-    heard: torch.Tensor, sens: Sensitivity,
+    heard: torch.Tensor, sensitivity: Sensitivity,
 ) -> torch.Tensor:
     """The cDNI context of the messages ``c`` sends at step ``steps`` (rows: copy × sender member), or at
     each of the steps (S,) of a tensor (rows step-major): what the member that hears each has then (step
@@ -138,13 +138,13 @@ def sender_context(
     if receiver.policy and not isinstance(receiver.action_space, spaces.Discrete):
         parts.append(pick(ep.actions[receiver.name][rows]))
     first = -(-when // receiver.period)  # a message heard between decisions counts from the next one
-    for k in range(sens.horizon.get(c.name, 0) + 1):
+    for k in range(sensitivity.horizon.get(c.name, 0) + 1):
         d = first + k
         if receiver.policy:  # past the last decision: zeros
-            parts.append(pick(at(sens.logits[receiver.name], d)))
+            parts.append(pick(at(sensitivity.logits[receiver.name], d)))
         for out in receiver.outbound:
             if out.mode in SYNTHETIC:
-                boot = sens.bootstrap.get(out.name)
+                boot = sensitivity.bootstrap.get(out.name)
                 parts.append(pick(at(boot, d * receiver.period)) if boot is not None
                              else heard.new_zeros(S, B, n_senders, out.size))
     return torch.cat(parts, -1).flatten(0, 2)
@@ -164,25 +164,28 @@ def sensitivities(
             alive = ep.alive[ep.decisions(g.period)][:, mb].float().unsqueeze(-1)
             adv = normalized_advantages(gae[g.name][0][:, mb], alive.expand_as(gae[g.name][0][:, mb]))
             logits[g.name] = logit_sensitivity(g, ep, mb, adv, cfg.marl.ent_coef, cfg.marl.clip)
-    sens = Sensitivity(logits)
+    sensitivity = Sensitivity(logits)
     by_name = {g.name: g for g in groups}
     for g in groups:
         for c in g.inbound:
             if c.mode == "cdni":
-                sens.horizon[c.name] = gate_horizon(cfg, c, g)
+                sensitivity.horizon[c.name] = gate_horizon(cfg, c, g)
                 for out in (o for o in g.outbound if o.mode in SYNTHETIC):
                     shape = ep.messages[out.name].shape[2:]
-                    sens.bootstrap[out.name] = torch.zeros(ep.length, len(mb), *shape)
+                    sensitivity.bootstrap[out.name] = torch.zeros(ep.length, len(mb), *shape)
     for t in reversed(range(ep.length)):
         for g in reversed(order):  # a delay-0 receiver speaks after its sender
-            for c in (c for c in g.outbound if c.name in sens.bootstrap and t + c.model.delay < ep.length):
+            for c in g.outbound:
+                if c.name not in sensitivity.bootstrap or t + c.model.delay >= ep.length:
+                    continue
                 heard = transmitted(c, ep, t, mb, ep.messages[c.name][t, mb])
                 context = None
                 if c.mode == "cdni":
-                    context = sender_context(c, by_name[c.receiver], ep, t, mb, heard.shape[1], heard, sens)
+                    context = sender_context(c, by_name[c.receiver], ep, t, mb, heard.shape[1], heard,
+                                             sensitivity)
                 u = c.interface.utility
                 g_hat = u(heard.flatten(0, 1), context).view_as(heard) * c.interface.scale
                 if c.name in ep.outage:  # a message its channel did not carry gets no gradient: ĝ · 0
                     g_hat = g_hat * ep.outage[c.name][mb].view(-1, 1, 1)
-                sens.bootstrap[c.name][t] = g_hat
-    return sens
+                sensitivity.bootstrap[c.name][t] = g_hat
+    return sensitivity

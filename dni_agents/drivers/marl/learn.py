@@ -37,22 +37,22 @@ def ppo_update(
     block of clock steps on the wire (:func:`settle_block`)."""
     mc = cfg.marl
     gae = {g.name: advantages(ep, g, mc.gamma, mc.gae_lambda) for g in groups if g.policy}
-    mine = [g for g in groups if g.name in system.agents]
-    for g in mine:
+    local = [g for g in groups if g.name in system.agents]
+    for g in local:
         if g.policy:
             g.net.observe_returns(gae[g.name][1][ep.alive[ep.decisions(g.period)]])
     E = ep.alive.shape[1]
-    stats: dict[str, dict[str, list[float]]] = {g.name: {} for g in mine if g.policy}
+    stats: dict[str, dict[str, list[float]]] = {g.name: {} for g in local if g.policy}
     # In one process every network updates in one tick: one backward pass for all (``batched_replay``);
     # otherwise networks joined by backprop channels share a tick, the others have their own
     ticking = [list(system.agents)] if mc.batched_replay and transport is None else system.coupled()
     batched = batched_groups(groups) if mc.batched_replay else ()
-    gated = any(c.mode == "cdni" for g in mine for c in g.outbound)  # a gate is made where it is sent
+    gated = any(c.mode == "cdni" for g in local for c in g.outbound)  # a gate is made where it is sent
     for epoch in range(mc.epochs):
         system.track_stats = track and epoch == 0
         order = torch.randperm(E, generator=generator)
         for mb in order.chunk(min(mc.minibatches, E)):
-            sens = (sensitivities(cfg, groups, player.order, ep, mb, gae) if gated  # the cDNI gates
+            sensitivity = (sensitivities(cfg, groups, player.order, ep, mb, gae) if gated  # the cDNI gates
                     else Sensitivity({}))
             clock += 1
             base = clock * block_steps(cfg)  # one block of clock steps per minibatch
@@ -61,15 +61,15 @@ def ppo_update(
                 for members in ticking:
                     t_ = stack.enter_context(system.tick(members, clock))
                     ticks.update(dict.fromkeys(members, t_))
-                out = replay(groups, player, ep, mb, ticks, base, sens, transport, batched)
-                for g in mine:
+                out = replay(groups, player, ep, mb, ticks, base, sensitivity, transport, batched)
+                for g in local:
                     if g.policy:
                         loss, parts = ppo_loss(mc, g, ep, mb, out[g.name], gae[g.name])
                         ticks[g.name].add_loss(loss)
                         for k, v in parts.items():
                             stats[g.name].setdefault(k, []).append(v)
             if transport is not None:
-                settle_block(system, transport, mine, ep, base, block_steps(cfg), batched)
+                settle_block(system, transport, local, ep, base, block_steps(cfg), batched)
             system.check_settled()
     system.track_stats = False
     return {g: {k: sum(v) / len(v) for k, v in s.items()} for g, s in stats.items()}, clock
@@ -82,7 +82,7 @@ def block_steps(cfg: Config) -> int:
 
 
 def settle_block(
-    system: System, transport: TorchDistributed, mine: list[Group], ep: Episode, base: int, block: int,
+    system: System, transport: TorchDistributed, local: list[Group], ep: Episode, base: int, block: int,
     batched: tuple[str, ...] = (),
 ) -> None:
     """After a minibatch on several processes: a sender on a locked channel (``backprop``) waits for the
@@ -91,7 +91,7 @@ def settle_block(
     models learn from what has come. With N = 0 this is the order of the in-process minibatch, so the next
     one's ĝ is predicted by the same utility model."""
     T = ep.length
-    for g in mine:
+    for g in local:
         for c in g.outbound:
             if c.interface is not None and c.interface.locked and transport.is_remote(c.name):
                 for t in range(1 if g.name in batched else T - c.model.delay):  # batched: one message

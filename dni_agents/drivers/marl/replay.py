@@ -31,7 +31,7 @@ def batched_groups(groups: list[Group]) -> tuple[str, ...]:
 
 def replay(
     groups: list[Group], player: Player, ep: Episode, mb: torch.Tensor, ticks: dict[str, Tick], base: int,
-    sens: Sensitivity, transport: TorchDistributed | None = None, batched: tuple[str, ...] = (),
+    sensitivity: Sensitivity, transport: TorchDistributed | None = None, batched: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """The episode again, with gradients: the message of step t goes out through the interface as the
     message of clock step ``base + t`` and is heard at ``t + delay`` through the noise the rollout drew.
@@ -83,7 +83,7 @@ def replay(
             context = None
             if c.mode == "cdni":
                 context = sender_context(c, player.by_name[c.receiver], ep, torch.arange(sent), mb,
-                                         len(g.members), out.detach(), sens)
+                                         len(g.members), out.detach(), sensitivity)
             weight = weights[c.name].repeat(sent) if c.name in weights else None
             tick.send(c.interface, out.flatten(0, 2), context, step=base, weight=weight, stacked=sent)
 
@@ -127,7 +127,7 @@ def replay(
                 context = None
                 if c.mode == "cdni":
                     context = sender_context(c, player.by_name[c.receiver], ep, t, mb, len(g.members),
-                                             out.detach(), sens)
+                                             out.detach(), sensitivity)
                 tick.send(c.interface, out.view_as(h), context, step=base + t, weight=weights.get(c.name))
     features_out.update({name: torch.stack(f) for name, f in features_by_step.items()})
     return features_out
