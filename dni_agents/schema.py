@@ -63,10 +63,16 @@ class _Strict(BaseModel):
 
 
 class TrainerConfig(_Strict):
+    # how long to train: minibatches (ff), PPO updates (marl), windows (rnn), B's updates (hier)
     steps: PosInt = 1000
+    # examples per minibatch (ff), sequences per window (rnn), digit streams (hier); marl's batch is
+    # marl.num_envs
     batch_size: PosInt = 256
+    # every agent's optimizer
     optimizer: Optimizer = "adam"
+    # every agent's learning rate, unless the agent sets its own (agents[].lr)
     lr: PosFloat = 3e-4
+    # the optimizers' weight decay
     weight_decay: NonNegFloat = 0.0
     fused: bool = False  # Adam as one kernel for all tensors: faster for small networks, rounds differently
     eval_every: NonNegInt = 0  # 0: evaluate only at the end
@@ -79,7 +85,9 @@ class TrainerConfig(_Strict):
 
 
 class LogConfig(_Strict):
+    # where run folders go: <log.dir>/<name>
     dir: str = "runs"
+    # steps between two logged points of the scalars (and the statistics of ĝ)
     every: PosInt = 50
     # histograms (and marl's projector snapshots) every that many steps, never at the untrained step 0,
     # always at the last; "auto": trainer.steps // 5, so any run shows about five
@@ -91,8 +99,11 @@ class AgentConfig(_Strict):
     """One network with its own optimizer, ticking every ``period`` steps. A driver whose agents have more
     settings extends this (its ``AGENT_CONFIG``: marl's agents have members, a policy, a network)."""
 
+    # the agent's name, used by interfaces and distributed.placement
     name: str
+    # the agent ticks every `period` steps of the clock
     period: PosInt = 1
+    # this agent's learning rate (null: trainer.lr)
     lr: PosFloat | None = None
 
 
@@ -103,13 +114,16 @@ class UtilityConfig(_Strict):
     # whose forward(message, context) returns ĝ shaped like the message (docs/extending.md)
     kind: str = "linear"
     kwargs: dict[str, Any] = Field(default_factory=dict)  # for a kind given by import string
+    # width of an mlp / conv utility model's hidden layers
     hidden: PosInt = 1024
+    # layers of an mlp / conv utility model
     layers: PosInt = 2
     rank: PosInt | None = None  # low-rank linear utility model
     normalize: bool = False  # layer-norm the message first (RNN states whose scale drifts)
     gate: bool = False  # cdni: ĝ is linear in the context's tail (marl: the receiver's advantage × (e_a − π))
     squash_input: bool = False  # the model sees tanh(message): bounded input for unbounded messages
     horizon: NonNegInt = 0  # marl cdni, recurrent receiver: gate on its next `horizon` decisions too
+    # the utility model's own optimizer
     optimizer: Optimizer = "adam"
     lr: PosFloat | None = None  # None: trainer.lr
 
@@ -127,9 +141,13 @@ class UtilityConfig(_Strict):
 class SyntheticInputConfig(_Strict):
     """Forward unlocking: the receiver predicts its input instead of waiting for the sender."""
 
+    # the model that predicts the message from the sender's input
     kind: Literal["linear", "mlp"] = "mlp"
+    # width of its hidden layers (mlp)
     hidden: PosInt = 1024
+    # its layers (mlp)
     layers: PosInt = 2
+    # its learning rate (null: trainer.lr)
     lr: PosFloat | None = None
 
 
@@ -138,6 +156,7 @@ class ChannelConfig(_Strict):
 
     noise: NonNegFloat = 0.0  # std of Gaussian noise on the message in training
     discretize: bool = False  # training: tanh(message + noise); evaluation: one of `levels` values exactly
+    # values per component of a discretised message in evaluation
     levels: Annotated[int, Field(ge=2)] = 2
     delay: Literal[0, 1] = 1  # 0: heard in the step it is sent (the sender acts first); 1: the next step
     # training: probability that the channel is down for a whole episode of one environment copy (the
@@ -146,6 +165,9 @@ class ChannelConfig(_Strict):
 
 
 class InterfaceConfig(_Strict):
+    # how the gradient crosses a channel: dni (synthetic gradient ĝ from a utility model of the message), cdni
+    # (the utility model also sees context), backprop (the true gradient: the coupled baseline), none (no
+    # gradient), rial (marl: the message is the sender's discrete action, learned by RL alone)
     mode: ChannelMode = "dni"
     scale: NonNegFloat = 1.0  # synthetic gradient is multiplied by this before use
     lambda_true: UnitFloat = 0.0  # >0: BP(lambda), lambda*true + (1-lambda)*synthetic
@@ -162,16 +184,25 @@ class InterfaceOverride(_Strict):
     so a channel can change one utility field without restating the rest.
     """
 
+    # the agent that sends the message
     sender: str
+    # the agent that receives it (and whose true gradient trains the utility model)
     receiver: str
+    # this channel's mode (null: interface_defaults.mode)
     mode: ChannelMode | None = None
     size: PosInt | None = None  # marl: message size (default marl.message_size)
     obs_slice: list[NonNegInt] | None = None  # marl: [start, stop) of the receiver's observation it fills
+    # null: interface_defaults.scale
     scale: NonNegFloat | None = None
+    # null: interface_defaults.lambda_true
     lambda_true: UnitFloat | None = None
+    # null: interface_defaults.warmup_steps
     warmup_steps: NonNegInt | None = None
+    # keys of interface_defaults.utility to change on this channel, merged over them
     utility: dict[str, Any] | None = None
+    # keys of interface_defaults.synthetic_input to change on this channel
     synthetic_input: dict[str, Any] | None = None
+    # keys of interface_defaults.channel to change on this channel (marl)
     channel: dict[str, Any] | None = None
 
 
@@ -190,8 +221,11 @@ class Config(_Strict):
     own section, named like the driver (``marl:``), whose schema the driver owns (``SECTION``)."""
 
     name: str = "run"  # run folder is <log.dir>/<name>
+    # which driver trains the run: ff, hier, marl, rnn, or one an installed package declares
     driver: str
+    # seeds every random draw of the run (initialisation, data order, environments)
     seed: NonNegInt = 0
+    # cpu, cuda, cuda:N, or auto (cuda when there is one)
     device: str = "cpu"
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     log: LogConfig = Field(default_factory=LogConfig)

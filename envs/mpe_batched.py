@@ -61,9 +61,14 @@ def mpe_action_spaces(agents: list[str], sizes: list[int], continuous: bool) -> 
     return {a: spaces.Discrete(n) for a, n in zip(agents, sizes, strict=True)}
 
 
-def check_mpe_kwargs(owner: str, kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    """mpe2's keyword arguments that the batched scenarios take only at the values they implement."""
-    check_kwargs(owner, kwargs, allowed)
+MPE_KWARGS = ("max_cycles", "device", "continuous_actions", "render_mode", "dynamic_rescaling",
+              "benchmark_data")
+
+
+def check_mpe_kwargs(owner: str, kwargs: dict[str, Any], scenario_kwargs: tuple[str, ...] = ()) -> None:
+    """The keyword arguments a batched scenario takes: its own (``scenario_kwargs``) and mpe2's common ones
+    (:data:`MPE_KWARGS`), these only at the values the batched world implements."""
+    check_kwargs(owner, kwargs, (*scenario_kwargs, *MPE_KWARGS))
     check_choice(owner, "continuous_actions", kwargs.get("continuous_actions", False), (False, True))
     check_choice(owner, "render_mode", kwargs.get("render_mode"), (None,))
     check_choice(owner, "benchmark_data", kwargs.get("benchmark_data", False), (False,))

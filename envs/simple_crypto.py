@@ -61,7 +61,6 @@ AGENTS = (EVE, BOB, ALICE)  # mpe2's order: adversary, good listener, speaker
 DIM_C = 4  # words, and the landmarks' colour (one-hot) dimension
 N_LANDMARKS = 2
 N_ENTITIES = 5  # 3 agents + 2 landmarks, whose positions reset draws
-ALLOWED = ("max_cycles", "device", "continuous_actions", "render_mode", "dynamic_rescaling", "benchmark_data")
 
 
 class SimpleCrypto(VectorEnv):
@@ -70,7 +69,7 @@ class SimpleCrypto(VectorEnv):
     metadata = {"name": "simple_crypto_v3", "render_modes": [], "is_parallelizable": True}
 
     def __init__(self, num_envs: int, **kwargs: Any) -> None:
-        check_mpe_kwargs(type(self).__name__, kwargs, ALLOWED)
+        check_mpe_kwargs(type(self).__name__, kwargs)
         super().__init__(num_envs, max_cycles=kwargs.get("max_cycles", 25),
                          device=kwargs.get("device", "cpu"))
         self.render_mode = None

@@ -50,8 +50,6 @@ from .mpe_batched import AgentBody, BatchedWorld, Body, check_mpe_kwargs, mpe_ac
 AGENTS = ("agent_0", "agent_1")
 LANDMARK_COLORS = np.array([[0.75, 0.25, 0.25], [0.25, 0.75, 0.25], [0.25, 0.25, 0.75]])
 CONTIGUOUS = torch.contiguous_format
-ALLOWED = ("local_ratio", "max_cycles", "device", "continuous_actions", "render_mode", "dynamic_rescaling",
-           "benchmark_data")
 
 
 class SimpleReference(VectorEnv):
@@ -63,7 +61,7 @@ class SimpleReference(VectorEnv):
     obs_dim = 21
 
     def __init__(self, num_envs: int, **kwargs: Any) -> None:
-        check_mpe_kwargs(type(self).__name__, kwargs, ALLOWED)
+        check_mpe_kwargs(type(self).__name__, kwargs, ("local_ratio",))
         self._setup(num_envs, local_ratio=kwargs.get("local_ratio", 0.5),
                     max_cycles=kwargs.get("max_cycles", 25), device=kwargs.get("device", "cpu"),
                     continuous=kwargs.get("continuous_actions", False))

@@ -45,7 +45,6 @@ from .mpe_batched import AgentBody, BatchedWorld, Body, check_mpe_kwargs, mpe_ac
 
 SPEAKER, LISTENER = "speaker_0", "listener_0"
 LANDMARK_COLORS = np.array([[0.65, 0.15, 0.15], [0.15, 0.65, 0.15], [0.15, 0.15, 0.65]])
-ALLOWED = ("max_cycles", "device", "continuous_actions", "render_mode", "dynamic_rescaling", "benchmark_data")
 
 
 class SimpleSpeakerListener(VectorEnv):
@@ -54,7 +53,7 @@ class SimpleSpeakerListener(VectorEnv):
     metadata = {"name": "simple_speaker_listener_v4", "render_modes": [], "is_parallelizable": True}
 
     def __init__(self, num_envs: int, **kwargs: Any) -> None:
-        check_mpe_kwargs(type(self).__name__, kwargs, ALLOWED)
+        check_mpe_kwargs(type(self).__name__, kwargs)
         super().__init__(num_envs, max_cycles=kwargs.get("max_cycles", 25),
                          device=kwargs.get("device", "cpu"))
         self.render_mode = None

@@ -178,78 +178,6 @@ def field_default(field: FieldInfo) -> str:
 
 # ------------------------------------------------------------------------------------------ descriptions
 
-# What a key means where the schema has no comment or description for it yet (the schema's own words win;
-# a key here that is no field of the schema stops the script, so this cannot describe a key that is gone).
-NOTES = {
-    "driver": "which driver trains the run: ff, hier, marl, rnn, or one an installed package declares",
-    "seed": "seeds every random draw of the run (initialisation, data order, environments)",
-    "device": "cpu, cuda, cuda:N, or auto (cuda when there is one)",
-    "trainer.steps": "how long to train: minibatches (ff), PPO updates (marl), windows (rnn), B's updates "
-                     "(hier)",
-    "trainer.batch_size": "examples per minibatch (ff), sequences per window (rnn), digit streams (hier); "
-                          "marl's batch is marl.num_envs",
-    "trainer.optimizer": "every agent's optimizer",
-    "trainer.lr": "every agent's learning rate, unless the agent sets its own (agents[].lr)",
-    "trainer.weight_decay": "the optimizers' weight decay",
-    "log.dir": "where run folders go: <log.dir>/<name>",
-    "log.every": "steps between two logged points of the scalars (and the statistics of ĝ)",
-    "log.histogram_every": "steps between two histograms of the messages",
-    "agents[].name": "the agent's name, used by interfaces and distributed.placement",
-    "agents[].period": "the agent ticks every `period` steps of the clock",
-    "agents[].lr": "this agent's learning rate (null: trainer.lr)",
-    "interface_defaults.mode": "how the gradient crosses a channel: dni (synthetic gradient ĝ from a utility "
-                               "model of the message), cdni (the utility model also sees context), backprop "
-                               "(the true gradient: the coupled baseline), none (no gradient), rial (marl: "
-                               "the message is the sender's discrete action, learned by RL alone)",
-    "interface_defaults.utility.hidden": "width of an mlp / conv utility model's hidden layers",
-    "interface_defaults.utility.layers": "layers of an mlp / conv utility model",
-    "interface_defaults.utility.optimizer": "the utility model's own optimizer",
-    "interface_defaults.synthetic_input.kind": "the model that predicts the message from the sender's input",
-    "interface_defaults.synthetic_input.hidden": "width of its hidden layers (mlp)",
-    "interface_defaults.synthetic_input.layers": "its layers (mlp)",
-    "interface_defaults.synthetic_input.lr": "its learning rate (null: trainer.lr)",
-    "interface_defaults.channel.levels": "values per component of a discretised message in evaluation",
-    "interfaces[].sender": "the agent that sends the message",
-    "interfaces[].receiver": "the agent that receives it (and whose true gradient trains the utility model)",
-    "interfaces[].mode": "this channel's mode (null: interface_defaults.mode)",
-    "interfaces[].scale": "null: interface_defaults.scale",
-    "interfaces[].lambda_true": "null: interface_defaults.lambda_true",
-    "interfaces[].warmup_steps": "null: interface_defaults.warmup_steps",
-    "interfaces[].utility": "keys of interface_defaults.utility to change on this channel, merged over them",
-    "interfaces[].synthetic_input": "keys of interface_defaults.synthetic_input to change on this channel",
-    "interfaces[].channel": "keys of interface_defaults.channel to change on this channel (marl)",
-    "hier.dataset": "the digits the stream is made of",
-    "hier.a_hidden": "A's GRU width",
-    "hier.b_hidden": "B's GRU width",
-    "marl.env_kwargs": "keyword arguments of the environment (passed to parallel_env, vector_env or the "
-                       "callable)",
-    "marl.num_envs": "environment copies played in lockstep; one update plays one episode in each",
-    "marl.message_size": "components of a message on a channel with no slot in the receiver's observation "
-                         "(with a slot, the slot's width)",
-    "marl.hidden": "width of the policy and value networks",
-    "marl.gamma": "discount factor",
-    "marl.gae_lambda": "GAE's λ",
-    "marl.clip": "PPO's clipping range",
-    "marl.minibatches": "minibatches per PPO epoch (split by environment copy)",
-    "marl.ent_coef": "weight of the entropy bonus",
-    "marl.vf_coef": "weight of the value loss",
-    "marl.max_grad_norm": "gradients are clipped to this norm, per network",
-    "marl.private_info.agent": "the agent whose private information it is (usually the sender)",
-    "marl.private_info.info": "a key of that agent's env info dict holding an integer per step",
-    "marl.private_info.obs_argmax": "[start, stop) of its observation whose argmax is the information",
-    "agents[].members": "the environment agents this network controls (names or glob patterns; null: its "
-                        "own name); they share its parameters",
-    "agents[].network_kwargs": "keyword arguments of `network`",
-    "rnn.task": "copy, repeat_copy (Graves et al.'s Copy and Repeat Copy) or charlm (a character-level "
-                "language model)",
-    "rnn.cell": "the recurrent core",
-    "rnn.hidden": "its width",
-    "rnn.aux_weight": "weight of the aux loss",
-    "rnn.max_grad_norm": "clip gradients to this norm (null: no clipping)",
-    "rnn.start_length": "the curriculum's first sequence length",
-    "rnn.max_repeats": "repeat copy: the most repeats asked for",
-    "rnn.embed": "charlm: width of the character embedding",
-}
 
 
 _ATTR = re.compile(r"^(\s+)([A-Za-z_]\w*)\s*:")
@@ -294,18 +222,16 @@ def _trailing_comment(line: str) -> str:
     return ""
 
 
-def descriptions(model: type[BaseModel], prefix: str, used: set[str]) -> dict[str, str]:
+def descriptions(model: type[BaseModel]) -> dict[str, str]:
     """Field -> description: ``Field(description=...)`` first, else the source comments (the nearest class
-    in the model's bases that declares the field), else :data:`NOTES`; every key seen is added to ``used``."""
+    in the model's bases that declares the field)."""
     comments: dict[str, str] = {}
     for base in reversed(model.__mro__):
         if isinstance(base, type) and issubclass(base, BaseModel) and base is not BaseModel:
             comments.update(source_comments(base))
     out = {}
     for name, field in model.model_fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        used.add(key)
-        out[name] = plain(field.description or comments.get(name, "") or NOTES.get(key, ""))
+        out[name] = plain(field.description or comments.get(name, ""))
     return out
 
 
@@ -334,13 +260,13 @@ def _code(text: str) -> str:
     return "`" + text.replace("|", "\\|").replace("\n", " ") + "`"
 
 
-def table(model: type[BaseModel], prefix: str, used: set[str],
+def table(model: type[BaseModel], prefix: str,
           only: set[str] | None = None) -> tuple[str, list[tuple]]:
     """The markdown table of ``model``'s scalar fields under ``prefix`` and its nested sections (path,
     model, in a list) to document after it."""
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
     nested: list[tuple[str, type[BaseModel], bool]] = []
-    notes = descriptions(model, prefix, used)
+    notes = descriptions(model)
     for name, field in model.model_fields.items():
         if only is not None and name not in only:
             continue
@@ -364,20 +290,20 @@ def anchor(title: str) -> str:
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
-def section(path: str, model: type[BaseModel], seen: set[tuple[str, type]], used: set[str], level: int = 3,
+def section(path: str, model: type[BaseModel], seen: set[tuple[str, type]], level: int = 3,
             only: set[str] | None = None, intro: str = "", title: str = "") -> list[str]:
     """A heading, the model's docstring, its table, then its nested sections, each once."""
     if (path, model) in seen:
         return []
     seen.add((path, model))
-    body, nested = table(model, path, used, only)
+    body, nested = table(model, path, only)
     text = [f"{'#' * level} {title or f'`{path}`'}", ""]
     doc = intro or class_doc(model)
     if doc:
         text += [doc, ""]
     text += [body, ""]
     for sub_path, sub_model, _ in nested:
-        text += section(sub_path, sub_model, seen, used, level)
+        text += section(sub_path, sub_model, seen, level)
     return text
 
 
@@ -385,10 +311,9 @@ def render() -> str:
     """The whole of docs/config.md."""
     out = [HEADER]
     seen: set[tuple[str, type]] = set()
-    used: set[str] = set()
     out += ["## Keys every run has", ""]
     top = "Every run has these keys, whatever its driver; each row that is a section has its table below."
-    out += section("", Config, seen, used, level=3, intro=top)[2:]  # the top level has no heading of its own
+    out += section("", Config, seen, level=3, intro=top)[2:]  # the top level has no heading of its own
     for name in sorted(registry.BUILTIN_DRIVERS):
         module = driver_module(name, registry.BUILTIN_DRIVERS)
         run = config_class(name)
@@ -398,18 +323,15 @@ def render() -> str:
             out += [" ".join(summary.split()), ""]
         section_model = getattr(module, "SECTION", None)
         if section_model is not None:
-            out += section(name, section_model, seen, used)
+            out += section(name, section_model, seen)
         agent_model = getattr(module, "AGENT_CONFIG", None)
         if agent_model is not None:
             own = set(agent_model.model_fields) - set(AgentConfig.model_fields)
             intro = (class_doc(agent_model) + f" These keys add to [`agents[]`](#agents) in a `{name}` run.")
-            out += section("agents[]", agent_model, seen, used, only=own, intro=intro.strip(),
+            out += section("agents[]", agent_model, seen, only=own, intro=intro.strip(),
                            title=f"`agents[]` in a `{name}` run")
         if section_model is None and agent_model is None and run is Config:
             out += ["No settings of its own.", ""]
-    stale = sorted(set(NOTES) - used)
-    if stale:
-        raise SystemExit(f"config_reference.py: NOTES describe keys the schema no longer has: {stale}")
     return "\n".join(out).rstrip() + "\n"
 
 

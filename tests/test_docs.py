@@ -130,7 +130,7 @@ def test_config_reference_describes_fields_from_the_schema_comments() -> None:
     module = _config_reference()
     from dni_agents.drivers.ff.config import FFConfig
 
-    notes = module.descriptions(FFConfig, "ff", set())
+    notes = module.descriptions(FFConfig)
     assert notes["hidden"] == "units per hidden layer (mlp) or channels per conv block (cnn)"
     assert module.type_name(FFConfig.model_fields["layers"].annotation,
                             FFConfig.model_fields["layers"].metadata) == "int ≥ 2, ≤ 12"

@@ -15,12 +15,15 @@ class HierConfig(_Strict):
     ``b_truncation`` of its ticks. ``trainer.steps`` counts B's updates (blocks of
     ``period · b_truncation`` digits)."""
 
+    # the digits the stream is made of
     dataset: Literal["digits", "mnist"] = "digits"
     data_root: str | None = None  # mnist: the directory with the IDX files
     period: Annotated[int, Field(ge=2)] = 4  # T: digits per A window = steps per B tick
     memory: Annotated[int, Field(ge=2)] = 2  # K: B counts the target digit over the last T·K digits
     b_truncation: PosInt = 2  # B's ticks per unroll (B updates every b_truncation·T digits)
+    # A's GRU width
     a_hidden: PosInt = 64
+    # B's GRU width
     b_hidden: PosInt = 64
     message_size: PosInt = 64  # A -> B: a linear read of A's state, summed over the window
     target_digit: Annotated[int, Field(ge=0, le=9)] = 3  # what B counts

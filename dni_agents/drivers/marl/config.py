@@ -15,12 +15,15 @@ class MarlAgentConfig(AgentConfig):
     """One network that controls the environment agents in ``members`` (names or glob patterns; default:
     its own name), which share its parameters."""
 
+    # the environment agents this network controls (names or glob patterns; null: its own name); they share
+    # its parameters
     members: list[str] | None = None
     policy: bool = True  # false = no RL policy; its environment action is its message
     candidates: list[PosInt] | None = None  # [n, features]: action i picks input candidate i
     # "package.module:Factory", Factory(in_dim, hidden, **network_kwargs) -> the actor's and the critic's
     # body (a module from (rows, in_dim) to (rows, hidden) features); None: two tanh layers
     network: str | None = None
+    # keyword arguments of `network`
     network_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("network")
@@ -35,8 +38,11 @@ class PrivateInfoConfig(_Strict):
     """What the sender knows that the receiver needs (for mutual information and projector labels):
     ``info`` names a key of the sender's env info dict, or ``obs_argmax`` = [start, stop) of its obs."""
 
+    # the agent whose private information it is (usually the sender)
     agent: str
+    # a key of that agent's env info dict holding an integer per step
     info: str | None = None
+    # [start, stop) of its observation whose argmax is the information
     obs_argmax: list[NonNegInt] | None = None
     name: str | None = None  # what it is (goal, digit, ...): the label column and tables (None: info's key)
 
@@ -46,14 +52,18 @@ class MarlConfig(_Strict):
     episode of every environment copy."""
 
     env: str = "mpe2.simple_speaker_listener_v4"  # a module with parallel_env(), or "module:callable"
+    # keyword arguments of the environment (passed to parallel_env, vector_env or the callable)
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     # merged over env_kwargs (a key here replaces the same key there) for every greedy evaluation: during
     # and after training, the controls (ablated / silenced) and ``dni-agents eval`` (``--train-env``: the
     # env_kwargs alone); e.g. {split: test} scores games on pictures the agents never trained on.
     # Evaluation episodes are seeded apart from training ones either way (build.EVAL_SEED)
     eval_env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # environment copies played in lockstep; one update plays one episode in each
     num_envs: PosInt = 64
     max_steps: PosInt = 25  # longest episode; the rollout length
+    # components of a message on a channel with no slot in the receiver's observation (with a slot, the slot's
+    # width)
     message_size: PosInt = 4
     # tanh keeps messages in [-1, 1]; linear lets them grow (a drifting tanh message can saturate and go dead)
     message_activation: Literal["tanh", "linear"] = "tanh"
@@ -65,21 +75,29 @@ class MarlConfig(_Strict):
     # The frozen control: scale every message head once at the start so that the messages of the first
     # observations have this RMS per component (a fixed random code at the scale trained codes reach)
     message_rms: PosFloat | None = None
+    # width of the policy and value networks
     hidden: PosInt = 64
     recurrent: bool = False  # GRU policies
     time_feature: bool = True  # append t / max_steps to every input (time-aware value estimates)
+    # discount factor
     gamma: UnitFloat = 0.99
+    # GAE's λ
     gae_lambda: UnitFloat = 0.95
+    # PPO's clipping range
     clip: PosFloat = 0.2
     epochs: PosInt = 10  # PPO epochs over each batch of episodes
+    # minibatches per PPO epoch (split by environment copy)
     minibatches: PosInt = 1
     # The learner's speed-up: networks without memory whose inputs are known in advance replay the whole
     # episode in one forward pass (their channels carry it as one message), and in one process all networks
     # update in one backward pass. false: every network steps through the episode in time and each group of
     # coupled networks has its own backward pass (the reference path; the same results to float rounding)
     batched_replay: bool = True
+    # weight of the entropy bonus
     ent_coef: NonNegFloat = 0.01
+    # weight of the value loss
     vf_coef: NonNegFloat = 0.5
+    # gradients are clipped to this norm, per network
     max_grad_norm: PosFloat = 0.5
     success_reward: float | None = None  # an episode succeeds when its last reward reaches this
     private_info: PrivateInfoConfig | None = None
