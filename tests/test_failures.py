@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard_record import read_scalars
 
 from dni_agents.cli import main
 from dni_agents.config import load_config
 from dni_agents.data import load_dataset
 from dni_agents.drivers import ff, hier, marl, rnn
-from dni_agents.logging import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FF = ["trainer.steps=4", "trainer.eval_every=0", "trainer.checkpoint_every=2", "log.every=2",

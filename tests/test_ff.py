@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard_record import read_histogram_tags, read_projector, read_scalars, read_texts
 
 from dni_agents.cli import main
 from dni_agents.config import load_config
 from dni_agents.data import load_dataset
 from dni_agents.drivers import ff
-from dni_agents.logging import read_histogram_tags, read_projector, read_scalars, read_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard_record import read_projector, read_scalars
 
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.core import Interface
 from dni_agents.drivers import hier
-from dni_agents.logging import read_projector, read_scalars
 
 SMALL = ["hier.a_hidden=16", "hier.b_hidden=16", "hier.message_size=8", "trainer.batch_size=8",
          "hier.eval_streams=16", "hier.eval_blocks=2", "log.every=5", "trainer.eval_every=0"]

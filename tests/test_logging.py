@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard_record import read_histogram_tags, read_projector, read_scalars, read_texts
 
-from dni_agents.logging import (
-    RunLogger,
-    make_run_dir,
-    read_histogram_tags,
-    read_projector,
-    read_scalars,
-    read_texts,
-)
+from dni_agents.logging import RunLogger, make_run_dir
 
 
 def _event_files(run_dir: Path) -> list[Path]:
@@ -228,7 +222,7 @@ def test_histograms_skip_the_untrained_step_and_always_show_the_last(tmp_path: P
 
 
 def test_hparams_plugin_holds_the_settings_and_the_final_metrics(tmp_path: Path) -> None:
-    from dni_agents.logging import read_hparams
+    from tensorboard_record import read_hparams
 
     with RunLogger(tmp_path / "r", hparams={"trainer.lr": 0.01, "mode": "dni", "fused": True,
                                             "obs_slice": [8, 11], "teams": None}) as log:

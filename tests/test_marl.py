@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from dni_envs import SwitchRiddle
+from tensorboard_record import read_histogram_tags, read_projector, read_scalars, read_texts
 
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
-from dni_agents.logging import read_histogram_tags, read_projector, read_scalars, read_texts
 
 TINY = ["trainer.steps=4", "marl.num_envs=16", "marl.eval_episodes=32", "log.every=1",
         "log.histogram_every=2", "log.embedding_samples=20", "trainer.checkpoint_every=2"]

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from exact import assert_equal_states
+from tensorboard_record import read_histogram_tags, read_scalars, read_texts
 
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
-from dni_agents.logging import read_histogram_tags, read_scalars, read_texts
 
 marl_train = importlib.import_module("dni_agents.drivers.marl.train")  # the module (marl.train: its function)
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard_record import read_scalars
 
 from dni_agents.cli import main
 from dni_agents.config import ConfigError, load_config
 from dni_agents.drivers import marl
 from dni_agents.drivers.marl.build import team_members
-from dni_agents.logging import read_scalars
 
 TINY = ["trainer.steps=2", "marl.num_envs=4", "marl.epochs=1", "marl.eval_episodes=8", "log.every=1",
         "trainer.checkpoint_every=0", "marl.env_workers=0"]
